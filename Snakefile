@@ -1,0 +1,33 @@
+# llm-compression workflow: prune -> (heal) -> quantize -> evaluate -> aggregate -> plots.
+# The DAG lives in rules/*.smk; algorithms and measurements live in src/llm_compression/.
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from llm_compression.config import ConfigError, validate_config  # noqa: E402
+
+configfile: "config.yaml"
+
+try:
+    CFG = validate_config(config, base_dir=os.getcwd())
+except ConfigError as err:
+    sys.stderr.write(f"\nllm-compression: {err}\n\n")
+    raise SystemExit(1)
+for _w in CFG.get("_warnings", []):
+    sys.stderr.write(f"llm-compression: warning: {_w}\n")
+
+
+include: "rules/common.smk"
+include: "rules/models.smk"
+include: "rules/prune.smk"
+include: "rules/quantize.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        final_targets(),
+    default_target: True

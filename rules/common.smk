@@ -1,0 +1,43 @@
+# Variant naming, input functions and the final target list. Paths come from llm_compression.variants.
+from llm_compression.config import evaluations, expand_grid, pruning_options
+from llm_compression.prune import needs_calibration
+from llm_compression.variants import (
+    NO_HEALING,
+    NO_QUANT,
+    Pruning,
+    Variant,
+    artifact_dir,
+    base_dir,
+    healed_dir,
+    metrics_path,
+    pruned_dir,
+)
+
+RESULTS = CFG["results"]
+MODEL = CFG["model"]["name"]
+VARIANTS = expand_grid(CFG)
+EVALUATIONS = evaluations(CFG)
+
+
+def R(path):
+    """Path under the results root."""
+    return f"{RESULTS}/{path}"
+
+
+wildcard_constraints:
+    pruning=r"dense|[a-z0-9]+_[a-z0-9]+_[0-9.]+_x[0-9]+",
+    healing=r"[a-z0-9-]+",
+    quant=r"[a-z0-9-]+",
+    evaluation=r"[a-z0-9-]+",
+
+
+def variant_of(wildcards):
+    return Variant(Pruning.from_segment(wildcards.pruning), wildcards.healing, wildcards.quant)
+
+
+def metrics_files():
+    return [R(metrics_path(MODEL, v, e)) for v in VARIANTS for e in EVALUATIONS]
+
+
+def final_targets():
+    return metrics_files() + [R("summary.csv"), R("plots/perplexity_vs_nonzero.png")]

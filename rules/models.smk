@@ -1,0 +1,13 @@
+rule import_model:
+    output:
+        directory(R(base_dir(MODEL))),
+    params:
+        source=CFG["model"]["source"],
+        dtype=CFG["model"]["dtype"],
+    log:
+        R("logs/import_model/" + MODEL + ".log"),
+    benchmark:
+        R("benchmarks/import_model/" + MODEL + ".tsv")
+    threads: 2
+    script:
+        "../workflow/scripts/import_model.py"

@@ -1,0 +1,20 @@
+def quantize_input(wildcards):
+    return R(healed_dir(MODEL, Pruning.from_segment(wildcards.pruning), wildcards.healing))
+
+
+rule quantize:
+    input:
+        quantize_input,
+    output:
+        directory(R(MODEL + "/quantized/{pruning}/{healing}/{quant}")),
+    params:
+        scheme=lambda w: w.quant,
+        compute_dtype=CFG["quantize"]["compute_dtype"],
+        device=CFG["device"],
+    log:
+        R("logs/quantize/{pruning}/{healing}/{quant}.log"),
+    benchmark:
+        R("benchmarks/quantize/{pruning}/{healing}/{quant}.tsv")
+    threads: 1
+    script:
+        "../workflow/scripts/quantize.py"

@@ -1,0 +1,97 @@
+"""Finding the parts of a causal LM that compression acts on, and measuring their sparsity.
+
+*Prunable Linear weights* are the ``nn.Linear`` (or bitsandbytes ``Linear4bit``/``Linear8bitLt``)
+layers inside the decoder blocks: attention q/k/v/o and MLP gate/up/down projections. The
+embeddings and the LM head are not prunable (SparseGPT/Wanda convention); sparsity is always
+reported over this set.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def decoder_layers(model) -> nn.ModuleList:
+    """The ``nn.ModuleList`` of decoder blocks of a Hugging Face causal LM.
+
+    Raises:
+        TypeError: the model has no ``model.layers`` list (an architecture this tool does not know).
+    """
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(
+            f"{type(model).__name__} has no decoder layer list at .model.layers; "
+            "supported: Llama-family and Gemma-3 causal LMs from transformers"
+        )
+    return layers
+
+
+def is_linear(module: nn.Module) -> bool:
+    """``nn.Linear`` and the bitsandbytes quantized Linear layers (which subclass it)."""
+    return isinstance(module, nn.Linear)
+
+
+def prunable_linears(model_or_block: nn.Module) -> dict[str, nn.Linear]:
+    """Name -> Linear for every prunable Linear layer (inside decoder blocks), in module order.
+
+    Given a whole model, names are relative to it (``model.layers.3.mlp.up_proj``); given one
+    decoder block, relative to the block (``mlp.up_proj``).
+    """
+    try:
+        layers = decoder_layers(model_or_block)
+        prefix = _name_of(model_or_block, layers)
+        return {
+            f"{prefix}.{i}.{n}": m
+            for i, block in enumerate(layers)
+            for n, m in block.named_modules()
+            if is_linear(m)
+        }
+    except TypeError:
+        return {n: m for n, m in model_or_block.named_modules() if is_linear(m)}
+
+
+def _name_of(root: nn.Module, target: nn.Module) -> str:
+    for n, m in root.named_modules():
+        if m is target:
+            return n
+    raise TypeError("decoder layers not found among the model's modules")
+
+
+def dense_weight(linear: nn.Linear) -> torch.Tensor:
+    """The weight of a Linear as a float tensor ``[out, in]``, dequantizing bitsandbytes 4-bit/8-bit
+    layers. For 4-bit layers NF4/FP4 decode 0 exactly, so exact zeros stay countable."""
+    w = linear.weight
+    cls = type(w).__name__
+    if cls == "Params4bit" and getattr(w, "quant_state", None) is not None:
+        import bitsandbytes.functional as bnbF
+
+        return bnbF.dequantize_4bit(w.data, w.quant_state).float()
+    if cls == "Int8Params" and getattr(w, "SCB", None) is not None:
+        return (w.data.float() * w.SCB.float().unsqueeze(1) / 127.0)
+    return w.detach().float()
+
+
+@torch.no_grad()
+def measure_sparsity(model: nn.Module) -> dict:
+    """Fraction of exactly-zero weights over the prunable Linear layers.
+
+    Returns:
+        dict with ``sparsity`` (zeros / weights), ``prunable_weights``, ``zero_weights`` and
+        ``per_layer`` (name -> sparsity).
+    """
+    total = zeros = 0
+    per_layer = {}
+    for name, lin in prunable_linears(model).items():
+        w = dense_weight(lin)
+        z = int((w == 0).sum())
+        per_layer[name] = z / w.numel()
+        total += w.numel()
+        zeros += z
+    return {
+        "sparsity": zeros / total if total else 0.0,
+        "prunable_weights": total,
+        "zero_weights": zeros,
+        "per_layer": per_layer,
+    }

@@ -1,0 +1,108 @@
+"""Mask selection for unstructured and N:M (semi-structured) sparsity.
+
+Masks are boolean tensors shaped like the weight ``[out_features, in_features]``; ``True`` marks a
+weight that is (or becomes) zero.
+
+Repeated pruning: weights that are already zero are never chosen again. A step at ``ratio`` r
+prunes ``floor(r * remaining)`` of the still non-zero weights of each comparison group, so pruning
+an r-sparse layer again at r ends at ``1 - (1 - r)^2`` (up to rounding). Choosing among all weights
+instead would pick the existing zeros first and remove nothing new.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _check_ratio(ratio: float) -> None:
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"sparsity ratio {ratio!r} is outside [0, 1)")
+
+
+def unstructured_mask(
+    score: torch.Tensor,
+    ratio: float,
+    *,
+    pruned: torch.Tensor | None = None,
+    scope: str = "row",
+) -> torch.Tensor:
+    """Prune the lowest-``score`` fraction ``ratio`` of the still-unpruned weights.
+
+    Args:
+        score: importance ``[out, in]``; lower is pruned first.
+        ratio: fraction of the *remaining* weights to prune in each group, in [0, 1).
+        pruned: bool ``[out, in]`` of weights already pruned (kept pruned); default: none.
+        scope: ``"row"`` compares weights within each output row (Wanda's per-output groups);
+            ``"layer"`` compares all weights of the matrix (per-layer magnitude pruning).
+
+    Returns:
+        bool ``[out, in]``, True where the weight is pruned (a superset of ``pruned``).
+
+    Raises:
+        ValueError: ratio outside [0, 1), unknown scope, or shape mismatch.
+    """
+    _check_ratio(ratio)
+    if scope not in ("row", "layer"):
+        raise ValueError(f"scope {scope!r} must be 'row' or 'layer'")
+    if pruned is None:
+        pruned = torch.zeros_like(score, dtype=torch.bool)
+    if pruned.shape != score.shape:
+        raise ValueError(f"mask shape {tuple(pruned.shape)} != score shape {tuple(score.shape)}")
+    s = score.detach().float().clone()
+    s[pruned] = float("-inf")  # already-pruned weights rank first and are counted, not re-chosen
+    groups = s.reshape(1, -1) if scope == "layer" else s
+    done = pruned.reshape(groups.shape).sum(dim=1)  # [G]
+    remaining = groups.shape[1] - done
+    k_total = done + torch.floor(remaining.double() * ratio).long()
+    order = torch.argsort(groups, dim=1, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(groups.shape[1], device=order.device).expand_as(order))
+    mask = rank < k_total.unsqueeze(1)
+    return mask.reshape(score.shape)
+
+
+def nm_mask(score: torch.Tensor, n: int, m: int, *, pruned: torch.Tensor | None = None) -> torch.Tensor:
+    """N:M semi-structured mask: in every group of ``m`` consecutive inputs of a row, prune the ``n``
+    lowest-scoring weights (Mishra et al. 2021, "Accelerating Sparse Deep Neural Networks"; 2:4 is
+    the pattern NVIDIA Ampere sparse tensor cores accelerate).
+
+    Args:
+        score: importance ``[out, in]``; ``in`` must be a multiple of ``m``.
+        pruned: weights already zero; they are counted toward the ``n`` of their group (a group
+            already holding ``n`` zeros gets no new ones).
+
+    Raises:
+        ValueError: ``in_features`` not a multiple of ``m``, or ``not 0 < n < m``.
+    """
+    if not 0 < n < m:
+        raise ValueError(f"N:M pattern {n}:{m} needs 0 < N < M")
+    out_f, in_f = score.shape
+    if in_f % m:
+        raise ValueError(
+            f"N:M {n}:{m} needs in_features divisible by {m}, got a layer with in_features={in_f}"
+        )
+    s = score.detach().float().clone()
+    if pruned is not None:
+        s[pruned] = float("-inf")
+    g = s.reshape(out_f, in_f // m, m)
+    idx = torch.topk(g, n, dim=2, largest=False).indices
+    mask = torch.zeros_like(g, dtype=torch.bool).scatter_(2, idx, True)
+    mask = mask.reshape(out_f, in_f)
+    return mask | pruned if pruned is not None else mask
+
+
+def parse_nm(level: str) -> tuple[int, int] | None:
+    """``"2:4" -> (2, 4)``; ``"unstructured" -> None``.
+
+    Raises:
+        ValueError: a level that is neither ``unstructured`` nor ``N:M``.
+    """
+    if level == "unstructured":
+        return None
+    try:
+        n, m = (int(x) for x in level.split(":"))
+    except ValueError:
+        raise ValueError(f"sparsity level {level!r} is not 'unstructured' nor 'N:M' like '2:4'") from None
+    if not 0 < n < m:
+        raise ValueError(f"N:M level {level!r} needs 0 < N < M")
+    return n, m

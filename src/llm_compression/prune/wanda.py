@@ -1,0 +1,60 @@
+"""Wanda: pruning by weights and activations (Sun, Liu, Bair & Kolter 2024, "A Simple and Effective
+Pruning Approach for Large Language Models", Eq. 1 and Sec. 3).
+
+The importance of weight ``W_ij`` is ``|W_ij| * ||X_j||_2``, where ``X_j`` is the j-th input
+feature over all calibration tokens; weights are compared within each output row (``per-output``
+groups, Sec. 3 "Comparison group") and the lowest ``ratio`` of each row is zeroed, with no weight
+update.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .masks import nm_mask, unstructured_mask
+
+
+class WandaPruner:
+    """Accumulates ``||X_j||_2^2`` over calibration tokens for one Linear, then prunes it.
+
+    Args:
+        linear: layer with weight ``[out, in]``.
+        ratio: fraction of each row's remaining weights to prune, in [0, 1).
+        nm: ``(n, m)`` for an N:M pattern instead of ``ratio``.
+    """
+
+    def __init__(self, linear: nn.Linear, ratio: float, nm: tuple[int, int] | None = None):
+        self.linear = linear
+        self.ratio = ratio
+        self.nm = nm
+        self.sq_norm = torch.zeros(linear.in_features, dtype=torch.float64, device=linear.weight.device)
+        self.tokens = 0
+
+    def add_batch(self, inp: torch.Tensor, out: torch.Tensor | None = None) -> None:
+        """Add calibration inputs ``[..., in_features]``."""
+        x = inp.reshape(-1, inp.shape[-1]).to(torch.float64)
+        self.sq_norm += (x * x).sum(dim=0)
+        self.tokens += x.shape[0]
+
+    def score(self) -> torch.Tensor:
+        """``|W| * ||X_j||_2`` as ``[out, in]`` (float32)."""
+        return self.linear.weight.detach().abs().float() * self.sq_norm.sqrt().float().unsqueeze(0)
+
+    @torch.no_grad()
+    def prune(self) -> torch.Tensor:
+        """Zero the chosen weights in place; returns the mask ``[out, in]``.
+
+        Raises:
+            RuntimeError: no calibration batch was added.
+        """
+        if self.tokens == 0:
+            raise RuntimeError("Wanda needs calibration inputs; add_batch was never called")
+        w = self.linear.weight
+        pruned = w == 0
+        if self.nm is not None:
+            mask = nm_mask(self.score(), *self.nm, pruned=pruned)
+        else:
+            mask = unstructured_mask(self.score(), self.ratio, pruned=pruned, scope="row")
+        w[mask] = 0
+        return mask

@@ -1,0 +1,1 @@
+"""Aggregate table (:mod:`.table`) and figures (:mod:`.plots`)."""

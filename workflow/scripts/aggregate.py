@@ -1,0 +1,9 @@
+"""Aggregate every metrics JSON into the tidy results/summary.csv."""
+from llm_compression.report.table import build_table, write_table
+from llm_compression.runtime import setup_job
+
+sm = snakemake  # noqa: F821
+log = setup_job(sm.log[0])
+df = build_table(list(sm.input))
+write_table(df, sm.output[0])
+log.info("wrote %d rows for %d variants", len(df), df.variant.nunique())

@@ -1,0 +1,31 @@
+"""Measure one evaluation (perplexity on a dataset, or cost) on one artifact; write its metrics JSON."""
+import time
+
+from llm_compression.evaluate import METRICS_SCHEMA, evaluate_cost, evaluate_perplexity
+from llm_compression.io import write_json_atomic
+from llm_compression.models import pick_device
+from llm_compression.runtime import setup_job
+
+sm = snakemake  # noqa: F821
+log = setup_job(sm.log[0], sm.threads)
+device = pick_device(sm.params.device)
+ev = dict(sm.params.evaluation)
+kind = ev.pop("kind")
+t0 = time.perf_counter()
+if kind == "perplexity":
+    ev.pop("skip_if_missing", None)
+    rec = evaluate_perplexity(sm.input[0], device=device, progress=True, **ev)
+    log.info("%s perplexity %.3f over %d scored tokens", ev["dataset"], rec["metrics"]["perplexity"],
+             rec["protocol"]["scored_tokens"])
+else:
+    rec = evaluate_cost(sm.input[0], device=device)
+    log.info("cost %s", rec["metrics"])
+write_json_atomic(sm.output[0], {
+    "schema": METRICS_SCHEMA,
+    "model": sm.params.model,
+    "variant": dict(sm.params.variant),
+    "evaluation": sm.wildcards.evaluation,
+    "artifact": sm.input[0],
+    **rec,
+    "wall_seconds": time.perf_counter() - t0,
+})

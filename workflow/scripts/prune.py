@@ -1,0 +1,39 @@
+"""Prune a checkpoint (the base model, or the previous repeat) and save the pruned checkpoint."""
+import time
+
+from llm_compression.data import load_text, sample_calibration
+from llm_compression.models import library_versions, load_checkpoint, pick_device, read_compression, save_checkpoint
+from llm_compression.prune import needs_calibration, prune_model
+from llm_compression.runtime import setup_job
+
+sm = snakemake  # noqa: F821
+p = dict(sm.params.prune)
+cal = p.pop("calibration", None)
+log = setup_job(sm.log[0], sm.threads, seed=cal["seed"] if cal else 0)
+device = pick_device(sm.params.device)
+t0 = time.perf_counter()
+model, tok = load_checkpoint(sm.input[0], device=device)
+calib_ids = None
+calib_protocol = None
+if needs_calibration(p["method"]):
+    corpus = load_text(cal["corpus"], cal["split"], path=cal["path"])
+    calib_ids = sample_calibration(tok, corpus.text, samples=cal["samples"], seqlen=cal["seqlen"], seed=cal["seed"])
+    calib_protocol = {**corpus.protocol, **{k: cal[k] for k in ("samples", "seqlen", "seed", "batch_size")}}
+    log.info("calibration: %d x %d tokens from %s/%s", *calib_ids.shape, cal["corpus"], cal["split"])
+options = {k: v for k, v in p.items() if k not in ("method", "level", "ratio", "repeat")}
+result = prune_model(model, method=p["method"], level=p["level"], ratio=p["ratio"], calib_ids=calib_ids,
+                     batch_size=cal["batch_size"] if cal else 8, progress=True, log=log.info, **options)
+log.info("achieved sparsity %.4f over %d prunable weights (before: %.4f)",
+         result["sparsity_after"], result["prunable_weights"], result["sparsity_before"])
+save_checkpoint(model, tok, sm.output[0], {
+    "stage": "prune",
+    "parent": sm.input[0],
+    "parent_compression": read_compression(sm.input[0]),
+    "pruning": {**p, **options},
+    "calibration": calib_protocol,
+    "result": {k: result[k] for k in ("sparsity_before", "sparsity_after", "prunable_weights", "zero_weights",
+                                      "per_layer_sparsity", "seconds")},
+    "device": device,
+    "wall_seconds": time.perf_counter() - t0,
+    "library_versions": library_versions(),
+})
