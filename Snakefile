@@ -4,7 +4,10 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+_SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, _SRC)
+# jobs (script: directives, cluster jobs) import this checkout's library, not another installed copy
+os.environ["PYTHONPATH"] = os.pathsep.join([_SRC] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 from llm_compression.config import ConfigError, validate_config  # noqa: E402
 
