@@ -40,4 +40,4 @@ def metrics_files():
 
 
 def final_targets():
-    return metrics_files() + [R("summary.csv"), R("plots/perplexity_vs_nonzero.png")]
+    return metrics_files() + [R("summary.csv"), R("summary.md")] + figure_targets()
