@@ -7,7 +7,9 @@ rule aggregate:
         R("logs/aggregate/aggregate.log"),
     benchmark:
         R("benchmarks/aggregate/aggregate.tsv")
-    threads: 1
+    threads: RESOURCES.threads("aggregate")
+    resources:
+        **stage_resources("aggregate"),
     script:
         "../workflow/scripts/aggregate.py"
 
@@ -24,6 +26,8 @@ rule plot_perplexity_vs_nonzero:
         R("logs/plots/perplexity_vs_nonzero.{ext}.log"),
     benchmark:
         R("benchmarks/plots/perplexity_vs_nonzero.{ext}.tsv")
-    threads: 1
+    threads: RESOURCES.threads("plots")
+    resources:
+        **stage_resources("plots"),
     script:
         "../workflow/scripts/plot_perplexity_vs_nonzero.py"
