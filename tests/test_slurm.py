@@ -236,6 +236,7 @@ def _flags(call: str) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_sbatch_requests_gpus_for_gpu_stages_only(tmp_path, tiny_model):
     """device cuda: prune / quantize / evaluate ask for --gpus=1; a GPU model and --gres come from set-resources."""
     stages = {"prune": {"cpus": 2, "mem_mb": {"base": 1000, "per_b": 0}},
@@ -258,6 +259,7 @@ def test_sbatch_requests_gpus_for_gpu_stages_only(tmp_path, tiny_model):
     assert all(_flags(c)["gres"] == ["gpu:2"] and _flags(c)["gpus"] == [] for c in calls["evaluate"]), calls["evaluate"]
 
 
+@pytest.mark.slow
 def test_sbatch_per_stage_device(tmp_path, tiny_model):
     """device cpu, but prune on cuda with 2 GPUs: only prune asks for GPUs."""
     calls = _sbatch_calls(tmp_path, tiny_model, device="cpu", stages={"prune": {"device": "cuda", "gpus": 2}})
@@ -267,6 +269,7 @@ def test_sbatch_per_stage_device(tmp_path, tiny_model):
         assert all(_flags(c)["gpus"] == [] and _flags(c)["gres"] == [] for c in calls[rule]), calls[rule]
 
 
+@pytest.mark.slow
 def test_dry_run_cpu_stages_request_no_gpu(tmp_path, tiny_model):
     """A dry run with device cuda: GPU stages carry gpu=1, import / aggregate / plots carry none."""
     cfgfile = _write_config(tmp_path / "config.yaml", tiny_model, tmp_path / "results", device="cuda",
