@@ -151,7 +151,9 @@ def test_grid_runs_on_real_slurm(local_slurm, tiny_model, tmp_path):
     assert n_jobs == 1 + 2 + 3 * 2 + 1 + 1, stats  # import, 2 prunes, 6 evaluations, aggregate, plot
 
     t0 = time.perf_counter()
-    run = _snakemake(["--profile", str(PROFILE), "--configfile", str(cfgfile)], cwd=tmp_path, timeout=1200)
+    # --retries 0: a job that fails is a test failure, not a silent resubmission
+    run = _snakemake(["--profile", str(PROFILE), "--configfile", str(cfgfile), "--retries", "0"], cwd=tmp_path,
+                     timeout=1200)
     wall = time.perf_counter() - t0
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-6000:]
