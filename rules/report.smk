@@ -29,7 +29,9 @@ rule aggregate:
         R("logs/aggregate/aggregate.log"),
     benchmark:
         R("benchmarks/aggregate/aggregate.tsv")
-    threads: 1
+    threads: RESOURCES.threads("aggregate")
+    resources:
+        **stage_resources("aggregate"),
     script:
         "../workflow/scripts/aggregate.py"
 
@@ -47,6 +49,8 @@ rule plot:
         R("logs/plot/{figure}.{ext}.log"),
     benchmark:
         R("benchmarks/plot/{figure}.{ext}.tsv")
-    threads: 1
+    threads: RESOURCES.threads("plots")
+    resources:
+        **stage_resources("plots"),
     script:
         "../workflow/scripts/plot.py"
