@@ -11,7 +11,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join([_SRC] + [p for p in os.environ.get("
 
 from llm_compression.config import ConfigError, validate_config  # noqa: E402
 
-configfile: "config.yaml"
+# config.yaml is the default; a --configfile replaces it instead of being merged into it (a merge
+# would keep, e.g., the default's evaluation datasets in a config that leaves them out)
+if not workflow.overwrite_configfiles:
+    configfile: "config.yaml"
 
 try:
     CFG = validate_config(config, base_dir=os.getcwd())
