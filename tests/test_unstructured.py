@@ -235,3 +235,22 @@ def test_config_rejects_bad_entries(entry, match):
 
     with pytest.raises(ConfigError, match=match):
         _cfg([entry])
+
+
+def test_lowest_k_mask_equals_stable_ranking_with_ties_and_pruned():
+    from llm_compression.prune.masks import lowest_k_mask
+
+    for trial in range(200):
+        g = torch.Generator().manual_seed(trial)
+        G, L = int(torch.randint(1, 5, (1,), generator=g)), int(torch.randint(1, 20, (1,), generator=g))
+        x = torch.randint(0, 4, (G, L), generator=g).float()  # many ties
+        x[torch.rand(G, L, generator=g) < 0.3] = float("-inf")  # already pruned
+        k = torch.randint(0, L + 1, (G,), generator=g)
+        if trial % 2:
+            k[:] = k[0]  # the kthvalue path
+        expected = torch.zeros(G, L, dtype=torch.bool)
+        for r in range(G):
+            order = sorted(range(L), key=lambda j: (x[r, j].item(), j))
+            for j in order[: int(k[r])]:
+                expected[r, j] = True
+        assert torch.equal(lowest_k_mask(x, k), expected), (x, k)
