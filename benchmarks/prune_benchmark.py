@@ -3,7 +3,8 @@
 
 For every method, a fresh Python subprocess loads the checkpoint, samples the calibration windows,
 prunes, and reports: pruning wall time (seconds, excluding load and calibration sampling), peak
-resident set size of the whole process (``resource.getrusage(...).ru_maxrss``, so the peak is per
+resident set size of the whole process, CPU seconds of the pruning (user + system; less
+sensitive than wall time to other jobs on a shared machine) (``resource.getrusage(...).ru_maxrss``, so the peak is per
 method), RSS after loading, and seconds per decoder block (mean and max, calibrated methods).
 
 Defaults are the reference calibration budget of the SparseGPT/Wanda anchors measured on this
@@ -61,17 +62,21 @@ def child(args) -> dict:
     opts = {}
     if args.method == "magnitude":
         opts["scope"] = args.scope
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t1 = time.perf_counter()
     r = prune_model(model, method=args.method, level=args.level, ratio=args.ratio, calib_ids=ids,
-                    batch_size=args.batch_size, **opts)
+                    batch_size=args.batch_size, share_inputs=not args.no_share, **opts)
     prune_s = time.perf_counter() - t1
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     blocks = [b["seconds"] for b in r["blocks"]]
     return {
         "method": args.method, "level": args.level, "ratio": args.ratio,
         "samples": args.samples if ids is not None else 0, "seqlen": args.seqlen, "threads": args.threads,
         "dtype": args.dtype, "batch_size": args.batch_size,
-        "prune_seconds": prune_s, "load_seconds": load_s,
+        "share_inputs": not args.no_share,
+        "prune_seconds": prune_s, "prune_cpu_seconds": cpu_s, "load_seconds": load_s,
         "peak_rss_mb": peak_kib * 1024 / 1e6, "rss_start_mb": rss_start / 1e6, "rss_after_load_mb": rss_loaded / 1e6,
         "blocks": len(blocks), "block_seconds_mean": sum(blocks) / len(blocks) if blocks else None,
         "block_seconds_max": max(blocks) if blocks else None,
@@ -95,6 +100,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (reference: 2)")
     ap.add_argument("--batch-size", type=int, default=8, help="calibration windows per block forward")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--no-share", action="store_true",
+                    help="do not share input statistics between q/k/v and gate/up (to measure that saving)")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--method", help=argparse.SUPPRESS)
@@ -129,16 +136,18 @@ def main(argv=None) -> int:
         os.unlink(out)
         row["process_seconds"] = time.perf_counter() - t0
         rows.append(row)
-        print(f"{m:10s} {args.level} ratio={args.ratio}: prune {row['prune_seconds']:.1f} s, "
+        print(f"{m:10s} {args.level} ratio={args.ratio}: prune {row['prune_seconds']:.1f} s "
+              f"({row['prune_cpu_seconds']:.1f} CPU s), "
               f"peak RSS {row['peak_rss_mb']:.0f} MB, per block {row['block_seconds_mean'] or 0:.2f} s "
               f"(max {row['block_seconds_max'] or 0:.2f}), sparsity {row['sparsity']:.4f}", flush=True)
     print()
     print(f"calibration: {args.samples} x {args.seqlen} tokens of {args.corpus}/{args.split}, "
-          f"{args.threads} threads, {args.dtype}, batch {args.batch_size}")
-    hdr = f"{'method':10s} {'prune s':>8s} {'s/block':>8s} {'peak RSS MB':>12s} {'RSS loaded MB':>14s} {'sparsity':>9s} {'load1':>6s}"
+          f"{args.threads} threads, {args.dtype}, batch {args.batch_size}, "
+          f"shared input statistics: {not args.no_share}, load average now {os.getloadavg()[0]:.1f}")
+    hdr = f"{'method':10s} {'prune s':>8s} {'CPU s':>8s} {'s/block':>8s} {'peak RSS MB':>12s} {'RSS loaded MB':>14s} {'sparsity':>9s} {'load1':>6s}"
     print(hdr)
     for r in rows:
-        print(f"{r['method']:10s} {r['prune_seconds']:8.1f} {(r['block_seconds_mean'] or 0):8.2f} "
+        print(f"{r['method']:10s} {r['prune_seconds']:8.1f} {r['prune_cpu_seconds']:8.1f} {(r['block_seconds_mean'] or 0):8.2f} "
               f"{r['peak_rss_mb']:12.0f} {r['rss_after_load_mb']:14.0f} {r['sparsity']:9.4f} {r['load_avg_1min_end']:6.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

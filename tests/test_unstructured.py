@@ -254,3 +254,33 @@ def test_lowest_k_mask_equals_stable_ranking_with_ties_and_pruned():
             for j in order[: int(k[r])]:
                 expected[r, j] = True
         assert torch.equal(lowest_k_mask(x, k), expected), (x, k)
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
+def test_shared_input_statistics_give_identical_result(method):
+    from llm_compression.prune import calibration
+
+    a, b = tiny_llama(seed=4), tiny_llama(seed=4)
+    prune_model(a, method=method, ratio=0.5, calib_ids=calib(seed=4), batch_size=4, share_inputs=True)
+    prune_model(b, method=method, ratio=0.5, calib_ids=calib(seed=4), batch_size=4, share_inputs=False)
+    for (n, la), lb in zip(prunable_linears(a).items(), prunable_linears(b).values()):
+        assert torch.equal(la.weight, lb.weight), n
+    # the grouping found: q/k/v read one tensor, gate/up another
+    block = a.model.layers[0]
+    class Recorder:
+        def add_batch(self, x, y):
+            pass
+
+        def share_from(self, other):
+            pass
+
+    pr = {n: Recorder() for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+    feeder = calibration._SharedInputs(pr, enabled=True)
+    hs = [m.register_forward_hook(feeder.hook(n)) for n, m in block.named_modules() if isinstance(m, nn.Linear)]
+    hidden, args = calibration.capture_block_inputs(a, calib(seed=4)[:2], 2)
+    feeder.start_batch(0)
+    block(hidden[0], *args[0][0][0], **args[0][0][1])
+    for h in hs:
+        h.remove()
+    assert feeder.leader_of == {"self_attn.k_proj": "self_attn.q_proj", "self_attn.v_proj": "self_attn.q_proj",
+                                "mlp.up_proj": "mlp.gate_proj"}

@@ -53,6 +53,7 @@ def prune_model(
     batch_size: int = 8,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    share_inputs: bool = True,
     **method_options,
 ) -> dict:
     """Prune the decoder-block Linear layers of ``model`` in place.
@@ -63,6 +64,9 @@ def prune_model(
             ignored and the pattern fixes ``N/M`` of each group).
         ratio: fraction of the remaining (non-zero) weights to prune, in [0, 1).
         calib_ids: LongTensor ``[n_samples, seqlen]``, required by calibrated methods.
+        batch_size: calibration windows per block forward.
+        share_inputs: Linears reading the same input share its statistics (see
+            :func:`~.calibration.sequential_prune`); same result, less work.
         method_options: passed to the method: ``scope`` (magnitude: ``layer``/``row``/``global``),
             ``blocksize``, ``percdamp``, ``hessian_dtype`` (sparsegpt); see :data:`METHOD_OPTIONS`.
 
@@ -107,6 +111,7 @@ def prune_model(
             calib_ids,
             lambda name, lin: cls(lin, ratio, nm=nm, **method_options),
             batch_size=batch_size,
+            share_inputs=share_inputs,
             progress=progress,
             log=log,
         )

@@ -111,7 +111,8 @@ def sparsegpt_prune_weight(
 
     Args:
         weight: ``[rows, cols]`` (any float dtype; computed in the Hessian's dtype, float32 or 64).
-        hessian: ``[cols, cols]``, ``2/n X^T X`` of the layer inputs; consumed (modified in place).
+        hessian: ``[cols, cols]``, ``2/n X^T X`` of the layer inputs (not modified: damping and
+            dead-input fixes are applied to a copy).
         ratio: fraction of the remaining (non-zero) weights of each ``rows x block`` slice to prune,
             in [0, 1); ignored when ``nm`` is given.
         nm: ``(n, m)``: prune ``n`` of every ``m`` consecutive inputs in each row.
@@ -137,7 +138,7 @@ def sparsegpt_prune_weight(
     if nm is not None and cols % nm[1]:
         raise ValueError(f"N:M {nm[0]}:{nm[1]} needs in_features divisible by {nm[1]}, got {cols}")
     dtype = hessian.dtype if hessian.dtype in (torch.float32, torch.float64) else torch.float32
-    H = hessian.to(dtype)
+    H = hessian.to(dtype, copy=True)
     W = weight.detach().to(dtype).clone()
     if already_zero is None:
         already_zero = W == 0
@@ -242,6 +243,17 @@ class SparseGPTPruner:
         self.H.addmm_(x.t(), x, alpha=2.0 / total)
         self.tokens = total
 
+    def share_from(self, leader: "SparseGPTPruner") -> None:
+        """Adopt the Hessian of a pruner whose Linear read the same inputs (q/k/v, gate/up).
+
+        Raises:
+            ValueError: the leader's Hessian has another shape.
+        """
+        if leader.H is None or leader.H.shape != self.H.shape:
+            raise ValueError("SparseGPT share_from: leader Hessian missing or of another shape")
+        self.H = leader.H  # read-only in prune (sparsegpt_prune_weight works on a copy)
+        self.tokens = leader.tokens
+
     @torch.no_grad()
     def prune(self) -> torch.Tensor:
         """Prune and update the Linear's weight in place; frees the Hessian.
@@ -259,7 +271,7 @@ class SparseGPTPruner:
         new_w, mask = sparsegpt_prune_weight(
             w.data, self.H, self.ratio, nm=self.nm, blocksize=self.blocksize, percdamp=self.percdamp
         )
-        self.H = None
+        self.H = None  # a shared Hessian is freed once its last user has pruned
         w.data.copy_(new_w.to(w.dtype))
         w.data[mask] = 0  # exact zeros also after a down-cast
         return mask
