@@ -11,10 +11,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join([_SRC] + [p for p in os.environ.get("
 
 from llm_compression.config import ConfigError, validate_config  # noqa: E402
 
-# config.yaml is the default; a --configfile replaces it instead of being merged into it (a merge
-# would keep, e.g., the default's evaluation datasets in a config that leaves them out)
+# `--configfile other.yaml` replaces config.yaml as a whole (no silent merge of the two grids).
 if not workflow.overwrite_configfiles:
+
     configfile: "config.yaml"
+
 
 try:
     CFG = validate_config(config, base_dir=os.getcwd())
