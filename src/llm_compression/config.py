@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .variants import DENSE, NO_HEALING, Pruning, Variant
+from .variants import DENSE, NO_HEALING, Pruning, Variant, cumulative_ratio, format_ratio
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
@@ -128,8 +128,26 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
 
     from .prune import needs_calibration
 
+    from .prune import METHOD_OPTIONS
+
     for i, entry in enumerate(cfg["grid"]["pruning"]):
         where = f"grid.pruning[{i}]"
+        for opt in _ENTRY_OPTIONS:
+            if opt in entry and opt not in METHOD_OPTIONS[entry["method"]]:
+                users = [m for m, opts in METHOD_OPTIONS.items() if opt in opts]
+                raise ConfigError(
+                    f"{where}.{opt}: method {entry['method']!r} does not take {opt!r} "
+                    f"(only {', '.join(users)} does)"
+                )
+        if entry.get("scope") == "global" and entry["level"] != "unstructured":
+            raise ConfigError(
+                f"{where}.scope: 'global' needs level 'unstructured', got level {entry['level']!r}"
+            )
+        if entry["method"] == "sparsegpt" and entry["level"] != "unstructured":
+            m = int(entry["level"].split(":")[1])
+            bs = entry.get("blocksize", _METHOD_DEFAULTS["sparsegpt"]["blocksize"])
+            if bs % m:
+                raise ConfigError(f"{where}.blocksize: {bs} must be a multiple of M={m} for level {entry['level']!r}")
         if entry["level"] != "unstructured" and any(r > 1 for r in entry["repeats"]):
             raise ConfigError(
                 f"{where}: repeats {entry['repeats']} with level {entry['level']!r}: an N:M pattern cannot be "
@@ -181,7 +199,12 @@ def load_config_file(path: str | os.PathLike, **kw) -> dict:
 
 
 def expand_grid(cfg: dict) -> list[Variant]:
-    """All variants of a validated config, dense first, in config order, without duplicates."""
+    """All variants of a validated config, dense first, in config order, without duplicates.
+
+    An entry with ``oneshot_equivalent: true`` also yields, for every repeat ``n > 1`` at ratio
+    ``r``, a one-shot variant (``x1``) at the cumulative ratio ``1 - (1 - r)^n`` (rounded as in
+    :func:`~llm_compression.variants.format_ratio`), right after the repeated one.
+    """
     prunings: list[Pruning] = []
     if cfg["grid"]["dense"]:
         prunings.append(Pruning(DENSE))
@@ -189,6 +212,10 @@ def expand_grid(cfg: dict) -> list[Variant]:
         for ratio in entry["ratios"]:
             for repeat in entry["repeats"]:
                 prunings.append(Pruning(entry["method"], entry["level"], float(ratio), int(repeat)))
+                if entry.get("oneshot_equivalent") and repeat > 1:
+                    cum = float(format_ratio(cumulative_ratio(float(ratio), int(repeat))))
+                    prunings.append(Pruning(entry["method"], entry["level"], cum, 1))
+    prunings = list(dict.fromkeys(prunings))
     out: list[Variant] = []
     for p in prunings:
         for healing in cfg["grid"]["healing"]:
@@ -201,12 +228,24 @@ def expand_grid(cfg: dict) -> list[Variant]:
     return out
 
 
+#: per-entry keys that change a pruning step's output (passed to prune_model, and so ``params:``)
+_ENTRY_OPTIONS = ("scope", "blocksize", "percdamp")
+#: library defaults written into params explicitly, so a changed default reruns the step
+_METHOD_DEFAULTS = {"sparsegpt": {"blocksize": 128, "percdamp": 0.01}}
+
+
 def pruning_options(cfg: dict, pruning: Pruning) -> dict:
-    """The config entry options that shape one pruning step (e.g. ``scope``), for ``params:``."""
+    """The config entry options that shape one pruning step, for ``params:``.
+
+    ``scope`` (magnitude), ``blocksize`` and ``percdamp`` (sparsegpt, with their defaults filled
+    in). The first entry with the same method and level supplies them.
+    """
     for entry in cfg["grid"]["pruning"]:
         if entry["method"] == pruning.method and entry["level"] == pruning.level:
-            return {k: entry[k] for k in ("scope",) if k in entry}
-    return {}
+            opts = dict(_METHOD_DEFAULTS.get(pruning.method, {}))
+            opts.update({k: entry[k] for k in _ENTRY_OPTIONS if k in entry})
+            return opts
+    return dict(_METHOD_DEFAULTS.get(pruning.method, {}))
 
 
 def evaluations(cfg: dict) -> list[str]:

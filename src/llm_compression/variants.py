@@ -44,6 +44,20 @@ def format_ratio(ratio: float) -> str:
     return text + "0" if text.endswith(".") else text
 
 
+def cumulative_ratio(ratio: float, repeat: int) -> float:
+    """Sparsity reached by ``repeat`` prunings at ``ratio`` of the remaining weights each:
+    ``1 - (1 - ratio)^repeat`` (e.g. ``0.5, 2 -> 0.75``), the one-shot ratio a repeat is paired with.
+
+    Raises:
+        ValueError: ratio outside [0, 1) or repeat < 1.
+    """
+    if not 0.0 <= float(ratio) < 1.0:
+        raise ValueError(f"ratio {ratio!r} is outside [0, 1)")
+    if int(repeat) < 1:
+        raise ValueError(f"repeat {repeat!r} must be >= 1")
+    return 1.0 - (1.0 - float(ratio)) ** int(repeat)
+
+
 @dataclass(frozen=True)
 class Pruning:
     """One pruning step. ``method == "dense"`` means no pruning (the imported base model)."""

@@ -2,8 +2,12 @@
 
 Unstructured and N:M methods (``level`` is ``"unstructured"``, ``"2:4"`` or ``"4:8"``):
 
-- ``magnitude``: |W| per layer, no calibration (:mod:`.magnitude`);
-- ``wanda``: |W| * ||X||, per output row, calibrated (:mod:`.wanda`).
+- ``magnitude``: |W| per layer, per row or global, no calibration (:mod:`.magnitude`);
+- ``wanda``: |W| * ||X||, per output row, calibrated (:mod:`.wanda`);
+- ``sparsegpt``: OBS saliency with weight reconstruction, calibrated (:mod:`.sparsegpt`).
+
+All of them keep already-zero weights pruned and count them, so a repeat at ratio r on an r-sparse
+model ends near ``1 - (1 - r)^2``.
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ import torch
 
 from ..modules import measure_sparsity, prunable_linears
 from .calibration import sequential_prune
-from .magnitude import prune_linear_magnitude
+from .magnitude import SCOPES, prune_global_magnitude, prune_linear_magnitude
 from .masks import parse_nm
+from .sparsegpt import SparseGPTPruner, check_sparsegpt_options
 from .wanda import WandaPruner
 
-CALIBRATED = {"wanda": WandaPruner}
+CALIBRATED = {"wanda": WandaPruner, "sparsegpt": SparseGPTPruner}
+#: method -> options it accepts (anything else is an error)
+METHOD_OPTIONS = {"magnitude": ("scope",), "wanda": (), "sparsegpt": ("blocksize", "percdamp", "hessian_dtype")}
 UNCALIBRATED = ("magnitude",)
 METHODS = tuple(UNCALIBRATED) + tuple(CALIBRATED)
 
@@ -46,6 +53,7 @@ def prune_model(
     batch_size: int = 8,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    share_inputs: bool = True,
     **method_options,
 ) -> dict:
     """Prune the decoder-block Linear layers of ``model`` in place.
@@ -56,21 +64,43 @@ def prune_model(
             ignored and the pattern fixes ``N/M`` of each group).
         ratio: fraction of the remaining (non-zero) weights to prune, in [0, 1).
         calib_ids: LongTensor ``[n_samples, seqlen]``, required by calibrated methods.
-        method_options: passed to the method (e.g. ``scope`` for magnitude).
+        batch_size: calibration windows per block forward.
+        share_inputs: Linears reading the same input share its statistics (see
+            :func:`~.calibration.sequential_prune`); same result, less work.
+        method_options: passed to the method: ``scope`` (magnitude: ``layer``/``row``/``global``),
+            ``blocksize``, ``percdamp``, ``hessian_dtype`` (sparsegpt); see :data:`METHOD_OPTIONS`.
 
     Returns:
         dict with ``sparsity_before``, ``sparsity_after`` (measured over prunable Linear weights),
         ``seconds`` and ``blocks`` (per-block timings for calibrated methods).
 
     Raises:
-        ValueError: unknown method/level, ratio outside [0, 1), missing calibration data.
+        ValueError: unknown method/level/option, ratio outside [0, 1), missing calibration data,
+            ``scope="global"`` with an N:M level, or an N:M ``m`` that does not divide some layer's
+            ``in_features`` (all checked before any weight changes).
     """
     calibrated = needs_calibration(method)
     nm = parse_nm(level)
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"sparsity ratio {ratio!r} is outside [0, 1)")
+    bad = sorted(set(method_options) - set(METHOD_OPTIONS[method]))
+    if bad:
+        raise ValueError(f"method {method!r} does not take option(s) {bad}; valid: {list(METHOD_OPTIONS[method])}")
+    scope = method_options.get("scope", "layer")
+    if method == "magnitude":
+        if scope not in SCOPES:
+            raise ValueError(f"magnitude scope {scope!r} is not one of {list(SCOPES)}")
+        if scope == "global" and nm is not None:
+            raise ValueError(f"magnitude scope 'global' is for unstructured pruning, not level {level!r}")
+    if method == "sparsegpt":
+        check_sparsegpt_options(method_options.get("blocksize", 128), method_options.get("percdamp", 0.01), nm)
     if calibrated and calib_ids is None:
         raise ValueError(f"method {method!r} needs calibration data (calib_ids)")
+    if nm is not None:
+        bad_layers = [f"{n} (in_features={m.in_features})" for n, m in prunable_linears(model).items()
+                      if m.in_features % nm[1]]
+        if bad_layers:
+            raise ValueError(f"level {level!r} needs in_features divisible by {nm[1]}; not: {', '.join(bad_layers[:5])}")
     before = measure_sparsity(model)
     t0 = time.perf_counter()
     blocks = []
@@ -81,9 +111,12 @@ def prune_model(
             calib_ids,
             lambda name, lin: cls(lin, ratio, nm=nm, **method_options),
             batch_size=batch_size,
+            share_inputs=share_inputs,
             progress=progress,
             log=log,
         )
+    elif scope == "global":
+        prune_global_magnitude(prunable_linears(model).values(), ratio)
     else:
         for lin in prunable_linears(model).values():
             prune_linear_magnitude(lin, ratio, nm=nm, **method_options)

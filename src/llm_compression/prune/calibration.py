@@ -9,7 +9,10 @@ model copy plus one block's activations for the calibration set.
 
 A method plugs in through a *layer pruner*: an object built per Linear with
 ``add_batch(inp, out)`` (``inp``: ``[..., in_features]``, ``out``: ``[..., out_features]``) and
-``prune()`` that zeroes weights in place.
+``prune()`` that zeroes weights in place. A pruner may also offer ``share_from(leader)``: Linears
+that read the very same input tensor (q/k/v projections, MLP gate/up) then accumulate their
+input statistics once (on the first of them, the leader) and the others adopt them, instead of
+computing the same ``X^T X`` (SparseGPT) or ``||X_j||`` (Wanda) two or three times.
 """
 
 from __future__ import annotations
@@ -88,6 +91,57 @@ def capture_block_inputs(model, calib_ids: torch.Tensor, batch_size: int):
     return hidden, call_args
 
 
+class _SharedInputs:
+    """Forward hooks that feed each Linear's input to its pruner, once per distinct input tensor.
+
+    Within one batch, a Linear whose input is the same tensor object as an earlier Linear's (whose
+    pruner has the same type and offers ``share_from``) becomes that Linear's follower: it skips
+    ``add_batch`` and adopts the leader's statistics in :meth:`finish`. The tensors seen in the
+    current batch are referenced until the batch ends, so their ids cannot be reused by new
+    tensors. The grouping is fixed on the first batch and checked on every later one.
+    """
+
+    def __init__(self, pruners: dict, enabled: bool):
+        self.pruners = pruners
+        self.enabled = enabled
+        self.leader_of: dict[str, str] = {}
+        self.batch = None
+        self.seen: dict[int, tuple[torch.Tensor, str]] = {}
+
+    def start_batch(self, batch):
+        self.batch = batch
+        self.seen = {}
+
+    def hook(self, name: str):
+        def f(mod, inp, out):
+            x = inp[0]  # the object the module was called with (detach() would make a new one)
+            p = self.pruners[name]
+            prev = self.seen.get(id(x)) if self.enabled else None
+            leader = None
+            if prev is not None and prev[0] is x:
+                cand = prev[1]
+                if type(self.pruners[cand]) is type(p) and hasattr(p, "share_from"):
+                    leader = cand
+            if self.batch == 0:
+                if leader is not None:
+                    self.leader_of[name] = leader
+            elif self.leader_of.get(name) != leader:
+                raise RuntimeError(
+                    f"Linear {name}: inputs shared with {leader!r} in batch {self.batch} but with "
+                    f"{self.leader_of.get(name)!r} in batch 0; run with share_inputs=False"
+                )
+            if leader is None:
+                if self.enabled:
+                    self.seen[id(x)] = (x, name)
+                p.add_batch(x.detach(), out.detach())
+
+        return f
+
+    def finish(self):
+        for name, leader in self.leader_of.items():
+            self.pruners[name].share_from(self.pruners[leader])
+
+
 def _block_output(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -101,6 +155,7 @@ def sequential_prune(
     batch_size: int = 8,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    share_inputs: bool = True,
 ) -> list[dict]:
     """Prune every Linear of every decoder block, block by block, on calibrated activations.
 
@@ -109,6 +164,8 @@ def sequential_prune(
         make_pruner: called as ``make_pruner(name, linear)`` for each Linear of the current block
             (``name`` like ``model.layers.3.self_attn.q_proj``); returns a :class:`LayerPruner`.
         batch_size: calibration samples per forward pass through a block.
+        share_inputs: let Linears that read the same input tensor share accumulated statistics
+            (pruners with ``share_from``); the result is the same, the work is less.
 
     Returns:
         One dict per decoder block: ``block``, ``seconds``.
@@ -127,16 +184,17 @@ def sequential_prune(
         block = layers[i]
         linears = {n: m for n, m in block.named_modules() if is_linear(m)}
         pruners = {n: make_pruner(f"{prefix}.{i}.{n}", m) for n, m in linears.items()}
-        handles = [
-            m.register_forward_hook(lambda mod, inp, out, p=pruners[n]: p.add_batch(inp[0].detach(), out.detach()))
-            for n, m in linears.items()
-        ]
+        feeder = _SharedInputs(pruners, enabled=share_inputs)
+        handles = [m.register_forward_hook(feeder.hook(n)) for n, m in linears.items()]
         try:
-            for h, (args, kwargs) in zip(hidden, call_args[i]):
+            for batch, (h, (args, kwargs)) in enumerate(zip(hidden, call_args[i])):
+                feeder.start_batch(batch)
                 block(h, *args, **kwargs)
         finally:
+            feeder.start_batch(None)
             for hd in handles:
                 hd.remove()
+        feeder.finish()
         for p in pruners.values():
             p.prune()
         del pruners

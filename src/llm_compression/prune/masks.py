@@ -54,11 +54,39 @@ def unstructured_mask(
     done = pruned.reshape(groups.shape).sum(dim=1)  # [G]
     remaining = groups.shape[1] - done
     k_total = done + torch.floor(remaining.double() * ratio).long()
-    order = torch.argsort(groups, dim=1, stable=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(groups.shape[1], device=order.device).expand_as(order))
-    mask = rank < k_total.unsqueeze(1)
-    return mask.reshape(score.shape)
+    return lowest_k_mask(groups, k_total).reshape(score.shape)
+
+
+def lowest_k_mask(groups: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Select the ``k[g]`` lowest entries of each row ``g`` of ``groups``, ties broken by index.
+
+    Equivalent to ranking with a stable sort, but by threshold: the k-th smallest value of each row
+    (``kthvalue`` when all rows share one k, else a values-only sort), everything strictly below it,
+    and the first tied entries at it (in index order) up to ``k``. One layer-wide group of ~1M
+    weights takes a few ms instead of a full argsort.
+
+    Args:
+        groups: float ``[G, L]`` (``-inf`` allowed, NaN not).
+        k: long ``[G]``, each in ``[0, L]``.
+
+    Returns:
+        bool ``[G, L]`` with exactly ``k[g]`` True entries in row ``g``.
+    """
+    G, L = groups.shape
+    k = k.to(groups.device).long()
+    kk = k.clamp(min=1, max=max(L, 1))
+    if L == 0:
+        return torch.zeros_like(groups, dtype=torch.bool)
+    if bool((kk == kk[0]).all()):
+        thresh = torch.kthvalue(groups, int(kk[0]), dim=1, keepdim=True).values
+    else:
+        thresh = torch.sort(groups, dim=1).values.gather(1, (kk - 1).unsqueeze(1))
+    mask = groups < thresh
+    need = k - mask.sum(dim=1)
+    tie = groups == thresh
+    mask |= tie & (torch.cumsum(tie, dim=1) <= need.unsqueeze(1))
+    mask[k == 0] = False
+    return mask
 
 
 def nm_mask(score: torch.Tensor, n: int, m: int, *, pruned: torch.Tensor | None = None) -> torch.Tensor:

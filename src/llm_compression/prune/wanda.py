@@ -37,6 +37,13 @@ class WandaPruner:
         self.sq_norm += (x * x).sum(dim=0)
         self.tokens += x.shape[0]
 
+    def share_from(self, leader: "WandaPruner") -> None:
+        """Adopt the input norms of a pruner whose Linear read the same inputs (q/k/v, gate/up)."""
+        if leader.sq_norm.shape != self.sq_norm.shape:
+            raise ValueError("Wanda share_from: leader statistics have another shape")
+        self.sq_norm = leader.sq_norm
+        self.tokens = leader.tokens
+
     def score(self) -> torch.Tensor:
         """``|W| * ||X_j||_2`` as ``[out, in]`` (float32)."""
         return self.linear.weight.detach().abs().float() * self.sq_norm.sqrt().float().unsqueeze(0)

@@ -1,0 +1,277 @@
+"""SparseGPT: one-shot pruning with an optimal-brain-surgeon (OBS) weight update, solved layer by
+layer (Frantar & Alistarh 2023, "SparseGPT: Massive Language Models Can Be Accurately Pruned in
+One-Shot", Sec. 3 and Algorithm 1).
+
+For one Linear layer with weight ``W`` ``[rows, cols]`` (``rows = out_features``, ``cols =
+in_features``) and calibration inputs ``X`` ``[n_tokens, cols]`` the layer-wise objective is
+``||W X^T - W' X^T||^2`` with Hessian ``H = 2/n * X^T X`` ``[cols, cols]`` (Sec. 3.1, up to the
+constant). The algorithm:
+
+1. dampen: ``H += percdamp * mean(diag(H)) * I``; *dead* inputs (``H_jj == 0``: the input is zero on
+   every calibration token) get ``H_jj = 1`` and their weight column is set to zero (the column
+   cannot influence the output on the calibration set);
+2. ``U = chol(H^-1)`` upper triangular, so that row ``i`` of ``U`` holds the OBS update of the
+   columns ``>= i`` after columns ``< i`` are fixed (Sec. 3.2, "Hessian synchronization");
+3. sweep the columns left to right in blocks of ``blocksize`` (Sec. 3.3, "lazy batch updates"):
+   at the start of a block, choose the mask of the whole ``rows x blocksize`` slice by the OBS
+   saliency ``w^2 / U_jj^2`` (Sec. 3.3 "adaptive mask selection"; one threshold over the slice, as
+   the reference implementation does, not one per row); within the block, zero column ``j`` where
+   masked, and spread the error ``e = (w - w') / U_jj`` over the not-yet-processed columns of the
+   block (``W[:, j:] -= e U[j, j:]``); after the block, apply the accumulated errors to all later
+   columns at once.
+4. N:M (Sec. 3.4 "semi-structured sparsity"): instead of a per-block threshold, when the sweep
+   reaches the first column of each group of ``M`` consecutive inputs it zeroes the ``N`` weights of
+   lowest saliency in that group, separately for every row.
+
+Repeated pruning: the weights that are *exactly zero when pruning starts* are forced into the mask
+and counted, not chosen again. In every block slice the mask holds ``already_zero +
+floor(ratio * remaining)`` weights (in every N:M group: the existing zeros, topped up to ``N``), so
+pruning an r-sparse layer again at r ends near ``1 - (1 - r)^2``. The OBS update moves the values of
+not-yet-processed weights, including formerly-zero ones; because the mask is fixed from the zeros
+at the start (not from the current values), every masked weight is set back to exactly zero when
+its column is reached and its displacement is compensated like any pruned weight.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .masks import nm_mask, unstructured_mask
+
+DEFAULT_BLOCKSIZE = 128
+DEFAULT_PERCDAMP = 0.01
+_HESSIAN_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def check_sparsegpt_options(blocksize: int, percdamp: float, nm: tuple[int, int] | None = None) -> None:
+    """Validate SparseGPT options before any heavy work.
+
+    Raises:
+        ValueError: ``blocksize < 1``, ``percdamp`` not in (0, 1], or an N:M ``m`` that does not
+            divide ``blocksize`` (an N:M group must not straddle two blocks).
+    """
+    if not isinstance(blocksize, int) or blocksize < 1:
+        raise ValueError(f"SparseGPT blocksize {blocksize!r} must be a positive integer (default {DEFAULT_BLOCKSIZE})")
+    if not (isinstance(percdamp, (int, float)) and 0.0 < float(percdamp) <= 1.0):
+        raise ValueError(f"SparseGPT percdamp {percdamp!r} must be in (0, 1] (default {DEFAULT_PERCDAMP})")
+    if nm is not None and blocksize % nm[1]:
+        raise ValueError(
+            f"SparseGPT blocksize {blocksize} must be a multiple of M={nm[1]} for the {nm[0]}:{nm[1]} pattern"
+        )
+
+
+@torch.no_grad()
+def upper_cholesky_of_inverse(hessian: torch.Tensor, percdamp: float = DEFAULT_PERCDAMP) -> torch.Tensor:
+    """Dampen ``hessian`` in place and return the upper Cholesky factor of its inverse.
+
+    Args:
+        hessian: symmetric PSD ``[cols, cols]`` (float32/float64), with dead inputs already given
+            ``H_jj = 1``; modified in place (the damping is added to its diagonal).
+        percdamp: damping as a fraction of the mean diagonal (SparseGPT Sec. 3.2/Appendix; default 0.01).
+
+    Returns:
+        ``U`` upper triangular ``[cols, cols]`` with ``U^T U = (H + damp I)^-1``.
+
+    Raises:
+        ValueError: the dampened Hessian is not positive definite (raise ``percdamp``).
+    """
+    cols = hessian.shape[0]
+    damp = percdamp * torch.mean(torch.diag(hessian))
+    idx = torch.arange(cols, device=hessian.device)
+    hessian[idx, idx] += damp
+    L, info = torch.linalg.cholesky_ex(hessian)
+    if int(info) != 0:
+        raise ValueError(
+            f"SparseGPT: dampened Hessian [{cols}x{cols}] is not positive definite (percdamp={percdamp}); "
+            "use a larger percdamp or more calibration samples"
+        )
+    hinv = torch.cholesky_inverse(L)
+    U, info = torch.linalg.cholesky_ex(hinv, upper=True)
+    if int(info) != 0:
+        raise ValueError(
+            f"SparseGPT: inverse Hessian [{cols}x{cols}] is not positive definite (percdamp={percdamp}); "
+            "use a larger percdamp"
+        )
+    return U
+
+
+@torch.no_grad()
+def sparsegpt_prune_weight(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    ratio: float,
+    *,
+    nm: tuple[int, int] | None = None,
+    blocksize: int = DEFAULT_BLOCKSIZE,
+    percdamp: float = DEFAULT_PERCDAMP,
+    already_zero: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT on one weight matrix given its Hessian (Algorithm 1 of Frantar & Alistarh 2023).
+
+    Args:
+        weight: ``[rows, cols]`` (any float dtype; computed in the Hessian's dtype, float32 or 64).
+        hessian: ``[cols, cols]``, ``2/n X^T X`` of the layer inputs (not modified: damping and
+            dead-input fixes are applied to a copy).
+        ratio: fraction of the remaining (non-zero) weights of each ``rows x block`` slice to prune,
+            in [0, 1); ignored when ``nm`` is given.
+        nm: ``(n, m)``: prune ``n`` of every ``m`` consecutive inputs in each row.
+        blocksize: columns per lazy-update block (Sec. 3.3); a multiple of ``m`` for N:M.
+        percdamp: Hessian damping as a fraction of its mean diagonal.
+        already_zero: bool ``[rows, cols]`` of weights that stay pruned (default ``weight == 0``).
+
+    Returns:
+        ``(new_weight, mask)``: the pruned and OBS-updated weight ``[rows, cols]`` in the Hessian's
+        dtype, and the bool mask ``[rows, cols]`` (True = pruned), a superset of ``already_zero``;
+        ``new_weight[mask]`` is exactly 0.
+
+    Raises:
+        ValueError: bad ratio/options, shape mismatch, ``cols`` not a multiple of ``m``, or a
+            Hessian that is not positive definite after damping.
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"sparsity ratio {ratio!r} is outside [0, 1)")
+    check_sparsegpt_options(blocksize, percdamp, nm)
+    rows, cols = weight.shape
+    if hessian.shape != (cols, cols):
+        raise ValueError(f"Hessian shape {tuple(hessian.shape)} does not match weight columns {cols}")
+    if nm is not None and cols % nm[1]:
+        raise ValueError(f"N:M {nm[0]}:{nm[1]} needs in_features divisible by {nm[1]}, got {cols}")
+    dtype = hessian.dtype if hessian.dtype in (torch.float32, torch.float64) else torch.float32
+    H = hessian.to(dtype, copy=True)
+    W = weight.detach().to(dtype).clone()
+    if already_zero is None:
+        already_zero = W == 0
+    already_zero = already_zero.to(W.device)
+
+    dead = torch.diag(H) == 0
+    if dead.any():
+        H[dead, dead] = 1.0
+        W[:, dead] = 0.0
+    U = upper_cholesky_of_inverse(H, percdamp)
+    del H
+    mask = torch.zeros_like(already_zero)
+
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        count = i2 - i1
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        U1 = U[i1:i2, i1:i2]
+        d1 = torch.diag(U1)
+        z1 = already_zero[:, i1:i2]
+        if nm is None:
+            saliency = W1.pow(2) / d1.pow(2).unsqueeze(0)
+            mask1 = unstructured_mask(saliency, ratio, pruned=z1, scope="layer")
+        else:
+            mask1 = z1.clone()  # filled group by group as the sweep reaches each group
+        for i in range(count):
+            if nm is not None and i % nm[1] == 0:
+                sl = slice(i, i + nm[1])
+                saliency = W1[:, sl].pow(2) / d1[sl].pow(2).unsqueeze(0)
+                mask1[:, sl] = nm_mask(saliency, nm[0], nm[1], pruned=z1[:, sl])
+            w = W1[:, i]
+            q = torch.where(mask1[:, i], torch.zeros_like(w), w)
+            err = (w - q) / d1[i]
+            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
+            W1[:, i] = q
+            Err1[:, i] = err
+        W[:, i1:i2] = W1
+        mask[:, i1:i2] = mask1
+        if i2 < cols:
+            W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    W[mask] = 0.0  # already exact by construction; kept as a guard against -0.0/roundoff drift
+    return W, mask
+
+
+class SparseGPTPruner:
+    """Per-Linear SparseGPT state: accumulates the Hessian over calibration batches, then prunes.
+
+    Model-agnostic: it sees only the Linear and its inputs; a driver such as
+    :func:`~llm_compression.prune.calibration.sequential_prune` feeds it.
+
+    Args:
+        linear: layer with weight ``[out, in]``.
+        ratio: fraction of the remaining weights to prune, in [0, 1) (ignored with ``nm``).
+        nm: ``(n, m)`` for an N:M pattern.
+        blocksize: lazy-update block width in columns (default 128).
+        percdamp: damping fraction of the mean Hessian diagonal (default 0.01).
+        hessian_dtype: ``"float32"`` (default; as the reference) or ``"float64"``.
+
+    Raises:
+        ValueError: bad ratio/options, or ``in_features`` not a multiple of ``m`` (raised here,
+            before any calibration forward).
+    """
+
+    def __init__(
+        self,
+        linear: nn.Linear,
+        ratio: float,
+        nm: tuple[int, int] | None = None,
+        *,
+        blocksize: int = DEFAULT_BLOCKSIZE,
+        percdamp: float = DEFAULT_PERCDAMP,
+        hessian_dtype: str = "float32",
+    ):
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(f"sparsity ratio {ratio!r} is outside [0, 1)")
+        check_sparsegpt_options(blocksize, percdamp, nm)
+        if hessian_dtype not in _HESSIAN_DTYPES:
+            raise ValueError(f"hessian_dtype {hessian_dtype!r} must be one of {list(_HESSIAN_DTYPES)}")
+        cols = linear.in_features
+        if nm is not None and cols % nm[1]:
+            raise ValueError(
+                f"N:M {nm[0]}:{nm[1]} needs in_features divisible by {nm[1]}, got a layer with in_features={cols}"
+            )
+        self.linear = linear
+        self.ratio = ratio
+        self.nm = nm
+        self.blocksize = blocksize
+        self.percdamp = percdamp
+        self.H = torch.zeros(cols, cols, dtype=_HESSIAN_DTYPES[hessian_dtype], device=linear.weight.device)
+        self.tokens = 0
+
+    def add_batch(self, inp: torch.Tensor, out: torch.Tensor | None = None) -> None:
+        """Add calibration inputs ``[..., in_features]`` to ``H = 2/n sum_t x_t x_t^T`` (running mean
+        over tokens, so ``H`` keeps the scale of one token whatever ``n`` is)."""
+        x = inp.reshape(-1, inp.shape[-1]).to(self.H.dtype)
+        n = x.shape[0]
+        if n == 0:
+            return
+        total = self.tokens + n
+        self.H.mul_(self.tokens / total)
+        self.H.addmm_(x.t(), x, alpha=2.0 / total)
+        self.tokens = total
+
+    def share_from(self, leader: "SparseGPTPruner") -> None:
+        """Adopt the Hessian of a pruner whose Linear read the same inputs (q/k/v, gate/up).
+
+        Raises:
+            ValueError: the leader's Hessian has another shape.
+        """
+        if leader.H is None or leader.H.shape != self.H.shape:
+            raise ValueError("SparseGPT share_from: leader Hessian missing or of another shape")
+        self.H = leader.H  # read-only in prune (sparsegpt_prune_weight works on a copy)
+        self.tokens = leader.tokens
+
+    @torch.no_grad()
+    def prune(self) -> torch.Tensor:
+        """Prune and update the Linear's weight in place; frees the Hessian.
+
+        Returns:
+            bool mask ``[out, in]`` (True = pruned).
+
+        Raises:
+            RuntimeError: no calibration batch was added.
+            ValueError: the Hessian is not positive definite after damping.
+        """
+        if self.tokens == 0:
+            raise RuntimeError("SparseGPT needs calibration inputs; add_batch was never called")
+        w = self.linear.weight
+        new_w, mask = sparsegpt_prune_weight(
+            w.data, self.H, self.ratio, nm=self.nm, blocksize=self.blocksize, percdamp=self.percdamp
+        )
+        self.H = None  # a shared Hessian is freed once its last user has pruned
+        w.data.copy_(new_w.to(w.dtype))
+        w.data[mask] = 0  # exact zeros also after a down-cast
+        return mask
