@@ -10,6 +10,8 @@ rule quantize:
     params:
         scheme=lambda w: w.quant,
         compute_dtype=CFG["quantize"]["compute_dtype"],
+        blocksize=CFG["quantize"]["blocksize"],
+        int8_threshold=CFG["quantize"]["int8_threshold"],
         device=CFG["device"],
     log:
         R("logs/quantize/{pruning}/{healing}/{quant}.log"),

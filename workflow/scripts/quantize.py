@@ -7,5 +7,6 @@ sm = snakemake  # noqa: F821
 log = setup_job(sm.log[0], sm.threads)
 device = pick_device(sm.params.device)
 info = quantize_checkpoint(sm.input[0], sm.output[0], scheme=sm.params.scheme,
-                           compute_dtype=sm.params.compute_dtype, device=device)
+                           compute_dtype=sm.params.compute_dtype, blocksize=sm.params.blocksize,
+                           int8_threshold=sm.params.int8_threshold, device=device)
 log.info("quantized %s -> %s (%s)", sm.input[0], sm.output[0], info["quantization"]["scheme"])
