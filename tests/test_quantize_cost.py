@@ -126,6 +126,7 @@ def test_refuses_already_quantized_input(tmp_path):
 def test_bad_options_fail_before_loading(tmp_path):
     with pytest.raises(ValueError, match="unknown quantization 'nf3'"):
         check_options("nf3")
+    check_options("nf4", blocksize=32)
     with pytest.raises(ValueError, match="blocksize 100"):
         check_options("nf4", blocksize=100)
     with pytest.raises(ValueError, match="compute_dtype 'int4'"):
@@ -260,7 +261,7 @@ def test_cost_record_dense_vs_unstructured_vs_nf4(tmp_path):
     assert dm["linear_bits_per_weight"] == 32.0
     assert qm["weight_bytes_in_memory"] < dm["weight_bytes_in_memory"]
     assert qm["parameters_by_module_type"]["Linear4bit"] == dm["parameters_by_module_type"]["Linear"] - 64 * VOCAB
-    assert any("unstructured sparsity" in n for n in s["notes"]) and not any("sparsity" in n for n in d["notes"][1:])
+    assert any("unstructured: from pruning" in n for n in s["notes"]) and len(d["notes"]) == 1
     assert any("nf4-dq" in n for n in q["notes"])
     json.dumps(q)  # one JSON record
 
@@ -292,3 +293,49 @@ def test_latency_protocol(tmp_path):
     assert r["repeats"] == 3 and r["threads"] == torch.get_num_threads() and r["device"] == "cpu"
     with pytest.raises(ValueError, match="repeats 0"):
         evaluate_latency(tmp_path / "m", repeats=0)
+
+
+# ------------------------------------------------------------------------------------ config and table
+
+def _raw_config():
+    return {"model": {"name": "m", "source": "embedded:smollm2-135m"}, "grid": {"quantization": ["none", "int8"]},
+            "evaluation": {"perplexity": {"datasets": {"ptb": {"split": "test"}}}}}
+
+
+def test_config_cost_sections_defaults_and_booleans():
+    from llm_compression.config import ConfigError, evaluation_options, evaluations, validate_config
+
+    cfg = validate_config(_raw_config(), check_model=False)
+    assert evaluations(cfg) == ["ppl-ptb", "cost", "memory", "latency"]
+    assert evaluation_options(cfg, "cost") == {"seqlen": 512}
+    assert evaluation_options(cfg, "latency") == {"prompt_tokens": 128, "new_tokens": 32, "repeats": 5,
+                                                  "warmup": 1, "threads": 2, "seed": 0}
+    assert cfg["quantize"] == {"compute_dtype": "float32", "blocksize": 64, "int8_threshold": 6.0}
+    raw = _raw_config()
+    raw["evaluation"].update(cost=True, memory=False, latency={"repeats": 3})
+    cfg = validate_config(raw, check_model=False)
+    assert evaluations(cfg) == ["ppl-ptb", "cost", "latency"]
+    assert evaluation_options(cfg, "latency")["repeats"] == 3
+    for bad in ({"quantize": {"blocksize": 48}}, {"grid": {"quantization": ["nf2"]}},
+                {"evaluation": {"perplexity": {}, "latency": {"repeats": 0}}}):
+        raw = _raw_config()
+        raw.update(bad)
+        with pytest.raises(ConfigError):
+            validate_config(raw, check_model=False)
+
+
+def test_table_rows_of_cost_memory_latency_records():
+    from llm_compression.report.table import rows_from_record
+
+    variant = {"variant": "dense", "method": "dense", "level": "", "ratio": 0.0, "repeat": 0, "healing": "none",
+               "quant": "none"}
+    base = {"model": "m", "variant": variant}
+    rows = rows_from_record({**base, "evaluation": "memory", "protocol": {"seqlen": 512},
+                             "metrics": {"peak_memory_bytes": 10, "rss_after_load_bytes": 5, "device": "cpu"}})
+    assert {r["metric"] for r in rows} == {"peak_memory_bytes", "rss_after_load_bytes"}
+    assert rows[0]["protocol"] == "seqlen=512"
+    rows = rows_from_record({**base, "evaluation": "latency",
+                             "protocol": {"prompt_tokens": 8, "new_tokens": 2, "repeats": 3, "warmup": 1,
+                                          "threads": 2, "device": "cpu"},
+                             "metrics": {"prefill_seconds_median": 0.1, "decode_tokens_per_second_median": 9.0}})
+    assert rows[0]["protocol"] == "prompt=8 new=2 repeats=3 warmup=1 threads=2 device=cpu"

@@ -146,7 +146,8 @@ def evaluate_latency(ckpt_dir, *, prompt_tokens: int = 128, new_tokens: int = 32
         "protocol": {"what": "prefill: one forward of prompt_tokens (use_cache, last-position logits); decode: "
                              "new_tokens greedy single-token forwards from that KV cache; warm-up repeats "
                              "discarded; median with min and max over repeats",
-                     **{k: r[k] for k in ("prompt_tokens", "new_tokens", "repeats", "warmup")}, "seed": seed,
+                     **{k: r[k] for k in ("prompt_tokens", "new_tokens", "repeats", "warmup", "threads", "device")},
+                     "seed": seed,
                      "quantization": _quant_scheme(ckpt_dir)},
         "notes": ["measured with the dense/bitsandbytes kernels this artifact loads with; unstructured zeros "
                   "are multiplied like any other weight, so they do not speed it up"],

@@ -393,9 +393,10 @@ def cost_notes(*, sparsity: float, pattern: str | None, quant: str | None) -> li
             )
         else:
             notes.append(
-                f"unstructured sparsity ({sparsity:.3f}): zeros are stored and multiplied densely, so they "
-                "reduce neither bytes on disk, weight memory, MACs nor latency here; they only show in "
-                "nonzero_parameters."
+                f"exact zeros in {sparsity:.3f} of the prunable weights (unstructured: from pruning"
+                + (f" and/or from rounding to the {quant} zero code" if quant in ("nf4", "nf4-dq", "fp4", "int8") else "")
+                + "): they are stored and multiplied densely, so they reduce neither bytes on disk, weight "
+                "memory, MACs nor latency here; they only show in nonzero_parameters."
             )
     if quant in ("nf4", "nf4-dq", "fp4"):
         notes.append(
