@@ -9,9 +9,7 @@ rule quantize:
         directory(R(MODEL + "/quantized/{pruning}/{healing}/{quant}")),
     params:
         scheme=lambda w: w.quant,
-        compute_dtype=CFG["quantize"]["compute_dtype"],
-        blocksize=CFG["quantize"]["blocksize"],
-        int8_threshold=CFG["quantize"]["int8_threshold"],
+        options=lambda w: scheme_options(w.quant, CFG["quantize"]),
         device=CFG["device"],
     log:
         R("logs/quantize/{pruning}/{healing}/{quant}.log"),

@@ -123,6 +123,16 @@ def test_refuses_already_quantized_input(tmp_path):
         assert not (tmp_path / f"qq-{scheme}").exists()
 
 
+def test_scheme_options_only_pass_knobs_that_change_the_scheme():
+    from llm_compression.quantize import scheme_options
+
+    cfg = {"compute_dtype": "bfloat16", "blocksize": 128, "int8_threshold": 4.0}
+    assert scheme_options("nf4-dq", cfg) == {"compute_dtype": "bfloat16", "blocksize": 128}
+    assert scheme_options("int8", cfg) == {"int8_threshold": 4.0}
+    with pytest.raises(ValueError, match="unknown quantization 'q8'"):
+        scheme_options("q8", cfg)
+
+
 def test_bad_options_fail_before_loading(tmp_path):
     with pytest.raises(ValueError, match="unknown quantization 'nf3'"):
         check_options("nf3")
@@ -261,7 +271,7 @@ def test_cost_record_dense_vs_unstructured_vs_nf4(tmp_path):
     assert dm["linear_bits_per_weight"] == 32.0
     assert qm["weight_bytes_in_memory"] < dm["weight_bytes_in_memory"]
     assert qm["parameters_by_module_type"]["Linear4bit"] == dm["parameters_by_module_type"]["Linear"] - 64 * VOCAB
-    assert any("unstructured: from pruning" in n for n in s["notes"]) and len(d["notes"]) == 1
+    assert any("no N:M pattern; from pruning" in n for n in s["notes"]) and len(d["notes"]) == 1
     assert any("nf4-dq" in n for n in q["notes"])
     json.dumps(q)  # one JSON record
 

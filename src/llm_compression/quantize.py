@@ -71,6 +71,19 @@ def check_options(scheme: str, *, compute_dtype: str = "float32", blocksize: int
         raise ValueError(f"int8_threshold {int8_threshold!r} must be >= 0 (0 disables the fp16 outlier path)")
 
 
+def scheme_options(scheme: str, quantize_cfg: dict) -> dict:
+    """The config knobs that change the output of ``scheme`` (so the workflow reruns exactly those):
+    ``compute_dtype`` and ``blocksize`` for 4-bit schemes, ``int8_threshold`` for int8.
+
+    Raises:
+        ValueError: unknown scheme.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown quantization {scheme!r}; valid: {NO_QUANT}, {', '.join(SCHEMES)}")
+    keys = ("int8_threshold",) if scheme == "int8" else ("compute_dtype", "blocksize")
+    return {k: quantize_cfg[k] for k in keys if k in quantize_cfg}
+
+
 def bnb_config(scheme: str, *, compute_dtype: str = "float32", int8_threshold: float = 6.0):
     """A ``transformers.BitsAndBytesConfig`` for ``scheme`` (block size is applied separately, see module doc).
 

@@ -385,7 +385,7 @@ def cost_notes(*, sparsity: float, pattern: str | None, quant: str | None) -> li
     if sparsity > 0:
         if pattern:
             notes.append(
-                f"{pattern} semi-structured sparsity ({sparsity:.3f}): "
+                f"{pattern} semi-structured sparsity ({sparsity:.4f}): "
                 + ("2:4 could be accelerated by sparse tensor cores on NVIDIA Ampere or newer GPUs "
                    "(e.g. torch.sparse.to_sparse_semi_structured), " if pattern == "2:4" else "")
                 + "but it is not here: weights are stored and multiplied densely, so bytes, MACs and "
@@ -393,8 +393,9 @@ def cost_notes(*, sparsity: float, pattern: str | None, quant: str | None) -> li
             )
         else:
             notes.append(
-                f"exact zeros in {sparsity:.3f} of the prunable weights (unstructured: from pruning"
-                + (f" and/or from rounding to the {quant} zero code" if quant in ("nf4", "nf4-dq", "fp4", "int8") else "")
+                f"exact zeros in {sparsity:.4f} of the prunable weights (no N:M pattern; from pruning, from the "
+                "source weights"
+                + (f", or from rounding to the {quant} zero code" if quant in ("nf4", "nf4-dq", "fp4", "int8") else "")
                 + "): they are stored and multiplied densely, so they reduce neither bytes on disk, weight "
                 "memory, MACs nor latency here; they only show in nonzero_parameters."
             )
