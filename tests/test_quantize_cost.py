@@ -23,7 +23,12 @@ from llm_compression.evaluate.cost import (  # noqa: E402
 )
 from llm_compression.models import load_checkpoint, save_checkpoint  # noqa: E402
 from llm_compression.modules import dense_weight, prunable_linears  # noqa: E402
-from llm_compression.quantize import AlreadyQuantizedError, check_options, quantize_checkpoint  # noqa: E402
+from llm_compression.quantize import (  # noqa: E402
+    AlreadyQuantizedError,
+    NonUniformWidthsError,
+    check_options,
+    quantize_checkpoint,
+)
 
 VOCAB = 256
 
@@ -133,6 +138,17 @@ def test_scheme_options_only_pass_knobs_that_change_the_scheme():
         scheme_options("q8", cfg)
 
 
+def test_refuses_per_layer_width_checkpoints(tmp_path):
+    save_tiny(tmp_path / "src")
+    cfg_path = tmp_path / "src" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["pruned_layer_shapes"] = [{"num_attention_heads": 4}, {"num_attention_heads": 2}]
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(NonUniformWidthsError, match="per-layer widths"):
+        quantize_checkpoint(tmp_path / "src", tmp_path / "q", scheme="nf4")
+    assert not (tmp_path / "q").exists()
+
+
 def test_bad_options_fail_before_loading(tmp_path):
     with pytest.raises(ValueError, match="unknown quantization 'nf3'"):
         check_options("nf3")
@@ -172,11 +188,34 @@ def test_blocksize_is_applied_saved_and_reloaded(tmp_path):
         assert torch.equal(m256(IDS).logits, m256b(IDS).logits)
 
 
-def test_refuses_blocksize_the_cpu_kernel_cannot_run(tmp_path):
-    save_tiny(tmp_path / "src")  # input widths 64 and 128
-    with pytest.raises(ValueError, match=r"in_features % blocksize == 0"):
-        quantize_checkpoint(tmp_path / "src", tmp_path / "o", scheme="nf4", blocksize=128)
-    assert not (tmp_path / "o").exists()
+def test_shapes_the_avx512_cpu_kernel_cannot_run_still_run(tmp_path):
+    """k_proj 64 -> 16 (not a multiple of 32) and blocksize 128 > input width 64 would crash bitsandbytes'
+    AVX512-BF16 CPU kernel at the first no-grad forward; load_checkpoint routes them to the generic path."""
+    from llm_compression.modules import bnb_cpu_fallback
+
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(tiny_config(2, num_attention_heads=8, num_key_value_heads=2)).eval()
+    save_checkpoint(m, tiny_tokenizer(), tmp_path / "src", {})
+    quantize_checkpoint(tmp_path / "src", tmp_path / "q", scheme="nf4-dq", blocksize=128)
+    q1, _ = load_checkpoint(tmp_path / "q")
+    q2, _ = load_checkpoint(tmp_path / "q")
+    assert q1.model.layers[0].self_attn.k_proj.weight.quant_state.blocksize == 128
+    with torch.no_grad():
+        l1, l2 = q1(IDS).logits, q2(IDS).logits
+        ld = m(IDS).logits
+    assert torch.equal(l1, l2) and (l1 - ld).abs().max() < 1.0
+    from bitsandbytes.functional import has_avx512bf16
+    from transformers import AutoModelForCausalLM
+
+    raw = AutoModelForCausalLM.from_pretrained(tmp_path / "q").eval()
+    switched = bnb_cpu_fallback(raw)
+    if has_avx512bf16():  # all but down_proj (input 128 = blocksize, output 64): inputs of 64 < 128
+        assert len(switched) == 2 * 6 and "model.layers.0.self_attn.k_proj" in switched
+        assert not any("down_proj" in n for n in switched)
+    else:
+        assert switched == []
+    with torch.no_grad():
+        assert torch.equal(raw(IDS).logits, l1)
 
 
 def test_nf4_dq_bits_per_weight_near_4127(tmp_path):
@@ -316,15 +355,15 @@ def test_config_cost_sections_defaults_and_booleans():
     from llm_compression.config import ConfigError, evaluation_options, evaluations, validate_config
 
     cfg = validate_config(_raw_config(), check_model=False)
-    assert evaluations(cfg) == ["ppl-ptb", "cost", "memory", "latency"]
+    assert evaluations(cfg) == ["ppl-ptb", "cost"]  # memory and latency only when enabled
     assert evaluation_options(cfg, "cost") == {"seqlen": 512}
     assert evaluation_options(cfg, "latency") == {"prompt_tokens": 128, "new_tokens": 32, "repeats": 5,
                                                   "warmup": 1, "threads": 2, "seed": 0}
     assert cfg["quantize"] == {"compute_dtype": "float32", "blocksize": 64, "int8_threshold": 6.0}
     raw = _raw_config()
-    raw["evaluation"].update(cost=True, memory=False, latency={"repeats": 3})
+    raw["evaluation"].update(cost=False, memory=True, latency={"enabled": True, "repeats": 3})
     cfg = validate_config(raw, check_model=False)
-    assert evaluations(cfg) == ["ppl-ptb", "cost", "latency"]
+    assert evaluations(cfg) == ["ppl-ptb", "memory", "latency"]
     assert evaluation_options(cfg, "latency")["repeats"] == 3
     for bad in ({"quantize": {"blocksize": 48}}, {"grid": {"quantization": ["nf2"]}},
                 {"evaluation": {"perplexity": {}, "latency": {"repeats": 0}}}):

@@ -55,7 +55,9 @@ def test_table_rows_and_values(run):
     variants = set(df.variant)
     assert variants == {"dense", "dense+nf4-dq", "magnitude_unstructured_0.5_x1", "magnitude_unstructured_0.5_x1+nf4-dq",
                         "wanda_unstructured_0.5_x1", "wanda_unstructured_0.5_x1+nf4-dq"}
-    assert len(df) == 6 * 5  # perplexity + parameters, nonzero_parameters, sparsity, disk_bytes
+    # perplexity + cost: parameters, nonzero_parameters, sparsity, disk_bytes, weight_bytes_in_memory(+after forward),
+    # linear_bits_per_weight, gmacs
+    assert len(df) == 6 * 9
     v = df.set_index(["variant", "metric"]).value
     # dense PTB test, 512-token windows, first 4,096 tokens: about 76 (whole split: 54.7)
     assert 70 < v["dense", "perplexity"] < 82
@@ -66,6 +68,8 @@ def test_table_rows_and_values(run):
     assert v["dense", "perplexity"] < v["wanda_unstructured_0.5_x1", "perplexity"] < v["magnitude_unstructured_0.5_x1", "perplexity"]
     assert v["dense+nf4-dq", "disk_bytes"] < 0.35 * v["dense", "disk_bytes"]
     assert v["dense+nf4-dq", "parameters"] == v["dense", "parameters"]
+    assert abs(v["dense+nf4-dq", "linear_bits_per_weight"] - 4.127) < 0.001
+    assert v["dense", "gmacs"] == v["dense+nf4-dq", "gmacs"] == v["wanda_unstructured_0.5_x1", "gmacs"]
     # protocol recorded with the value
     rec = pd.read_json(tmp / "results/smollm2-135m/metrics/dense/none/none/ppl-ptb.json", typ="series")
     proto = rec["protocol"]

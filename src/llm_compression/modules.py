@@ -78,6 +78,32 @@ def _dequantize_cpu_packed_4bit(data: torch.Tensor, qs) -> torch.Tensor:
     return qs.code.float()[idx] * absmax.repeat_interleave(qs.blocksize, dim=1)
 
 
+def bnb_cpu_fallback(model: nn.Module) -> list[str]:
+    """Route 4-bit layers that bitsandbytes' AVX512-BF16 CPU kernel cannot run to its generic CPU path.
+
+    bitsandbytes 0.50.2, on a CPU with AVX512-BF16, re-lays out every ``Linear4bit`` weight at its
+    first inference forward (eval mode, no grad) in tiles of 32 output rows and per-row runs of
+    ``blocksize``; a layer with ``out_features % 32 != 0`` or ``in_features % blocksize != 0`` then
+    fails with an assertion or a reshape error. For those layers this turns the re-layout off
+    (``support_avx512bf16_for_cpu = False``), so they run through the generic dequantize-then-matmul
+    path, which gives the same kind of result and works for any shape. Called by
+    :func:`llm_compression.models.load_checkpoint`.
+
+    Returns:
+        names of the layers switched to the generic path (empty when none needed it).
+    """
+    switched = []
+    for name, mod in model.named_modules():
+        if type(mod).__name__ != "Linear4bit" or not getattr(mod, "support_avx512bf16_for_cpu", False):
+            continue
+        qs = getattr(mod.weight, "quant_state", None)
+        bs = int(getattr(qs, "blocksize", 64) or 64)
+        if mod.out_features % 32 or mod.in_features % bs:
+            mod.support_avx512bf16_for_cpu = False
+            switched.append(name)
+    return switched
+
+
 def dense_weight(linear: nn.Linear) -> torch.Tensor:
     """The weight of a Linear as a float tensor ``[out, in]``, dequantizing bitsandbytes 4-bit/8-bit
     layers (including the CPU re-layout bitsandbytes applies at the first forward, see

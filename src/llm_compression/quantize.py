@@ -23,6 +23,11 @@ parent's full-precision tensor with ``bitsandbytes.nn.Params4bit(blocksize=...)`
 stored in every layer's serialized quant state, so the checkpoint reloads with it through plain
 ``from_pretrained``.
 
+CPU kernels: on CPUs with AVX512-BF16, bitsandbytes 0.50.2 runs 4-bit layers through a kernel that
+needs ``out_features % 32 == 0`` and ``in_features % blocksize == 0``; other shapes (tiny test
+models, odd structurally pruned widths, a block size that does not divide a width) are routed to
+its generic CPU path when loaded with :func:`llm_compression.models.load_checkpoint`.
+
 int8 runs on CPU with bitsandbytes 0.50.2 (checked: quantize, save, reload with identical logits;
 bitsandbytes casts the activations to float16 for the int8 matmul, and warns about it).
 """
@@ -48,6 +53,11 @@ FOUR_BIT = ("nf4", "nf4-dq", "fp4")
 BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 DEFAULT_BLOCKSIZE = 64
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class NonUniformWidthsError(ValueError):
+    """The checkpoint is structurally pruned with per-layer widths; transformers' bitsandbytes loading
+    (``from_pretrained(quantization_config=...)``) builds every layer at one width and cannot load it."""
 
 
 class AlreadyQuantizedError(ValueError):
@@ -104,31 +114,6 @@ def is_quantized_checkpoint(ckpt_dir: str | os.PathLike) -> bool:
     """True when the checkpoint's ``config.json`` carries a ``quantization_config``."""
     cfg = json.loads((Path(ckpt_dir) / "config.json").read_text())
     return "quantization_config" in cfg
-
-
-def check_cpu_kernel_shapes(model, blocksize: int) -> None:
-    """Refuse 4-bit layer shapes that bitsandbytes 0.50.2 cannot run on CPU.
-
-    On CPUs with AVX512-BF16 its 4-bit kernel re-lays out each weight at the first forward in tiles
-    of 32 output rows and ``blocksize``-long runs of one row, so every quantized Linear needs
-    ``out_features % 32 == 0`` and ``in_features % blocksize == 0`` (else the forward fails with an
-    assertion deep inside bitsandbytes). Checked for every CPU so that an artifact made on one CPU
-    runs on any other.
-
-    Raises:
-        ValueError: naming the first offending layer, its shape and the rule.
-    """
-    import bitsandbytes as bnb
-
-    for name, mod in model.named_modules():
-        if isinstance(mod, bnb.nn.Linear4bit):
-            if mod.out_features % 32 or mod.in_features % blocksize:
-                raise ValueError(
-                    f"layer {name} ({mod.in_features} -> {mod.out_features}) cannot be 4-bit quantized for CPU "
-                    f"with blocksize {blocksize}: bitsandbytes' CPU kernel needs out_features % 32 == 0 and "
-                    f"in_features % blocksize == 0; choose a blocksize dividing every input width "
-                    f"(64 for multiples of 64, 32 for multiples of 32) or quantize on CUDA"
-                )
 
 
 def _full_precision_state(src_dir: Path) -> dict:
@@ -190,6 +175,7 @@ def quantize_checkpoint(
 
     Raises:
         AlreadyQuantizedError: ``src_dir`` is already a quantized checkpoint.
+        NonUniformWidthsError: ``src_dir`` is structurally pruned with different widths per layer.
         ValueError: an invalid option (see :func:`check_options`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -203,10 +189,14 @@ def quantize_checkpoint(
             f"{old.get('bnb_4bit_quant_type') if old.get('load_in_4bit') else 'int8' if old.get('load_in_8bit') else '?'}); "
             f"refusing to quantize it again with {scheme!r}: quantize its unquantized parent instead"
         )
+    if json.loads((src_dir / "config.json").read_text()).get("pruned_layer_shapes"):
+        raise NonUniformWidthsError(
+            f"checkpoint {src_dir} is structurally pruned with per-layer widths (config.json "
+            "'pruned_layer_shapes'); 4-bit/8-bit loading through transformers builds all layers at one width "
+            "and cannot load it: prune with uniform widths (all decoder layers, or level 'channel') to quantize"
+        )
     cfg = bnb_config(scheme, compute_dtype=compute_dtype, int8_threshold=int8_threshold)
     model = AutoModelForCausalLM.from_pretrained(src_dir, quantization_config=cfg, device_map=device)
-    if scheme in FOUR_BIT and not str(device).startswith("cuda"):
-        check_cpu_kernel_shapes(model, int(blocksize))
     requantized = 0
     if scheme in FOUR_BIT and int(blocksize) != DEFAULT_BLOCKSIZE:
         requantized = _requantize_blocksize(model, src_dir, int(blocksize), device)
