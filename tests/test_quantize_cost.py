@@ -111,6 +111,14 @@ def test_quantize_save_reload_identical_logits_and_exact_zeros(tmp_path, scheme)
         assert torch.all(dense_weight(qq)[zd] == 0), n
     # logical parameter count is unchanged by packing
     assert count_parameters(q1)["parameters"] == count_parameters(dense)["parameters"]
+    if scheme == "int8":  # int8 weights + one fp32 scale per output row, before and after bnb moves the scales
+        lin = prunable_linears(dense)
+        expect = sum(m.weight.numel() * 8 + m.out_features * 32 for m in lin.values()) / sum(
+            m.weight.numel() for m in lin.values())
+        fresh, _ = load_checkpoint(out)
+        assert linear_bits_per_weight(fresh)["linear_bits_per_weight"] == pytest.approx(expect)
+        assert linear_bits_per_weight(q1)["linear_bits_per_weight"] == pytest.approx(expect)  # after forwards
+        assert weight_bytes_in_memory(q1) == weight_bytes_in_memory(fresh)
     # and the quantized model is close to, but not equal to, the dense one
     with torch.no_grad():
         ld = dense(IDS).logits

@@ -74,6 +74,22 @@ def quant_state_tensors(param: torch.Tensor) -> list[torch.Tensor]:
     return [t for t in out if isinstance(t, torch.Tensor)]
 
 
+def module_quant_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """Quantization tensors a bitsandbytes Linear holds outside its parameters: the weight's quant
+    state (:func:`quant_state_tensors`) and, for ``Linear8bitLt``, its matmul state (``state.CB``,
+    ``state.SCB``), where bitsandbytes moves the int8 row scales at the first forward."""
+    out = []
+    w = getattr(module, "weight", None)
+    if isinstance(w, torch.Tensor):
+        out += quant_state_tensors(w)
+    st = getattr(module, "state", None)
+    for a in ("CB", "SCB"):
+        t = getattr(st, a, None)
+        if isinstance(t, torch.Tensor):
+            out.append(t)
+    return out
+
+
 def _module_type(module: nn.Module) -> str:
     return type(module).__name__
 
@@ -147,6 +163,8 @@ def weight_bytes_in_memory(model: nn.Module) -> dict:
             add(p.data, owner)
             for q in quant_state_tensors(p):
                 add(q, owner)
+        for q in module_quant_tensors(module):
+            add(q, owner)
         for b in module.buffers(recurse=False):
             add(b, owner)
     return {"weight_bytes_in_memory": total, "weight_bytes_in_memory_by_module_type": by_type}
@@ -174,12 +192,16 @@ def linear_bits_per_weight(model: nn.Module) -> dict:
     for lin in prunable_linears(model).values():
         w = lin.weight
         codes = {id(t) for t in _code_tables(w)}
-        for q in quant_state_tensors(w):
+        seen = {w.data.data_ptr()}
+        bits += 8 * _tensor_bytes(w.data)
+        for q in module_quant_tensors(lin):
+            if q.data_ptr() in seen:
+                continue  # e.g. int8 state.CB is the weight itself
+            seen.add(q.data_ptr())
             if id(q) in codes:
                 code_bits += 8 * _tensor_bytes(q)
             else:
                 bits += 8 * _tensor_bytes(q)
-        bits += 8 * _tensor_bytes(w.data)
         weights += logical_numel(w)
     return {"linear_weights": weights, "linear_weight_bytes": (bits + code_bits) // 8,
             "linear_bits_per_weight": bits / weights if weights else None,
