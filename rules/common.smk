@@ -2,6 +2,7 @@
 from llm_compression.config import COST_EVALUATIONS, evaluation_options, evaluations, expand_grid, pruning_options
 from llm_compression.prune import needs_calibration
 from llm_compression.quantize import scheme_options
+from llm_compression.resources import ResourcePlan
 from llm_compression.variants import (
     NO_HEALING,
     NO_QUANT,
@@ -18,6 +19,14 @@ RESULTS = CFG["results"]
 MODEL = CFG["model"]["name"]
 VARIANTS = expand_grid(CFG)
 EVALUATIONS = evaluations(CFG)
+# runtime / mem_mb / cpus_per_task / gpu per stage, scaled with the model (config `resources:`);
+# cluster executors turn them into scheduler requests, local runs use only threads.
+RESOURCES = ResourcePlan(CFG)
+
+
+def stage_resources(stage):
+    """Keyword arguments for a rule's `resources:` (see llm_compression.resources)."""
+    return RESOURCES.snakemake_resources(stage)
 
 
 def R(path):
@@ -41,4 +50,4 @@ def metrics_files():
 
 
 def final_targets():
-    return metrics_files() + [R("summary.csv"), R("plots/perplexity_vs_nonzero.png")]
+    return metrics_files() + [R("summary.csv"), R("summary.md")] + figure_targets()

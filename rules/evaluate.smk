@@ -18,10 +18,10 @@ def evaluation_params(wildcards):
 
 
 def evaluation_threads(wildcards):
-    """Latency is measured with the configured thread count (recorded in its JSON); others use 1."""
+    """Latency is measured with the configured thread count (recorded in its JSON); others use the stage's."""
     if wildcards.evaluation == "latency":
         return CFG["evaluation"]["latency"]["threads"]
-    return 1
+    return RESOURCES.threads("evaluate")
 
 
 rule evaluate:
@@ -33,11 +33,13 @@ rule evaluate:
         evaluation=evaluation_params,
         variant=lambda w: variant_of(w).row(),
         model=MODEL,
-        device=CFG["device"],
+        device=RESOURCES.device("evaluate"),
     log:
         R("logs/evaluate/{pruning}/{healing}/{quant}/{evaluation}.log"),
     benchmark:
         R("benchmarks/evaluate/{pruning}/{healing}/{quant}/{evaluation}.tsv")
     threads: evaluation_threads
+    resources:
+        **stage_resources("evaluate"),
     script:
         "../workflow/scripts/evaluate.py"

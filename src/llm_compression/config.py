@@ -151,6 +151,15 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
                 f"corpus (one of: {', '.join(c for c in ('lambada', 'c4', 'wikitext2', 'ptb') if c not in kept)}) "
                 "or set calibration.allow_evaluation_corpus: true"
             )
+
+    from .resources import ResourceConfigError, ResourcePlan
+
+    try:
+        plan = ResourcePlan(cfg)
+    except ResourceConfigError as e:
+        raise ConfigError(str(e)) from None
+    if plan.warnings:
+        cfg.setdefault("_warnings", []).extend(plan.warnings)
     return cfg
 
 

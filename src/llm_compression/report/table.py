@@ -16,11 +16,8 @@ from ..io import read_json, write_text_atomic
 
 COLUMNS = ["model", "variant", "method", "level", "ratio", "repeat", "healing", "quant",
            "evaluation", "metric", "dataset", "split", "value", "protocol"]
-#: scalar metrics carried into the table (others stay in the JSON)
-TABLE_METRICS = {"perplexity", "parameters", "nonzero_parameters", "sparsity", "disk_bytes",
-                 "weight_bytes_in_memory", "weight_bytes_in_memory_after_forward", "linear_bits_per_weight",
-                 "gmacs", "peak_memory_bytes", "rss_after_load_bytes",
-                 "prefill_seconds_median", "decode_tokens_per_second_median"}
+#: metrics left out of the table (kept in the JSON): intermediate sums
+EXCLUDED_METRICS = {"nll_sum"}
 
 
 def protocol_label(protocol: dict) -> str:
@@ -51,7 +48,7 @@ def rows_from_record(record: dict) -> list[dict]:
         "protocol": protocol_label(proto),
     }
     return [{**base, "metric": k, "value": float(val)} for k, val in record["metrics"].items()
-            if k in TABLE_METRICS and val is not None]
+            if k not in EXCLUDED_METRICS and isinstance(val, (int, float)) and not isinstance(val, bool)]
 
 
 def build_table(metric_files: list[str | os.PathLike]) -> pd.DataFrame:
