@@ -1,6 +1,7 @@
 # Variant naming, input functions and the final target list. Paths come from llm_compression.variants.
-from llm_compression.config import evaluations, expand_grid, pruning_options
+from llm_compression.config import COST_EVALUATIONS, evaluation_options, evaluations, expand_grid, pruning_options
 from llm_compression.prune import needs_calibration
+from llm_compression.quantize import scheme_options
 from llm_compression.resources import ResourcePlan
 from llm_compression.variants import (
     NO_HEALING,

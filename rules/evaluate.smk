@@ -12,9 +12,16 @@ def evaluation_params(wildcards):
             raise ValueError(f"evaluation {ev!r}: dataset {ds!r} is not configured; valid: {list(ppl['datasets'])}")
         opts = {k: v for k, v in ppl.items() if k != "datasets"}
         return {"kind": "perplexity", "dataset": ds, **ppl["datasets"][ds], **opts}
-    if ev == "cost":
-        return {"kind": "cost"}
-    raise ValueError(f"unknown evaluation {ev!r}; valid: ppl-<dataset>, cost")
+    if ev in COST_EVALUATIONS:
+        return {"kind": ev, **evaluation_options(CFG, ev)}
+    raise ValueError(f"unknown evaluation {ev!r}; valid: ppl-<dataset>, {', '.join(COST_EVALUATIONS)}")
+
+
+def evaluation_threads(wildcards):
+    """Latency is measured with the configured thread count (recorded in its JSON); others use the stage's."""
+    if wildcards.evaluation == "latency":
+        return CFG["evaluation"]["latency"]["threads"]
+    return RESOURCES.threads("evaluate")
 
 
 rule evaluate:
@@ -31,7 +38,7 @@ rule evaluate:
         R("logs/evaluate/{pruning}/{healing}/{quant}/{evaluation}.log"),
     benchmark:
         R("benchmarks/evaluate/{pruning}/{healing}/{quant}/{evaluation}.tsv")
-    threads: RESOURCES.threads("evaluate")
+    threads: evaluation_threads
     resources:
         **stage_resources("evaluate"),
     script:

@@ -9,7 +9,7 @@ rule quantize:
         directory(R(MODEL + "/quantized/{pruning}/{healing}/{quant}")),
     params:
         scheme=lambda w: w.quant,
-        compute_dtype=CFG["quantize"]["compute_dtype"],
+        options=lambda w: scheme_options(w.quant, CFG["quantize"]),
         device=RESOURCES.device("quantize"),
     log:
         R("logs/quantize/{pruning}/{healing}/{quant}.log"),

@@ -68,6 +68,8 @@ def test_table_rows_and_values(run):
     assert v["dense", "perplexity"] < v["wanda_unstructured_0.5_x1", "perplexity"] < v["magnitude_unstructured_0.5_x1", "perplexity"]
     assert v["dense+nf4-dq", "disk_bytes"] < 0.35 * v["dense", "disk_bytes"]
     assert v["dense+nf4-dq", "parameters"] == v["dense", "parameters"]
+    assert abs(v["dense+nf4-dq", "linear_bits_per_weight"] - 4.127) < 0.001
+    assert v["dense", "gmacs"] == v["dense+nf4-dq", "gmacs"] == v["wanda_unstructured_0.5_x1", "gmacs"]
     # protocol recorded with the value
     rec = pd.read_json(tmp / "results/smollm2-135m/metrics/dense/none/none/ppl-ptb.json", typ="series")
     proto = rec["protocol"]

@@ -17,6 +17,10 @@ from .variants import DENSE, NO_HEALING, Pruning, Variant, cumulative_ratio, for
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
 
+#: cost-type evaluations, each a config section ``evaluation.<name>`` with ``enabled`` and its knobs
+COST_EVALUATIONS = ("cost", "memory", "latency")
+
+
 class ConfigError(ValueError):
     """The configuration is malformed or names something that does not exist."""
 
@@ -76,6 +80,11 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
     if not isinstance(config, dict):
         raise ConfigError(f"config must be a mapping at the top level, got {type(config).__name__}: {config!r}")
     cfg = copy.deepcopy(config)
+    ev = cfg.get("evaluation")
+    if isinstance(ev, dict):  # ``cost: true`` (older configs) means ``cost: {enabled: true}``
+        for key in COST_EVALUATIONS:
+            if isinstance(ev.get(key), bool):
+                ev[key] = {"enabled": ev[key]}
     validator = _validator_with_defaults(_load_schema(schema_path))
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
@@ -249,8 +258,19 @@ def pruning_options(cfg: dict, pruning: Pruning) -> dict:
 
 
 def evaluations(cfg: dict) -> list[str]:
-    """Evaluation names of a validated config: ``ppl-<dataset>`` for each dataset, and ``cost``."""
+    """Evaluation names of a validated config: ``ppl-<dataset>`` for each dataset, then the enabled
+    ones of ``cost``, ``memory``, ``latency``."""
     names = [f"ppl-{d}" for d in cfg["evaluation"]["perplexity"]["datasets"]]
-    if cfg["evaluation"]["cost"]:
-        names.append("cost")
+    names += [k for k in COST_EVALUATIONS if cfg["evaluation"][k]["enabled"]]
     return names
+
+
+def evaluation_options(cfg: dict, name: str) -> dict:
+    """The knobs of a cost-type evaluation (``cost``, ``memory``, ``latency``) for ``params:``.
+
+    Raises:
+        ValueError: ``name`` is not a cost-type evaluation.
+    """
+    if name not in COST_EVALUATIONS:
+        raise ValueError(f"{name!r} is not one of {', '.join(COST_EVALUATIONS)}")
+    return {k: v for k, v in cfg["evaluation"][name].items() if k != "enabled"}

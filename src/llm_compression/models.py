@@ -189,7 +189,9 @@ def read_compression(ckpt_dir: str | os.PathLike) -> dict:
 def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, device: str = "cpu"):
     """Load ``(model, tokenizer)`` from a checkpoint directory written by this project.
 
-    4-bit/8-bit checkpoints (bitsandbytes) reload through their saved ``quantization_config``.
+    4-bit/8-bit checkpoints (bitsandbytes) reload through their saved ``quantization_config``; 4-bit
+    layers whose shapes bitsandbytes' AVX512-BF16 CPU kernel cannot run are routed to its generic CPU
+    path (:func:`llm_compression.modules.bnb_cpu_fallback`).
 
     Raises:
         FileNotFoundError: ``ckpt_dir`` has no ``config.json``.
@@ -207,6 +209,10 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, de
     if device != "cpu":
         kw["device_map"] = device
     model = AutoModelForCausalLM.from_pretrained(ckpt_dir, **kw)
+    if getattr(model.config, "quantization_config", None) is not None:
+        from .modules import bnb_cpu_fallback
+
+        bnb_cpu_fallback(model)  # 4-bit shapes bitsandbytes' AVX512-BF16 CPU kernel cannot run
     model.eval()
     return model, tok
 

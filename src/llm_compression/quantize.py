@@ -2,59 +2,153 @@
 
 Schemes (``quant`` names used in config and paths):
 
+- ``none``: no quantization (the variant's artifact is its unquantized parent; no stage runs);
 - ``nf4``: 4-bit NormalFloat, blockwise absmax scaling (Dettmers et al. 2023, "QLoRA", Sec. 3
   "4-bit NormalFloat Quantization");
 - ``nf4-dq``: NF4 plus double quantization of the absmax constants (QLoRA Sec. 3 "Double
-  Quantization"): 8-bit constants with a second-level fp32 constant per 256 blocks, ~4.127 bits
-  per weight at block size 64;
-- ``fp4``: 4-bit float, blockwise absmax.
+  Quantization"): 8-bit constants with a second-level fp32 constant per 256 blocks, so
+  ``4 + 8/64 + 32/(64*256) = 4.127`` bits per weight at block size 64;
+- ``fp4``: 4-bit float, blockwise absmax;
+- ``int8``: LLM.int8() (Dettmers et al. 2022, "LLM.int8()", Sec. 3): row-wise absmax int8 weights;
+  at run time input columns with an outlier above ``int8_threshold`` are multiplied in 16-bit.
 
-NF4 has an exact zero code, so weights zeroed by pruning stay exactly zero after quantization.
-The prunable Linear layers are quantized; embeddings and the LM head stay in full precision
+NF4, FP4 and int8 all have an exact zero code, so weights zeroed by pruning stay exactly zero.
+The Linear layers are quantized; embeddings and the LM head stay in full precision
 (transformers' bitsandbytes integration skips the output head).
+
+Block size: transformers 5.23's ``BitsAndBytesConfig`` has no ``bnb_4bit_blocksize`` (it drops
+unknown keys with an info log, so passing it would silently keep 64). A block size other than
+bitsandbytes' default 64 is therefore applied here by re-quantizing each 4-bit weight from the
+parent's full-precision tensor with ``bitsandbytes.nn.Params4bit(blocksize=...)``; the block size is
+stored in every layer's serialized quant state, so the checkpoint reloads with it through plain
+``from_pretrained``.
+
+CPU kernels: on CPUs with AVX512-BF16, bitsandbytes 0.50.2 runs 4-bit layers through a kernel that
+needs ``out_features % 32 == 0`` and ``in_features % blocksize == 0``; other shapes (tiny test
+models, odd structurally pruned widths, a block size that does not divide a width) are routed to
+its generic CPU path when loaded with :func:`llm_compression.models.load_checkpoint`.
+
+int8 runs on CPU with bitsandbytes 0.50.2 (checked: quantize, save, reload with identical logits;
+bitsandbytes casts the activations to float16 for the int8 matmul, and warns about it).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from .io import atomic_dir, write_json_atomic
 from .models import COMPRESSION_FILE, library_versions, read_compression
+from .variants import NO_QUANT
 
 SCHEMES = {
     "nf4": {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": False},
     "nf4-dq": {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True},
     "fp4": {"bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False},
+    "int8": {},
 }
+FOUR_BIT = ("nf4", "nf4-dq", "fp4")
+#: block sizes bitsandbytes 0.50.2's 4-bit quantizer accepts (32 checked on CPU, not available on ROCm)
+BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+DEFAULT_BLOCKSIZE = 64
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class NonUniformWidthsError(ValueError):
+    """The checkpoint is structurally pruned with per-layer widths; transformers' bitsandbytes loading
+    (``from_pretrained(quantization_config=...)``) builds every layer at one width and cannot load it."""
 
 
 class AlreadyQuantizedError(ValueError):
     """The input checkpoint is already quantized; re-quantizing would silently keep the old scheme."""
 
 
-def bnb_config(scheme: str, *, compute_dtype: str = "float32", blocksize: int | None = None):
-    """A ``transformers.BitsAndBytesConfig`` for ``scheme``.
+def check_options(scheme: str, *, compute_dtype: str = "float32", blocksize: int = DEFAULT_BLOCKSIZE,
+                  int8_threshold: float = 6.0) -> None:
+    """Validate quantization options before any heavy work.
+
+    Raises:
+        ValueError: unknown scheme, compute dtype, block size, or a negative int8 threshold.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown quantization {scheme!r}; valid: {NO_QUANT}, {', '.join(SCHEMES)}")
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype {compute_dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
+    if int(blocksize) not in BLOCKSIZES:
+        raise ValueError(f"blocksize {blocksize!r} is not one of {', '.join(map(str, BLOCKSIZES))}")
+    if not float(int8_threshold) >= 0:
+        raise ValueError(f"int8_threshold {int8_threshold!r} must be >= 0 (0 disables the fp16 outlier path)")
+
+
+def scheme_options(scheme: str, quantize_cfg: dict) -> dict:
+    """The config knobs that change the output of ``scheme`` (so the workflow reruns exactly those):
+    ``compute_dtype`` and ``blocksize`` for 4-bit schemes, ``int8_threshold`` for int8.
 
     Raises:
         ValueError: unknown scheme.
     """
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown quantization {scheme!r}; valid: {NO_QUANT}, {', '.join(SCHEMES)}")
+    keys = ("int8_threshold",) if scheme == "int8" else ("compute_dtype", "blocksize")
+    return {k: quantize_cfg[k] for k in keys if k in quantize_cfg}
+
+
+def bnb_config(scheme: str, *, compute_dtype: str = "float32", int8_threshold: float = 6.0):
+    """A ``transformers.BitsAndBytesConfig`` for ``scheme`` (block size is applied separately, see module doc).
+
+    Raises:
+        ValueError: unknown scheme or compute dtype.
+    """
     import torch
     from transformers import BitsAndBytesConfig
 
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown quantization {scheme!r}; valid: none, {', '.join(SCHEMES)}")
-    kw = dict(SCHEMES[scheme])
-    if blocksize is not None:
-        kw["bnb_4bit_blocksize"] = blocksize
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=getattr(torch, compute_dtype), **kw)
+    check_options(scheme, compute_dtype=compute_dtype, int8_threshold=int8_threshold)
+    if scheme == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=float(int8_threshold))
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=getattr(torch, compute_dtype),
+                              **SCHEMES[scheme])
 
 
 def is_quantized_checkpoint(ckpt_dir: str | os.PathLike) -> bool:
-    import json
-
+    """True when the checkpoint's ``config.json`` carries a ``quantization_config``."""
     cfg = json.loads((Path(ckpt_dir) / "config.json").read_text())
     return "quantization_config" in cfg
+
+
+def _full_precision_state(src_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    sd = {}
+    for f in sorted(src_dir.glob("*.safetensors")):
+        sd.update(load_file(str(f)))
+    return sd
+
+
+def _requantize_blocksize(model, src_dir: Path, blocksize: int, device: str) -> int:
+    """Re-quantize every ``Linear4bit`` weight of ``model`` from the parent's full-precision tensor at
+    ``blocksize``. Returns the number of layers re-quantized.
+
+    Raises:
+        KeyError: a quantized layer has no weight tensor in the parent checkpoint.
+    """
+    import bitsandbytes as bnb
+
+    sd = _full_precision_state(src_dir)
+    n = 0
+    for name, mod in model.named_modules():
+        if isinstance(mod, bnb.nn.Linear4bit):
+            key = f"{name}.weight"
+            if key not in sd:
+                raise KeyError(f"{key} not found in the parent checkpoint {src_dir}")
+            old = mod.weight
+            mod.weight = bnb.nn.Params4bit(
+                sd[key].float(), requires_grad=False, blocksize=blocksize,
+                compress_statistics=old.compress_statistics, quant_type=old.quant_type,
+                quant_storage=old.quant_storage, module=mod,
+            ).to(device)
+            n += 1
+    return n
 
 
 def quantize_checkpoint(
@@ -63,33 +157,64 @@ def quantize_checkpoint(
     *,
     scheme: str = "nf4-dq",
     compute_dtype: str = "float32",
+    blocksize: int = DEFAULT_BLOCKSIZE,
+    int8_threshold: float = 6.0,
     device: str = "cpu",
 ) -> dict:
-    """Quantize the Linear layers of a checkpoint and save it as a 4-bit checkpoint (atomically).
+    """Quantize the Linear layers of a checkpoint and save it as a bitsandbytes checkpoint (atomically).
+
+    Args:
+        scheme: one of ``nf4``, ``nf4-dq``, ``fp4``, ``int8`` (see module doc).
+        compute_dtype: dtype of the 4-bit matmul (weights are dequantized to it); ignored by int8.
+        blocksize: 4-bit absmax block size (weights per fp32/8-bit scale); ignored by int8.
+        int8_threshold: LLM.int8() outlier threshold; ignored by 4-bit schemes.
+        device: ``cpu`` or ``cuda``.
 
     Returns:
         The ``compression.json`` written with the output.
 
     Raises:
         AlreadyQuantizedError: ``src_dir`` is already a quantized checkpoint.
-        ValueError: unknown scheme.
+        NonUniformWidthsError: ``src_dir`` is structurally pruned with different widths per layer.
+        ValueError: an invalid option (see :func:`check_options`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    src_dir = Path(src_dir)
+    check_options(scheme, compute_dtype=compute_dtype, blocksize=blocksize, int8_threshold=int8_threshold)
     if is_quantized_checkpoint(src_dir):
+        old = json.loads((src_dir / "config.json").read_text())["quantization_config"]
         raise AlreadyQuantizedError(
-            f"checkpoint {src_dir} is already quantized; quantize its unquantized parent instead"
+            f"checkpoint {src_dir} is already quantized ({old.get('quant_method')}, "
+            f"{old.get('bnb_4bit_quant_type') if old.get('load_in_4bit') else 'int8' if old.get('load_in_8bit') else '?'}); "
+            f"refusing to quantize it again with {scheme!r}: quantize its unquantized parent instead"
         )
-    cfg = bnb_config(scheme, compute_dtype=compute_dtype)
+    if json.loads((src_dir / "config.json").read_text()).get("pruned_layer_shapes"):
+        raise NonUniformWidthsError(
+            f"checkpoint {src_dir} is structurally pruned with per-layer widths (config.json "
+            "'pruned_layer_shapes'); 4-bit/8-bit loading through transformers builds all layers at one width "
+            "and cannot load it: prune with uniform widths (all decoder layers, or level 'channel') to quantize"
+        )
+    cfg = bnb_config(scheme, compute_dtype=compute_dtype, int8_threshold=int8_threshold)
     model = AutoModelForCausalLM.from_pretrained(src_dir, quantization_config=cfg, device_map=device)
+    requantized = 0
+    if scheme in FOUR_BIT and int(blocksize) != DEFAULT_BLOCKSIZE:
+        requantized = _requantize_blocksize(model, src_dir, int(blocksize), device)
     tok = AutoTokenizer.from_pretrained(src_dir)
     parent = read_compression(src_dir)
     info = {
         "stage": "quantize",
         "parent": str(src_dir),
         "parent_compression": parent,
-        "quantization": {"scheme": scheme, "compute_dtype": compute_dtype, "device": device,
-                         "config": cfg.to_dict()},
+        "quantization": {
+            "scheme": scheme,
+            "compute_dtype": compute_dtype if scheme in FOUR_BIT else None,
+            "blocksize": int(blocksize) if scheme in FOUR_BIT else None,
+            "int8_threshold": float(int8_threshold) if scheme == "int8" else None,
+            "device": device,
+            "layers_requantized_for_blocksize": requantized,
+            "config": cfg.to_dict(),
+        },
         "library_versions": library_versions(),
     }
     with atomic_dir(out_dir) as tmp:

@@ -1,7 +1,8 @@
-"""Measure one evaluation (perplexity on a dataset, or cost) on one artifact; write its metrics JSON."""
+"""Measure one evaluation (perplexity on a dataset, cost, memory or latency) on one artifact; write its metrics JSON."""
 import time
 
-from llm_compression.evaluate import METRICS_SCHEMA, evaluate_cost, evaluate_perplexity
+from llm_compression.evaluate import (METRICS_SCHEMA, evaluate_cost, evaluate_latency, evaluate_memory,
+                                     evaluate_perplexity)
 from llm_compression.io import write_json_atomic
 from llm_compression.models import pick_device
 from llm_compression.runtime import setup_job
@@ -17,9 +18,18 @@ if kind == "perplexity":
     rec = evaluate_perplexity(sm.input[0], device=device, progress=True, **ev)
     log.info("%s perplexity %.3f over %d scored tokens", ev["dataset"], rec["metrics"]["perplexity"],
              rec["protocol"]["scored_tokens"])
-else:
-    rec = evaluate_cost(sm.input[0], device=device)
+elif kind == "cost":
+    rec = evaluate_cost(sm.input[0], device=device, **ev)
     log.info("cost %s", rec["metrics"])
+elif kind == "memory":
+    rec = evaluate_memory(sm.input[0], device=device, threads=sm.threads, **ev)
+    log.info("memory %s", rec["metrics"])
+elif kind == "latency":
+    ev.pop("threads")  # the job's thread count (sm.threads, set by setup_job) is what runs and is recorded
+    rec = evaluate_latency(sm.input[0], device=device, **ev)
+    log.info("latency %s", rec["metrics"])
+else:
+    raise ValueError(f"unknown evaluation kind {kind!r}")
 write_json_atomic(sm.output[0], {
     "schema": METRICS_SCHEMA,
     "model": sm.params.model,

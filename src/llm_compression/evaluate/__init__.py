@@ -1,6 +1,8 @@
-"""Evaluation of a checkpoint: perplexity (:mod:`.perplexity`) and cost (:mod:`.cost`).
+"""Evaluation of a checkpoint: perplexity (:mod:`.perplexity`), cost (:mod:`.cost`), peak memory
+(:mod:`.memory`) and latency (:mod:`.latency`).
 
-:func:`evaluate_perplexity` and :func:`evaluate_cost` load a checkpoint, measure it, and return a
+:func:`evaluate_perplexity`, :func:`evaluate_cost`, :func:`evaluate_memory` and
+:func:`evaluate_latency` load a checkpoint, measure it, and return a
 metrics record: the values *and* the protocol that produced them, so that two numbers are only
 compared when their protocols match.
 """
@@ -13,7 +15,9 @@ import torch
 
 from ..data import load_text, tokenize_stream
 from ..models import load_checkpoint, read_compression
-from .cost import cost_metrics
+from .cost import cost_metrics, cost_notes, nm_pattern
+from .latency import measure_latency
+from .memory import measure_peak_memory
 from .perplexity import perplexity
 
 METRICS_SCHEMA = "llm-compression/metrics/v1"
@@ -79,17 +83,73 @@ def evaluate_perplexity(
     }
 
 
-def evaluate_cost(ckpt_dir, *, device: str = "cpu") -> dict:
-    """Parameters (logical), non-zero parameters, sparsity over prunable Linear weights, and weight
-    bytes on disk, measured on the checkpoint at ``ckpt_dir``."""
+def _quant_scheme(ckpt_dir) -> str | None:
+    return (read_compression(ckpt_dir).get("quantization") or {}).get("scheme")
+
+
+def evaluate_cost(ckpt_dir, *, seqlen: int = 512, device: str = "cpu") -> dict:
+    """Parameters (logical, non-zero, per module type), sparsity over prunable Linear weights, bytes on
+    disk and in memory, stored bits per Linear weight, and MACs of one ``seqlen``-token forward,
+    measured on the checkpoint at ``ckpt_dir`` (see :mod:`.cost`).
+
+    Raises:
+        ValueError: ``seqlen`` < 1.
+    """
+    if int(seqlen) < 1:
+        raise ValueError(f"cost seqlen {seqlen!r} must be >= 1")
     t0 = time.perf_counter()
     model, _ = load_checkpoint(ckpt_dir, device=device)
-    m = cost_metrics(model, ckpt_dir)
-    comp = read_compression(ckpt_dir)
+    m = cost_metrics(model, ckpt_dir, seqlen=int(seqlen))
+    scheme = _quant_scheme(ckpt_dir)
+    pattern = nm_pattern(model) if m["sparsity"] > 0 else None
     return {
         "metrics": m,
-        "protocol": {"what": "parameters, non-zero parameters, sparsity over prunable decoder Linear weights, "
-                             "bytes of *.safetensors on disk",
-                     "quantization": (comp.get("quantization") or {}).get("scheme")},
+        "protocol": {"what": "logical parameters (4-bit unpacked), non-zero parameters, sparsity over prunable "
+                             "decoder Linear weights, bytes of *.safetensors on disk, bytes of parameters+buffers+"
+                             "quantization state in memory, MACs of one forward (batch 1, no KV cache): ptflops "
+                             "Linear MACs + attention QK^T and AV over the full LxL",
+                     "macs_seqlen": int(seqlen), "batch": 1,
+                     "macs_counter": "ptflops pytorch backend, count_functional=False, bnb Linear hooks; "
+                                     "attention closed form from module shapes",
+                     "quantization": scheme, "sparsity_pattern": pattern or ("unstructured" if m["sparsity"] > 0 else None)},
+        "notes": cost_notes(sparsity=m["sparsity"], pattern=pattern, quant=scheme),
+        "runtime": {**_runtime(model), "seconds": time.perf_counter() - t0},
+    }
+
+
+def evaluate_memory(ckpt_dir, *, seqlen: int = 512, device: str = "cpu", threads: int | None = None) -> dict:
+    """Peak memory of one ``seqlen``-token forward in a fresh process (see :mod:`.memory`)."""
+    t0 = time.perf_counter()
+    r = measure_peak_memory(ckpt_dir, seqlen=int(seqlen), device=device, threads=threads)
+    kind = r.pop("peak_memory_kind")
+    rss_kind = r.pop("peak_rss_kind")
+    return {
+        "metrics": r,
+        "protocol": {"what": "peak memory of one forward (batch 1, no KV cache) in a fresh process",
+                     "seqlen": int(seqlen), "peak_memory_kind": kind, "peak_rss_kind": rss_kind,
+                     "quantization": _quant_scheme(ckpt_dir)},
+        "notes": ["peak_memory_bytes includes the resident weights; unstructured zeros are stored densely and "
+                  "do not lower it"],
+        "runtime": {"device": r["device"], "torch_threads": r["threads"], "seconds": time.perf_counter() - t0},
+    }
+
+
+def evaluate_latency(ckpt_dir, *, prompt_tokens: int = 128, new_tokens: int = 32, repeats: int = 5,
+                     warmup: int = 1, seed: int = 0, device: str = "cpu") -> dict:
+    """Prefill seconds and greedy decode tokens/s with a KV cache (see :mod:`.latency`)."""
+    t0 = time.perf_counter()
+    model, _ = load_checkpoint(ckpt_dir, device=device)
+    r = measure_latency(model, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats,
+                        warmup=warmup, seed=seed)
+    return {
+        "metrics": r,
+        "protocol": {"what": "prefill: one forward of prompt_tokens (use_cache, last-position logits); decode: "
+                             "new_tokens greedy single-token forwards from that KV cache; warm-up repeats "
+                             "discarded; median with min and max over repeats",
+                     **{k: r[k] for k in ("prompt_tokens", "new_tokens", "repeats", "warmup", "threads", "device")},
+                     "seed": seed,
+                     "quantization": _quant_scheme(ckpt_dir)},
+        "notes": ["measured with the dense/bitsandbytes kernels this artifact loads with; unstructured zeros "
+                  "are multiplied like any other weight, so they do not speed it up"],
         "runtime": {**_runtime(model), "seconds": time.perf_counter() - t0},
     }

@@ -22,8 +22,13 @@ EXCLUDED_METRICS = {"nll_sum"}
 
 def protocol_label(protocol: dict) -> str:
     """Compact protocol text, e.g. ``seqlen=512 windows=8 scored=4088 cap=4096``."""
-    if "seqlen" not in protocol:
-        return ""
+    if "prompt_tokens" in protocol:  # latency
+        return (f"prompt={protocol['prompt_tokens']} new={protocol['new_tokens']} repeats={protocol['repeats']} "
+                f"warmup={protocol['warmup']} threads={protocol.get('threads', '')} device={protocol.get('device', '')}")
+    if "macs_seqlen" in protocol:  # cost
+        return f"macs_seqlen={protocol['macs_seqlen']}"
+    if "windows" not in protocol:  # memory, or anything else with a sequence length
+        return f"seqlen={protocol['seqlen']}" if "seqlen" in protocol else ""
     cap = protocol.get("limit_tokens")
     return (f"{protocol.get('preset', '')} seqlen={protocol['seqlen']} windows={protocol['windows']} "
             f"scored={protocol['scored_tokens']} join={protocol.get('join', '')}"

@@ -1,0 +1,133 @@
+"""Peak memory of one forward pass, measured in a fresh process.
+
+A fresh process matters: memory freed by an earlier job stays in the allocator of a long-lived
+process, and the peak of loading (reading a checkpoint, quantizing) would hide the peak of running.
+
+- CUDA: ``torch.cuda.max_memory_allocated`` over one forward, after ``reset_peak_memory_stats``
+  (tensors allocated by PyTorch's caching allocator: weights, activations, workspace; not the CUDA
+  context). The allocated bytes after loading are reported as the baseline.
+- CPU (Linux): the process's resident set. ``VmRSS`` after imports and after loading are the
+  baselines; the kernel's high-water mark ``VmHWM`` is then reset (``/proc/self/clear_refs`` ``5``,
+  Linux >= 4.0) so the reported peak covers the forward pass only (with the loaded model resident).
+  Where the reset is refused, the whole-process peak ``ru_maxrss`` is reported and flagged.
+
+Run as ``python -m llm_compression.evaluate.memory CKPT --seqlen N --device cpu`` it prints one
+JSON line; :func:`measure_peak_memory` starts it and parses that line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _proc_status_bytes(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def probe(ckpt_dir: str, *, seqlen: int, device: str, threads: int | None = None, seed: int = 0) -> dict:
+    """Load ``ckpt_dir`` and run one forward of ``seqlen`` tokens in *this* process; return memory figures.
+
+    Meant to be called in a fresh process (see :func:`measure_peak_memory`).
+    """
+    import resource
+
+    import torch
+
+    from ..models import load_checkpoint
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    rss_start = _proc_status_bytes("VmRSS")
+    cuda = device.startswith("cuda")
+    model, _ = load_checkpoint(ckpt_dir, device=device)
+    vocab = int(model.get_input_embeddings().num_embeddings)
+    ids = torch.randint(0, vocab, (1, int(seqlen)), generator=torch.Generator().manual_seed(seed)).to(device)
+    out = {"device": device, "threads": torch.get_num_threads(), "seqlen": int(seqlen),
+           "rss_after_imports_bytes": rss_start}
+    if cuda:
+        torch.cuda.synchronize()
+        out["cuda_allocated_after_load_bytes"] = int(torch.cuda.memory_allocated())
+        torch.cuda.reset_peak_memory_stats()
+    out["rss_after_load_bytes"] = _proc_status_bytes("VmRSS")
+    out["peak_rss_through_load_bytes"] = _proc_status_bytes("VmHWM")
+    reset = _reset_peak_rss()
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    if cuda:
+        torch.cuda.synchronize()
+        out["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
+        out["peak_memory_kind"] = "cuda max_memory_allocated over one forward"
+        out["peak_memory_over_load_bytes"] = out["peak_memory_bytes"] - out["cuda_allocated_after_load_bytes"]
+    hwm = _proc_status_bytes("VmHWM")
+    if reset and hwm is not None:
+        out["peak_rss_forward_bytes"] = hwm
+        rss_kind = "VmHWM over one forward (reset after load)"
+    else:
+        out["peak_rss_forward_bytes"] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        rss_kind = "ru_maxrss of the whole process (peak reset unavailable; includes loading)"
+    if not cuda:
+        out["peak_memory_bytes"] = out["peak_rss_forward_bytes"]
+        out["peak_memory_kind"] = "CPU resident set, " + rss_kind
+        out["peak_memory_over_load_bytes"] = out["peak_memory_bytes"] - out["rss_after_load_bytes"]
+    out["peak_rss_kind"] = rss_kind
+    return out
+
+
+def measure_peak_memory(ckpt_dir: str | os.PathLike, *, seqlen: int, device: str = "cpu",
+                        threads: int | None = None, seed: int = 0, timeout_s: float = 1800) -> dict:
+    """Run :func:`probe` in a fresh Python process and return its figures.
+
+    Raises:
+        ValueError: ``seqlen`` < 1.
+        RuntimeError: the child process failed (its stderr tail is in the message).
+    """
+    if int(seqlen) < 1:
+        raise ValueError(f"seqlen {seqlen!r} must be >= 1")
+    src_root = str(Path(__file__).resolve().parents[2])  # .../src, so the child imports this library
+    env = dict(os.environ)
+    env["PYTHONPATH"] = src_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = [sys.executable, "-m", "llm_compression.evaluate.memory", str(ckpt_dir), "--seqlen", str(int(seqlen)),
+           "--device", device, "--seed", str(seed)]
+    if threads:
+        cmd += ["--threads", str(int(threads))]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if r.returncode != 0 or not lines:
+        raise RuntimeError(f"memory probe failed (exit {r.returncode}) on {ckpt_dir}: {r.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("ckpt")
+    ap.add_argument("--seqlen", type=int, required=True)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    res = probe(a.ckpt, seqlen=a.seqlen, device=a.device, threads=a.threads, seed=a.seed)
+    sys.stdout.write(json.dumps(res) + "\n")
+
+
+if __name__ == "__main__":
+    main()
