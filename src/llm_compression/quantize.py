@@ -29,6 +29,11 @@ SCHEMES = {
 }
 
 
+class NonUniformWidthsError(ValueError):
+    """The checkpoint is structurally pruned with per-layer widths; transformers' bitsandbytes loading
+    (``from_pretrained(quantization_config=...)``) builds every layer at one width and cannot load it."""
+
+
 class AlreadyQuantizedError(ValueError):
     """The input checkpoint is already quantized; re-quantizing would silently keep the old scheme."""
 
@@ -72,13 +77,23 @@ def quantize_checkpoint(
 
     Raises:
         AlreadyQuantizedError: ``src_dir`` is already a quantized checkpoint.
+        NonUniformWidthsError: ``src_dir`` is structurally pruned with different widths per layer.
         ValueError: unknown scheme.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .models import needs_structured_loader
+
     if is_quantized_checkpoint(src_dir):
         raise AlreadyQuantizedError(
             f"checkpoint {src_dir} is already quantized; quantize its unquantized parent instead"
+        )
+    if needs_structured_loader(src_dir):
+        raise NonUniformWidthsError(
+            f"checkpoint {src_dir} is structurally pruned with per-layer widths (config.json "
+            "'pruned_layer_shapes'); 4-bit loading through transformers builds all layers at one width and "
+            "cannot load it. To quantize, prune with a layer_range over all decoder layers (uniform widths, "
+            "e.g. layer_range: [0, 30] for a 30-layer model) or at level 'channel'"
         )
     cfg = bnb_config(scheme, compute_dtype=compute_dtype)
     model = AutoModelForCausalLM.from_pretrained(src_dir, quantization_config=cfg, device_map=device)

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from .apply import LAYER_SHAPES_KEY, is_uniform, layer_shapes, select, shrink
+from .apply import LAYER_SHAPES_KEY, is_uniform, layer_shapes, plain_loadable, select, shrink
 from .groups import (
     ATTENTION_UNITS,
     LEVELS,
@@ -105,7 +105,9 @@ def prune_structured(
         dict with ``parameters_before``/``parameters_after`` (distinct tensors' elements),
         ``parameter_ratio`` (achieved fraction of parameters removed, which differs from ``ratio``),
         ``groups`` (per group set: kind, layer, groups before/after), ``layer_shapes`` (per layer),
-        ``hidden_size``, ``uniform`` (True when plain ``from_pretrained`` can reload), ``seconds``.
+        ``hidden_size``, ``uniform`` (all decoder layers equally wide), ``plain_loadable`` (True when
+        plain ``from_pretrained`` reloads the saved model; else ``loader`` names :func:`load_pruned`),
+        ``seconds``.
 
     Raises:
         StructuredPruningError: bad option, unsupported architecture, missing calibration data,
@@ -164,11 +166,14 @@ def prune_structured(
         "layer_shapes_before": shapes_before,
         "layer_shapes": layer_shapes(model),
         "uniform": is_uniform(model),
+        "plain_loadable": plain_loadable(model),
+        "loader": "from_pretrained" if plain_loadable(model) else "llm_compression.prune.structured.load_pruned",
         "groups": groups,
         "gradient_seconds": t_grad,
         "seconds": time.perf_counter() - t0,
     }
     if log:
         log(f"structured {level} ratio={ratio} importance={importance}/{aggregation}: parameters "
-            f"{before:,} -> {after:,} (removed {result['parameter_ratio']:.4f}); uniform widths: {result['uniform']}")
+            f"{before:,} -> {after:,} (removed {result['parameter_ratio']:.4f}); uniform widths: {result['uniform']}, "
+            f"reload with {result['loader']}")
     return result

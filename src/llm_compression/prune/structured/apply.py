@@ -74,6 +74,14 @@ def select(gs: GroupSet, scores: torch.Tensor, ratio: float, *, snap: bool = Tru
             "hidden_channel": "hidden channels"}.get(gs.kind, gs.kind)
     k = snap_count(ratio * gs.n_groups, gs.n_groups, what=unit, where=f" ({where})",
                    snap=snap or gs.kind.endswith("channel"), log=log if gs.kind == "kv_group" else None)
+    multiple = int(gs.meta.get("keep_multiple", 1))
+    if multiple > 1 and k > 0:
+        keep_n = gs.n_groups - k
+        snapped = max(multiple, multiple * math.floor(keep_n / multiple + 0.5))
+        if snapped != keep_n and log:
+            log(f"kept {unit} rounded from {keep_n} to {snapped}, a multiple of {multiple} "
+                f"({gs.meta.get('keep_multiple_reason', '')})")
+        k = gs.n_groups - min(snapped, gs.n_groups)
     order = torch.argsort(scores, stable=True)
     return torch.sort(order[k:]).values.long()
 
@@ -123,8 +131,13 @@ def sync_metadata(model) -> None:
     ``num_key_value_groups`` (transformers' eager/SDPA attention repeat key/value heads by it), MLP
     ``intermediate_size``/``hidden_size``, decoder-layer ``hidden_size``.
     Config level: ``hidden_size``, explicit ``head_dim``, and either uniform ``num_attention_heads``,
-    ``num_key_value_heads``, ``intermediate_size`` (plain ``from_pretrained`` reloads), or their maxima
-    plus ``config.pruned_layer_shapes`` (per-layer widths; :func:`.reload.load_pruned` reloads).
+    ``num_key_value_heads``, ``intermediate_size`` (plain ``from_pretrained`` reloads), or -- when the
+    layers differ, or the config class rejects the uniform numbers (LlamaConfig needs ``hidden_size %
+    num_attention_heads == 0``) -- the previous, valid global numbers plus ``config.pruned_layer_shapes``
+    with every layer's widths (:func:`.reload.load_pruned` reloads).
+
+    Raises:
+        StructuredPruningError: the config class rejects the new hidden size.
     """
     for m in model.modules():
         if isinstance(m, nn.Linear):
@@ -149,17 +162,46 @@ def sync_metadata(model) -> None:
             if hasattr(obj, "hidden_size"):
                 obj.hidden_size = hidden
     cfg = model.config
-    cfg.hidden_size = hidden
-    cfg.head_dim = shapes[0]["head_dim"]
-    uniform = all(s == shapes[0] for s in shapes)
     keys = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
-    for k in keys:
-        setattr(cfg, k, shapes[0][k] if uniform else max(s[k] for s in shapes))
+    uniform = all(s == shapes[0] for s in shapes)
+    updates = {"hidden_size": hidden, "head_dim": shapes[0]["head_dim"]}
     if uniform:
+        updates.update({k: shapes[0][k] for k in keys})
+    if uniform and config_validates(cfg, updates):
+        for k, v in updates.items():
+            setattr(cfg, k, v)
         if hasattr(cfg, LAYER_SHAPES_KEY):
             delattr(cfg, LAYER_SHAPES_KEY)
-    else:
-        setattr(cfg, LAYER_SHAPES_KEY, [{k: s[k] for k in keys} for s in shapes])
+        return
+    # Per-layer widths (or uniform widths the config class rejects, e.g. Llama's check
+    # hidden_size % num_attention_heads == 0): keep the config's valid global head/MLP numbers and
+    # list the true widths of every layer; load_pruned rebuilds the layers from them.
+    updates = {k: v for k, v in updates.items() if k == "hidden_size" or k == "head_dim"}
+    if not config_validates(cfg, updates):
+        raise StructuredPruningError(
+            f"{type(cfg).__name__} rejects hidden_size={hidden} with num_attention_heads="
+            f"{getattr(cfg, 'num_attention_heads', '?')}; prune the hidden dimension to a multiple of the head count")
+    for k, v in updates.items():
+        setattr(cfg, k, v)
+    setattr(cfg, LAYER_SHAPES_KEY, [{k: s[k] for k in keys} for s in shapes])
+
+
+def config_validates(cfg, updates: dict) -> bool:
+    """Whether ``type(cfg)`` accepts ``cfg`` with ``updates`` (transformers validates configs on load and
+    save, e.g. LlamaConfig requires ``hidden_size % num_attention_heads == 0``)."""
+    d = cfg.to_dict()
+    d.pop(LAYER_SHAPES_KEY, None)
+    d.update(updates)
+    try:
+        type(cfg).from_dict(d)
+    except Exception:  # noqa: BLE001 - any rejection means "not loadable by plain from_pretrained"
+        return False
+    return True
+
+
+def plain_loadable(model) -> bool:
+    """True when ``AutoModelForCausalLM.from_pretrained`` rebuilds the saved model (no per-layer widths)."""
+    return not getattr(model.config, LAYER_SHAPES_KEY, None)
 
 
 def is_uniform(model) -> bool:

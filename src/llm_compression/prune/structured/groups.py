@@ -21,6 +21,9 @@ Kinds (``GroupSet.kind``):
 - ``"hidden_channel"`` (the whole model): hidden dimension ``j`` = column ``j`` of the token
   embedding, entry ``j`` of every hidden-size norm, column ``j`` of every q/k/v/gate/up projection,
   row ``j`` of every o/down projection (and their biases) and column ``j`` of an untied LM head.
+  The number of hidden dimensions kept is rounded to a multiple of the number of query heads
+  (``meta["keep_multiple"]``), because transformers' Llama config refuses ``hidden_size`` that is not
+  a multiple of ``num_attention_heads`` when it loads or saves a checkpoint.
 
 Levels: ``block`` = attention heads and MLP channels of the decoder blocks in a layer range;
 ``channel`` = the hidden dimension of the whole model.
@@ -29,6 +32,7 @@ Levels: ``block`` = attention heads and MLP channels of the decoder blocks in a 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -235,7 +239,14 @@ def channel_groups(model) -> list[GroupSet]:
             mem.append(Member(f"{names[id(lin)]}.weight", 0, 1))
             if lin.bias is not None:
                 mem.append(Member(f"{names[id(lin)]}.bias", 0, 1))
-    return [GroupSet("hidden_channel", None, hidden, mem, meta={"hidden_size": hidden})]
+    heads = [attention_shape(blk.self_attn)["n_q"] for blk in decoder_layers(model)]
+    multiple = math.lcm(*heads) if heads else 1
+    meta = {"hidden_size": hidden}
+    if multiple <= hidden // 2:
+        meta["keep_multiple"] = multiple
+        meta["keep_multiple_reason"] = ("number of query heads: transformers' Llama-family configs require "
+                                        "hidden_size % num_attention_heads == 0 on load and save")
+    return [GroupSet("hidden_channel", None, hidden, mem, meta=meta)]
 
 
 def build_groups(model, level: str, *, layer_range=None, attention: str = "query_head") -> list[GroupSet]:
