@@ -30,8 +30,9 @@ SCHEMES = {
 
 
 class NonUniformWidthsError(ValueError):
-    """The checkpoint is structurally pruned with per-layer widths; transformers' bitsandbytes loading
-    (``from_pretrained(quantization_config=...)``) builds every layer at one width and cannot load it."""
+    """The checkpoint is structurally pruned with per-layer widths (``config.json`` lists
+    ``pruned_layer_shapes``); transformers' bitsandbytes loading (``from_pretrained(quantization_config=...)``)
+    builds every layer from the config and cannot load it."""
 
 
 class AlreadyQuantizedError(ValueError):
@@ -90,10 +91,11 @@ def quantize_checkpoint(
         )
     if needs_structured_loader(src_dir):
         raise NonUniformWidthsError(
-            f"checkpoint {src_dir} is structurally pruned with per-layer widths (config.json "
-            "'pruned_layer_shapes'); 4-bit loading through transformers builds all layers at one width and "
-            "cannot load it. To quantize, prune with a layer_range over all decoder layers (uniform widths, "
-            "e.g. layer_range: [0, 30] for a 30-layer model) or at level 'channel'"
+            f"checkpoint {src_dir} is structurally pruned with widths its transformers config cannot express "
+            "(config.json 'pruned_layer_shapes': layers of different widths, or a head count the config class "
+            "rejects); 4-bit loading through transformers builds every layer from the config and cannot load "
+            "it. To quantize, prune with a layer_range over all decoder layers and a ratio whose head count "
+            "divides hidden_size (e.g. layer_range: [0, 30] for a 30-layer model), or at level 'channel'"
         )
     cfg = bnb_config(scheme, compute_dtype=compute_dtype)
     model = AutoModelForCausalLM.from_pretrained(src_dir, quantization_config=cfg, device_map=device)

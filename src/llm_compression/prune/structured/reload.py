@@ -6,7 +6,12 @@ transformers 5.23 builds ``LlamaAttention`` / ``LlamaMLP`` (and the Gemma-3 equi
 forward repeats key/value heads by the module attribute ``num_key_value_groups`` (set from the
 config at construction) while reshaping by ``head_dim``. One config therefore describes one width
 for all layers, and ``AutoModelForCausalLM.from_pretrained`` refuses a checkpoint whose layers
-differ (size mismatch). :func:`load_pruned` builds the model from the config, resizes each
+differ (size mismatch). transformers 5.23 also has a ``per_layer_config`` (heterogeneous config)
+mechanism, but only on the config side: ``LlamaConfig`` validation reads ``num_attention_heads``
+globally and refuses it as an ambiguous per-layer attribute, and the Llama modules do not read
+per-layer configs, so it cannot describe a pruned Llama. LlamaConfig also refuses ``hidden_size``
+not divisible by ``num_attention_heads`` (on load and on save), even with an explicit ``head_dim``;
+such uniform widths take the per-layer path as well. :func:`load_pruned` builds the model from the config, resizes each
 layer's modules to the widths in ``config.pruned_layer_shapes``, sets ``num_key_value_groups`` per
 layer, and loads the saved tensors strictly.
 
