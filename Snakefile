@@ -11,7 +11,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join([_SRC] + [p for p in os.environ.get("
 
 from llm_compression.config import ConfigError, validate_config  # noqa: E402
 
-configfile: "config.yaml"
+# `--configfile other.yaml` replaces config.yaml as a whole (no silent merge of the two grids).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
 
 try:
     CFG = validate_config(config, base_dir=os.getcwd())

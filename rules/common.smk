@@ -1,6 +1,7 @@
 # Variant naming, input functions and the final target list. Paths come from llm_compression.variants.
 from llm_compression.config import evaluations, expand_grid, pruning_calibration, pruning_options
 from llm_compression.prune import needs_calibration
+from llm_compression.resources import ResourcePlan
 from llm_compression.variants import (
     NO_HEALING,
     NO_QUANT,
@@ -17,6 +18,14 @@ RESULTS = CFG["results"]
 MODEL = CFG["model"]["name"]
 VARIANTS = expand_grid(CFG)
 EVALUATIONS = evaluations(CFG)
+# runtime / mem_mb / cpus_per_task / gpu per stage, scaled with the model (config `resources:`);
+# cluster executors turn them into scheduler requests, local runs use only threads.
+RESOURCES = ResourcePlan(CFG)
+
+
+def stage_resources(stage):
+    """Keyword arguments for a rule's `resources:` (see llm_compression.resources)."""
+    return RESOURCES.snakemake_resources(stage)
 
 
 def R(path):
@@ -40,4 +49,4 @@ def metrics_files():
 
 
 def final_targets():
-    return metrics_files() + [R("summary.csv"), R("plots/perplexity_vs_nonzero.png")]
+    return metrics_files() + [R("summary.csv"), R("summary.md")] + figure_targets()

@@ -26,11 +26,13 @@ rule evaluate:
         evaluation=evaluation_params,
         variant=lambda w: variant_of(w).row(),
         model=MODEL,
-        device=CFG["device"],
+        device=RESOURCES.device("evaluate"),
     log:
         R("logs/evaluate/{pruning}/{healing}/{quant}/{evaluation}.log"),
     benchmark:
         R("benchmarks/evaluate/{pruning}/{healing}/{quant}/{evaluation}.tsv")
-    threads: 1
+    threads: RESOURCES.threads("evaluate")
+    resources:
+        **stage_resources("evaluate"),
     script:
         "../workflow/scripts/evaluate.py"

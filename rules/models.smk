@@ -8,6 +8,8 @@ rule import_model:
         R("logs/import_model/" + MODEL + ".log"),
     benchmark:
         R("benchmarks/import_model/" + MODEL + ".tsv")
-    threads: 2
+    threads: RESOURCES.threads("import")
+    resources:
+        **stage_resources("import"),
     script:
         "../workflow/scripts/import_model.py"

@@ -19,11 +19,13 @@ rule prune:
         directory(R(MODEL + "/pruned/{pruning}")),
     params:
         prune=prune_params,
-        device=CFG["device"],
+        device=RESOURCES.device("prune"),
     log:
         R("logs/prune/{pruning}.log"),
     benchmark:
         R("benchmarks/prune/{pruning}.tsv")
-    threads: 2
+    threads: RESOURCES.threads("prune")
+    resources:
+        **stage_resources("prune"),
     script:
         "../workflow/scripts/prune.py"

@@ -10,11 +10,13 @@ rule quantize:
     params:
         scheme=lambda w: w.quant,
         compute_dtype=CFG["quantize"]["compute_dtype"],
-        device=CFG["device"],
+        device=RESOURCES.device("quantize"),
     log:
         R("logs/quantize/{pruning}/{healing}/{quant}.log"),
     benchmark:
         R("benchmarks/quantize/{pruning}/{healing}/{quant}.tsv")
-    threads: 1
+    threads: RESOURCES.threads("quantize")
+    resources:
+        **stage_resources("quantize"),
     script:
         "../workflow/scripts/quantize.py"

@@ -1,29 +1,56 @@
+from snakemake.exceptions import WorkflowError
+
+from llm_compression.report.plots import figure_evaluations, figure_names
+
+FIGURE_NAMES = figure_names(EVALUATIONS)
+PLOT_FORMATS = CFG["report"]["plot_formats"]
+
+
+def figure_targets():
+    return [R(f"plots/{name}.{ext}") for name in FIGURE_NAMES for ext in PLOT_FORMATS]
+
+
+def figure_inputs(wildcards):
+    """Only the metrics files this figure reads, so asking for one figure builds only its ancestors."""
+    try:
+        evals = figure_evaluations(wildcards.figure, EVALUATIONS)
+    except ValueError as err:
+        raise WorkflowError(str(err))
+    return [R(metrics_path(MODEL, v, e)) for v in VARIANTS for e in evals]
+
+
 rule aggregate:
     input:
         metrics_files(),
     output:
-        report(R("summary.csv"), caption="../workflow/report/summary.rst", category="Tables"),
+        csv=report(R("summary.csv"), caption="../workflow/report/summary.rst", category="Tables"),
+        md=report(R("summary.md"), caption="../workflow/report/summary.rst", category="Tables"),
     log:
         R("logs/aggregate/aggregate.log"),
     benchmark:
         R("benchmarks/aggregate/aggregate.tsv")
-    threads: 1
+    threads: RESOURCES.threads("aggregate")
+    resources:
+        **stage_resources("aggregate"),
     script:
         "../workflow/scripts/aggregate.py"
 
 
-rule plot_perplexity_vs_nonzero:
+rule plot:
     input:
-        R("summary.csv"),
+        figure_inputs,
     output:
-        report(R("plots/perplexity_vs_nonzero.{ext}"), caption="../workflow/report/perplexity_vs_nonzero.rst",
-               category="Figures"),
+        report(R("plots/{figure}.{ext}"), caption="../workflow/report/figure.rst", category="Figures",
+               subcategory="{figure}"),
     wildcard_constraints:
-        ext="png|svg|pdf",
+        figure=r"[a-z0-9_]+",
+        ext=r"png|svg|pdf",
     log:
-        R("logs/plots/perplexity_vs_nonzero.{ext}.log"),
+        R("logs/plot/{figure}.{ext}.log"),
     benchmark:
-        R("benchmarks/plots/perplexity_vs_nonzero.{ext}.tsv")
-    threads: 1
+        R("benchmarks/plot/{figure}.{ext}.tsv")
+    threads: RESOURCES.threads("plots")
+    resources:
+        **stage_resources("plots"),
     script:
-        "../workflow/scripts/plot_perplexity_vs_nonzero.py"
+        "../workflow/scripts/plot.py"

@@ -166,6 +166,15 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
             )
         if entry.get("calibration", {}).get("split") is not None or "corpus" in entry.get("calibration", {}):
             _check_split(corpus, entry["calibration"].get("split", cal["split"]), f"{where}.calibration.split")
+
+    from .resources import ResourceConfigError, ResourcePlan
+
+    try:
+        plan = ResourcePlan(cfg)
+    except ResourceConfigError as e:
+        raise ConfigError(str(e)) from None
+    if plan.warnings:
+        cfg.setdefault("_warnings", []).extend(plan.warnings)
     return cfg
 
 

@@ -18,6 +18,8 @@ def setup_job(log_path: str | None, threads: int | None = None, seed: int | None
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
+    if threads is None and seed is None:
+        return logging.getLogger("llm_compression")  # CPU-only jobs (aggregate, plots) never import torch
     import torch
 
     if threads:

