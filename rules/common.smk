@@ -1,5 +1,5 @@
 # Variant naming, input functions and the final target list. Paths come from llm_compression.variants.
-from llm_compression.config import COST_EVALUATIONS, evaluation_options, evaluations, expand_grid, pruning_options
+from llm_compression.config import COST_EVALUATIONS, evaluation_options, evaluations, expand_grid, pruning_calibration, pruning_options
 from llm_compression.prune import needs_calibration
 from llm_compression.quantize import scheme_options
 from llm_compression.resources import ResourcePlan
@@ -35,7 +35,7 @@ def R(path):
 
 
 wildcard_constraints:
-    pruning=r"dense|[a-z0-9]+_[a-z0-9]+_[0-9.]+_x[0-9]+",
+    pruning=r"dense|[a-z0-9-]+_[a-z0-9]+_[0-9.]+_x[0-9]+",
     healing=r"[a-z0-9-]+",
     quant=r"[a-z0-9-]+",
     evaluation=r"[a-z0-9-]+",

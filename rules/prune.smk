@@ -8,7 +8,7 @@ def prune_params(wildcards):
     params = {"method": p.method, "level": p.level, "ratio": p.ratio, "repeat": p.repeat,
               **pruning_options(CFG, p)}
     if needs_calibration(p.method):  # only calibrated methods rerun when calibration changes
-        params["calibration"] = CFG["calibration"]
+        params["calibration"] = pruning_calibration(CFG, p)
     return params
 
 

@@ -139,10 +139,23 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
 
     from .prune import METHOD_OPTIONS
 
+    seen: dict[tuple, int] = {}
     for i, entry in enumerate(cfg["grid"]["pruning"]):
         where = f"grid.pruning[{i}]"
+        structured = entry["method"] == STRUCTURED_CONFIG_METHOD
+        if structured != (entry["level"] in STRUCTURED_LEVELS):
+            raise ConfigError(
+                f"{where}: method {entry['method']!r} with level {entry['level']!r}: levels "
+                f"{', '.join(STRUCTURED_LEVELS)} need method {STRUCTURED_CONFIG_METHOD!r}, which takes only those "
+                "levels; magnitude/wanda/sparsegpt take unstructured, 2:4, 4:8"
+            )
+        extra = [k for k in STRUCTURED_OPTIONS + ("importance",) if k in entry]
+        if not structured and extra:
+            raise ConfigError(f"{where}: options {extra} apply only to method {STRUCTURED_CONFIG_METHOD!r}")
+        if structured and "scope" in entry:
+            raise ConfigError(f"{where}: option 'scope' applies only to magnitude/wanda")
         for opt in _ENTRY_OPTIONS:
-            if opt in entry and opt not in METHOD_OPTIONS[entry["method"]]:
+            if not structured and opt in entry and opt not in METHOD_OPTIONS[entry["method"]]:
                 users = [m for m, opts in METHOD_OPTIONS.items() if opt in opts]
                 raise ConfigError(
                     f"{where}.{opt}: method {entry['method']!r} does not take {opt!r} "
@@ -157,18 +170,29 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
             bs = entry.get("blocksize", _METHOD_DEFAULTS["sparsegpt"]["blocksize"])
             if bs % m:
                 raise ConfigError(f"{where}.blocksize: {bs} must be a multiple of M={m} for level {entry['level']!r}")
-        if entry["level"] != "unstructured" and any(r > 1 for r in entry["repeats"]):
+        if entry["level"] in ("2:4", "4:8") and any(r > 1 for r in entry["repeats"]):
             raise ConfigError(
                 f"{where}: repeats {entry['repeats']} with level {entry['level']!r}: an N:M pattern cannot be "
                 "applied again to an N:M-sparse model; use repeats: [1]"
             )
-        if needs_calibration(entry["method"]) and cal["corpus"] in kept and not cal["allow_evaluation_corpus"]:
+        methods = entry_methods(entry)
+        for m in methods:
+            if (m, entry["level"]) in seen:
+                raise ConfigError(
+                    f"{where}: method {m!r} at level {entry['level']!r} is already in grid.pruning[{seen[(m, entry['level'])]}]; "
+                    "two entries would write the same paths with different options. Merge their ratios into one entry"
+                )
+            seen[(m, entry["level"])] = i
+        corpus = (entry.get("calibration") or {}).get("corpus", cal["corpus"])
+        if any(needs_calibration(m) for m in methods) and corpus in kept and not cal["allow_evaluation_corpus"]:
             raise ConfigError(
-                f"calibration.corpus: {cal['corpus']!r} is also an evaluation dataset; method "
+                f"calibration.corpus: {corpus!r} is also an evaluation dataset; method "
                 f"{entry['method']!r} would be calibrated on the corpus it is scored on. Choose another "
                 f"corpus (one of: {', '.join(c for c in ('lambada', 'c4', 'wikitext2', 'ptb') if c not in kept)}) "
                 "or set calibration.allow_evaluation_corpus: true"
             )
+        if entry.get("calibration", {}).get("split") is not None or "corpus" in entry.get("calibration", {}):
+            _check_split(corpus, entry["calibration"].get("split", cal["split"]), f"{where}.calibration.split")
 
     from .resources import ResourceConfigError, ResourcePlan
 
@@ -179,6 +203,33 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
     if plan.warnings:
         cfg.setdefault("_warnings", []).extend(plan.warnings)
     return cfg
+
+
+#: config name of the structured method; paths use ``llmpruner-<importance>`` (see :func:`entry_methods`)
+STRUCTURED_CONFIG_METHOD = "llm-pruner"
+STRUCTURED_LEVELS = ("block", "channel")
+STRUCTURED_OPTIONS = ("aggregation", "attention", "layer_range", "snap", "calibration")
+#: defaults of the structured options (written into params so a changed default reruns the step)
+STRUCTURED_DEFAULTS = {"aggregation": "sum", "attention": "query_head", "layer_range": None, "snap": True}
+#: LLM-Pruner's default criterion: first-order element-wise Taylor
+DEFAULT_IMPORTANCE = "element1"
+
+
+def entry_methods(entry: dict) -> list[str]:
+    """Method names (as in paths) of one ``grid.pruning`` entry: ``["wanda"]``, or for ``llm-pruner``
+    one ``llmpruner-<importance>`` per listed importance (``taylor`` canonicalized to ``element1``)."""
+    if entry["method"] != STRUCTURED_CONFIG_METHOD:
+        return [entry["method"]]
+    from .prune.structured import METHOD_PREFIX, canonical_importance
+
+    imps = entry.get("importance", DEFAULT_IMPORTANCE)
+    imps = [imps] if isinstance(imps, str) else list(imps)
+    out = []
+    for imp in imps:
+        m = METHOD_PREFIX + canonical_importance(imp)
+        if m not in out:
+            out.append(m)
+    return out
 
 
 def _check_split(corpus: str, split: str, where: str) -> None:
@@ -220,10 +271,11 @@ def expand_grid(cfg: dict) -> list[Variant]:
     for entry in cfg["grid"]["pruning"]:
         for ratio in entry["ratios"]:
             for repeat in entry["repeats"]:
-                prunings.append(Pruning(entry["method"], entry["level"], float(ratio), int(repeat)))
-                if entry.get("oneshot_equivalent") and repeat > 1:
-                    cum = float(format_ratio(cumulative_ratio(float(ratio), int(repeat))))
-                    prunings.append(Pruning(entry["method"], entry["level"], cum, 1))
+                for method in entry_methods(entry):
+                    prunings.append(Pruning(method, entry["level"], float(ratio), int(repeat)))
+                    if entry.get("oneshot_equivalent") and repeat > 1:
+                        cum = float(format_ratio(cumulative_ratio(float(ratio), int(repeat))))
+                        prunings.append(Pruning(method, entry["level"], cum, 1))
     prunings = list(dict.fromkeys(prunings))
     out: list[Variant] = []
     for p in prunings:
@@ -246,15 +298,30 @@ _METHOD_DEFAULTS = {"sparsegpt": {"blocksize": 128, "percdamp": 0.01}}
 def pruning_options(cfg: dict, pruning: Pruning) -> dict:
     """The config entry options that shape one pruning step, for ``params:``.
 
-    ``scope`` (magnitude), ``blocksize`` and ``percdamp`` (sparsegpt, with their defaults filled
-    in). The first entry with the same method and level supplies them.
+    ``scope`` (magnitude), ``blocksize`` and ``percdamp`` (sparsegpt, with their defaults filled in);
+    for structured methods ``aggregation``, ``attention``, ``layer_range``, ``snap`` (defaults filled
+    in) and ``seed`` (of random importance). The first entry with the same method and level supplies them.
     """
     for entry in cfg["grid"]["pruning"]:
-        if entry["method"] == pruning.method and entry["level"] == pruning.level:
+        if pruning.method in entry_methods(entry) and entry["level"] == pruning.level:
+            if entry["method"] == STRUCTURED_CONFIG_METHOD:
+                opts = {k: entry.get(k, v) for k, v in STRUCTURED_DEFAULTS.items()}
+                opts["seed"] = pruning_calibration(cfg, pruning)["seed"]
+                return opts
             opts = dict(_METHOD_DEFAULTS.get(pruning.method, {}))
             opts.update({k: entry[k] for k in _ENTRY_OPTIONS if k in entry})
             return opts
     return dict(_METHOD_DEFAULTS.get(pruning.method, {}))
+
+
+def pruning_calibration(cfg: dict, pruning: Pruning) -> dict:
+    """The calibration block of one pruning step: the top-level ``calibration`` with the entry's
+    ``calibration`` overrides (structured methods) applied."""
+    out = dict(cfg["calibration"])
+    for entry in cfg["grid"]["pruning"]:
+        if pruning.method in entry_methods(entry) and entry["level"] == pruning.level:
+            out.update(entry.get("calibration") or {})
+    return out
 
 
 def evaluations(cfg: dict) -> list[str]:

@@ -192,6 +192,10 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, de
     4-bit/8-bit checkpoints (bitsandbytes) reload through their saved ``quantization_config``; 4-bit
     layers whose shapes bitsandbytes' AVX512-BF16 CPU kernel cannot run are routed to its generic CPU
     path (:func:`llm_compression.modules.bnb_cpu_fallback`).
+    Structurally pruned checkpoints whose decoder layers have different widths (``compression.json``
+    ``result.structured.plain_loadable`` is false, or ``config.json`` lists ``pruned_layer_shapes``) reload
+    through :func:`llm_compression.prune.structured.load_pruned`; uniform ones through plain
+    ``from_pretrained``.
 
     Raises:
         FileNotFoundError: ``ckpt_dir`` has no ``config.json``.
@@ -202,6 +206,10 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, de
     ckpt_dir = Path(ckpt_dir)
     if not (ckpt_dir / "config.json").exists():
         raise FileNotFoundError(f"{ckpt_dir} is not a checkpoint directory (no config.json)")
+    if needs_structured_loader(ckpt_dir):
+        from .prune.structured import load_pruned
+
+        return load_pruned(ckpt_dir, dtype=dtype, device=device)
     tok = AutoTokenizer.from_pretrained(ckpt_dir)
     kw = {}
     if dtype is not None:
@@ -215,6 +223,20 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, de
         bnb_cpu_fallback(model)  # 4-bit shapes bitsandbytes' AVX512-BF16 CPU kernel cannot run
     model.eval()
     return model, tok
+
+
+def needs_structured_loader(ckpt_dir: str | os.PathLike) -> bool:
+    """Whether a checkpoint has per-layer widths that plain ``from_pretrained`` cannot build: its
+    ``compression.json`` says ``result.structured.plain_loadable: false`` or its ``config.json`` has
+    ``pruned_layer_shapes``."""
+    import json
+
+    comp = read_compression(ckpt_dir)
+    st = (comp.get("result") or {}).get("structured") or {}
+    if st.get("plain_loadable") is False:
+        return True
+    cfg = Path(ckpt_dir) / "config.json"
+    return cfg.exists() and bool(json.loads(cfg.read_text()).get("pruned_layer_shapes"))
 
 
 def pick_device(requested: str = "auto") -> str:

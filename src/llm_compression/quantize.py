@@ -180,6 +180,8 @@ def quantize_checkpoint(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .models import needs_structured_loader
+
     src_dir = Path(src_dir)
     check_options(scheme, compute_dtype=compute_dtype, blocksize=blocksize, int8_threshold=int8_threshold)
     if is_quantized_checkpoint(src_dir):
@@ -189,11 +191,13 @@ def quantize_checkpoint(
             f"{old.get('bnb_4bit_quant_type') if old.get('load_in_4bit') else 'int8' if old.get('load_in_8bit') else '?'}); "
             f"refusing to quantize it again with {scheme!r}: quantize its unquantized parent instead"
         )
-    if json.loads((src_dir / "config.json").read_text()).get("pruned_layer_shapes"):
+    if needs_structured_loader(src_dir):
         raise NonUniformWidthsError(
-            f"checkpoint {src_dir} is structurally pruned with per-layer widths (config.json "
-            "'pruned_layer_shapes'); 4-bit/8-bit loading through transformers builds all layers at one width "
-            "and cannot load it: prune with uniform widths (all decoder layers, or level 'channel') to quantize"
+            f"checkpoint {src_dir} is structurally pruned with widths its transformers config cannot express "
+            "(config.json 'pruned_layer_shapes': layers of different widths, or a head count the config class "
+            "rejects); 4-bit/8-bit loading through transformers builds every layer from the config and cannot "
+            "load it. To quantize, prune with a layer_range over all decoder layers and a ratio whose head count "
+            "divides hidden_size (e.g. layer_range: [0, 30] for a 30-layer model), or at level 'channel'"
         )
     cfg = bnb_config(scheme, compute_dtype=compute_dtype, int8_threshold=int8_threshold)
     model = AutoModelForCausalLM.from_pretrained(src_dir, quantization_config=cfg, device_map=device)

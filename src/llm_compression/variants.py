@@ -20,14 +20,14 @@ from dataclasses import asdict, dataclass
 
 UNSTRUCTURED_METHODS = ("magnitude", "wanda", "sparsegpt")
 #: level names as written in config -> as written in paths (":" is not path-safe everywhere)
-LEVELS = {"unstructured": "unstructured", "2:4": "2of4", "4:8": "4of8"}
+LEVELS = {"unstructured": "unstructured", "2:4": "2of4", "4:8": "4of8", "block": "block", "channel": "channel"}
 LEVELS_FROM_PATH = {v: k for k, v in LEVELS.items()}
 NO_HEALING = "none"
 NO_QUANT = "none"
 DENSE = "dense"
 
 _PRUNING_RE = re.compile(
-    r"^(?P<method>[a-z0-9]+)_(?P<level>[a-z0-9]+)_(?P<ratio>[0-9.]+)_x(?P<repeat>[0-9]+)$"
+    r"^(?P<method>[a-z0-9]+(?:-[a-z0-9]+)*)_(?P<level>[a-z0-9]+)_(?P<ratio>[0-9.]+)_x(?P<repeat>[0-9]+)$"
 )
 
 
@@ -73,7 +73,8 @@ class Pruning:
 
     @property
     def segment(self) -> str:
-        """Path segment, e.g. ``wanda_unstructured_0.5_x1``, ``sparsegpt_2of4_0.5_x1`` or ``dense``."""
+        """Path segment, e.g. ``wanda_unstructured_0.5_x1``, ``sparsegpt_2of4_0.5_x1``,
+        ``llmpruner-element1_block_0.5_x1`` (structured: the importance is part of the method) or ``dense``."""
         if self.is_dense:
             return DENSE
         return f"{self.method}_{LEVELS.get(self.level, self.level)}_{format_ratio(self.ratio)}_x{self.repeat}"

@@ -32,7 +32,8 @@ save_checkpoint(model, tok, sm.output[0], {
     "pruning": {**p, **options},
     "calibration": calib_protocol,
     "result": {k: result[k] for k in ("sparsity_before", "sparsity_after", "prunable_weights", "zero_weights",
-                                      "per_layer_sparsity", "seconds")},
+                                      "per_layer_sparsity", "seconds")}
+              | ({"structured": result["structured"]} if "structured" in result else {}),
     "device": device,
     "wall_seconds": time.perf_counter() - t0,
     "library_versions": library_versions(),

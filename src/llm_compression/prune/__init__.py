@@ -8,6 +8,12 @@ Unstructured and N:M methods (``level`` is ``"unstructured"``, ``"2:4"`` or ``"4
 
 All of them keep already-zero weights pruned and count them, so a repeat at ratio r on an r-sparse
 model ends near ``1 - (1 - r)^2``.
+
+Structured methods (``level`` is ``"block"`` or ``"channel"``), LLM-Pruner style (:mod:`.structured`):
+
+- ``llmpruner-<importance>`` with importance ``element1``, ``element2``, ``vector`` (gradients from
+  calibration data), ``l1``, ``l2`` or ``random`` (no calibration). These remove whole heads and
+  channels, so the tensors shrink; sparsity (exact zeros) stays ~0.
 """
 
 from __future__ import annotations
@@ -22,13 +28,16 @@ from .calibration import sequential_prune
 from .magnitude import SCOPES, prune_global_magnitude, prune_linear_magnitude
 from .masks import parse_nm
 from .sparsegpt import SparseGPTPruner, check_sparsegpt_options
+from .structured import METHODS as STRUCTURED_METHODS
+from .structured import LEVELS as STRUCTURED_LEVELS
+from .structured import importance_of_method, is_structured_method, needs_gradients, prune_structured
 from .wanda import WandaPruner
 
 CALIBRATED = {"wanda": WandaPruner, "sparsegpt": SparseGPTPruner}
 #: method -> options it accepts (anything else is an error)
 METHOD_OPTIONS = {"magnitude": ("scope",), "wanda": (), "sparsegpt": ("blocksize", "percdamp", "hessian_dtype")}
 UNCALIBRATED = ("magnitude",)
-METHODS = tuple(UNCALIBRATED) + tuple(CALIBRATED)
+METHODS = tuple(UNCALIBRATED) + tuple(CALIBRATED) + STRUCTURED_METHODS
 
 
 def needs_calibration(method: str) -> bool:
@@ -39,6 +48,8 @@ def needs_calibration(method: str) -> bool:
     """
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; valid: {', '.join(METHODS)}")
+    if is_structured_method(method):
+        return needs_gradients(importance_of_method(method))
     return method in CALIBRATED
 
 
@@ -80,6 +91,9 @@ def prune_model(
             ``in_features`` (all checked before any weight changes).
     """
     calibrated = needs_calibration(method)
+    if is_structured_method(method):
+        return _prune_structured(model, method=method, level=level, ratio=ratio, calib_ids=calib_ids,
+                                 batch_size=batch_size, log=log, **method_options)
     nm = parse_nm(level)
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"sparsity ratio {ratio!r} is outside [0, 1)")
@@ -132,4 +146,26 @@ def prune_model(
         "per_layer_sparsity": after["per_layer"],
         "seconds": seconds,
         "blocks": blocks,
+    }
+
+
+def _prune_structured(model, *, method, level, ratio, calib_ids, batch_size, log, **options) -> dict:
+    """Structured branch of :func:`prune_model` (see :func:`.structured.prune_structured`)."""
+    if level not in STRUCTURED_LEVELS:
+        raise ValueError(f"structured method {method!r} needs level one of {', '.join(STRUCTURED_LEVELS)}, "
+                         f"got {level!r}")
+    with torch.enable_grad():
+        before = measure_sparsity(model)
+        res = prune_structured(model, level=level, ratio=ratio, importance=importance_of_method(method),
+                               calib_ids=calib_ids, batch_size=batch_size, log=log, **options)
+    after = measure_sparsity(model)
+    return {
+        "sparsity_before": before["sparsity"],
+        "sparsity_after": after["sparsity"],
+        "prunable_weights": after["prunable_weights"],
+        "zero_weights": after["zero_weights"],
+        "per_layer_sparsity": after["per_layer"],
+        "seconds": res["seconds"],
+        "blocks": [],
+        "structured": res,
     }

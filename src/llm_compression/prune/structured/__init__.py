@@ -1,0 +1,179 @@
+"""Structured pruning in the manner of LLM-Pruner (Ma et al. 2023): remove whole attention heads,
+MLP channels or hidden dimensions, so the model becomes physically smaller and faster.
+
+Steps (one module each): :mod:`.groups` finds the coupled structures, :mod:`.importance` scores
+them (Taylor element1/element2/vector from calibration gradients, L1, L2, random), :mod:`.apply`
+removes the lowest-scored ones and keeps module attributes and the config consistent, and
+:mod:`.reload` loads checkpoints whose layers ended with different widths.
+
+In the workflow, structured methods are named ``llmpruner-<importance>`` (e.g.
+``llmpruner-element1``), so a variant's path segment stays ``{method}_{level}_{ratio}_x{repeat}``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+from .apply import LAYER_SHAPES_KEY, is_uniform, layer_shapes, plain_loadable, select, shrink
+from .groups import (
+    ATTENTION_UNITS,
+    LEVELS,
+    StructuredPruningError,
+    build_groups,
+    check_architecture,
+    resolve_layer_range,
+)
+from .importance import (
+    AGGREGATIONS,
+    ALIASES,
+    IMPORTANCES,
+    canonical_importance,
+    collect_gradients,
+    group_importance,
+    needs_gradients,
+)
+from .reload import load_pruned, needs_structured_loader
+
+METHOD_PREFIX = "llmpruner-"
+METHODS = tuple(METHOD_PREFIX + i for i in IMPORTANCES)
+
+__all__ = [
+    "AGGREGATIONS", "ATTENTION_UNITS", "IMPORTANCES", "LEVELS", "LAYER_SHAPES_KEY", "METHODS", "METHOD_PREFIX",
+    "StructuredPruningError", "build_groups", "canonical_importance", "check_architecture", "count_parameters",
+    "importance_of_method", "is_structured_method", "layer_shapes", "load_pruned", "needs_structured_loader",
+    "prune_structured", "resolve_layer_range",
+]
+
+
+def is_structured_method(method: str) -> bool:
+    return isinstance(method, str) and method.startswith(METHOD_PREFIX)
+
+
+def importance_of_method(method: str) -> str:
+    """``"llmpruner-element1"`` -> ``"element1"``.
+
+    Raises:
+        StructuredPruningError: not a structured method name with a known importance.
+    """
+    if not is_structured_method(method):
+        raise StructuredPruningError(f"{method!r} is not a structured method ({METHOD_PREFIX}<importance>)")
+    return canonical_importance(method[len(METHOD_PREFIX):])
+
+
+def count_parameters(model) -> int:
+    """Number of distinct parameters (tied tensors counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def prune_structured(
+    model,
+    *,
+    level: str,
+    ratio: float,
+    importance: str = "element1",
+    aggregation: str = "sum",
+    layer_range=None,
+    attention: str = "query_head",
+    snap: bool = True,
+    calib_ids: torch.Tensor | None = None,
+    batch_size: int = 1,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Structurally prune ``model`` in place (LLM-Pruner, Ma et al. 2023, Sec. 3).
+
+    Args:
+        level: ``"block"`` (heads and MLP channels of the decoder layers in ``layer_range``; each
+            layer loses the same fraction) or ``"channel"`` (the hidden dimension of the whole model).
+        ratio: fraction of the groups of each group set to remove, in [0, 1): heads are whole
+            (snapped to the nearest count, ties pruning less), channels are rounded.
+        importance: ``element1`` (= ``taylor``), ``element2``, ``vector``, ``l1``, ``l2``, ``random``
+            (see :mod:`.importance`).
+        aggregation: ``sum`` (LLM-Pruner's default), ``mean`` or ``max`` over a group's tensors.
+        layer_range: ``[start, end)`` of decoder layers for ``block``; None = all but the first and last.
+        attention: ``query_head`` (query heads, equal numbers per key/value head; k/v kept),
+            ``kv_group`` (a key/value head with all its query heads) or ``none`` (MLP only).
+        snap: round a head ratio that is no whole number of heads (logged); False raises instead.
+        calib_ids: LongTensor ``[samples, seqlen]``; required by the gradient criteria.
+        batch_size: samples per backward pass (``element2`` always uses 1).
+        seed: seed of ``random`` importance.
+
+    Returns:
+        dict with ``parameters_before``/``parameters_after`` (distinct tensors' elements),
+        ``parameter_ratio`` (achieved fraction of parameters removed, which differs from ``ratio``),
+        ``groups`` (per group set: kind, layer, groups before/after), ``layer_shapes`` (per layer),
+        ``hidden_size``, ``uniform`` (all decoder layers equally wide), ``plain_loadable`` (True when
+        plain ``from_pretrained`` reloads the saved model; else ``loader`` names :func:`load_pruned`),
+        ``seconds``.
+
+    Raises:
+        StructuredPruningError: bad option, unsupported architecture, missing calibration data,
+            a head ratio that is no whole number when ``snap`` is False -- all before any weight changes.
+    """
+    t0 = time.perf_counter()
+    importance = canonical_importance(importance)
+    if aggregation not in AGGREGATIONS:
+        raise StructuredPruningError(f"aggregation {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
+    if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
+        raise StructuredPruningError(f"ratio {ratio!r} is outside [0, 1)")
+    ratio = float(ratio)
+    if needs_gradients(importance) and calib_ids is None:
+        raise StructuredPruningError(f"importance {importance!r} needs calibration data (calib_ids)")
+    groupsets = build_groups(model, level, layer_range=layer_range, attention=attention)
+    before = count_parameters(model)
+    shapes_before = layer_shapes(model)
+    # scores, then the kept indices (validates snapping) before any tensor changes
+    grads = None
+    t_grad = 0.0
+    if needs_gradients(importance) and ratio > 0:
+        tg = time.perf_counter()
+        names = {m.name for gs in groupsets for m in gs.members}
+        grads = collect_gradients(model, calib_ids, names, second_order=importance == "element2",
+                                  batch_size=batch_size)
+        t_grad = time.perf_counter() - tg
+    if ratio > 0:
+        scores = group_importance(groupsets, model, importance, aggregation=aggregation, grads=grads, seed=seed)
+    else:  # nothing is removed: no scores needed (and no gradients were taken)
+        scores = [torch.zeros(gs.n_groups, dtype=torch.float64) for gs in groupsets]
+    del grads
+    seen_msgs: set[str] = set()
+
+    def once(msg):
+        if log and msg not in seen_msgs:
+            seen_msgs.add(msg)
+            log(msg)
+
+    keeps = [select(gs, s, ratio, snap=snap, log=once) for gs, s in zip(groupsets, scores)]
+    shrink(model, groupsets, keeps)
+    after = count_parameters(model)
+    groups = [{"kind": gs.kind, "layer": gs.layer, "before": gs.n_groups, "after": int(k.numel()),
+               "removed": sorted(set(range(gs.n_groups)) - set(k.tolist()))}
+              for gs, k in zip(groupsets, keeps)]
+    result = {
+        "level": level,
+        "ratio": ratio,
+        "importance": importance,
+        "aggregation": aggregation,
+        "attention": attention,
+        "layer_range": list(resolve_layer_range(len(shapes_before), layer_range)) if level == "block" else None,
+        "parameters_before": before,
+        "parameters_after": after,
+        "parameter_ratio": 1.0 - after / before,
+        "hidden_size": int(model.config.hidden_size),
+        "layer_shapes_before": shapes_before,
+        "layer_shapes": layer_shapes(model),
+        "uniform": is_uniform(model),
+        "plain_loadable": plain_loadable(model),
+        "loader": "from_pretrained" if plain_loadable(model) else "llm_compression.prune.structured.load_pruned",
+        "groups": groups,
+        "gradient_seconds": t_grad,
+        "seconds": time.perf_counter() - t0,
+    }
+    if log:
+        log(f"structured {level} ratio={ratio} importance={importance}/{aggregation}: parameters "
+            f"{before:,} -> {after:,} (removed {result['parameter_ratio']:.4f}); uniform widths: {result['uniform']}, "
+            f"reload with {result['loader']}")
+    return result
