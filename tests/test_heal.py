@@ -24,6 +24,16 @@ from llm_compression.modules import prunable_linears
 from llm_compression.prune.masks import nm_mask, unstructured_mask
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; two OpenMP threads on a shared, loaded 2-core machine
+    spin-wait and made these tests ~40x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_llama(seed=0, vocab=256):
     from transformers import LlamaConfig, LlamaForCausalLM
 

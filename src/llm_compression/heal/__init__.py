@@ -17,7 +17,8 @@ Recipe keys (defaults in :data:`DEFAULTS`)::
     lora: {rank, alpha, dropout, target_modules (null = all attention and MLP projections)}
     kd:   {teacher (base | checkpoint path), temperature, alpha (KD weight; 1 = no LM loss),
            trainable (lora | full)}
-    data: {format (corpus|alpaca), corpus, split, path, max_tokens, dataset, loss_on (response|full)}
+    data: {format (corpus|alpaca), corpus, split, path, max_tokens, dataset, loss_on (response|full),
+           allow_evaluation_corpus (the workflow refuses to train on an evaluated corpus unless true)}
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ DEFAULTS = {
     "lora": {"rank": 8, "alpha": 16.0, "dropout": 0.05, "target_modules": None},
     "kd": {"teacher": "base", "temperature": 2.0, "alpha": 1.0, "trainable": "lora"},
     "data": {"format": "corpus", "corpus": "lambada", "split": "test", "path": None, "max_tokens": None,
-             "dataset": None, "loss_on": "response"},
+             "dataset": None, "loss_on": "response",
+             "allow_evaluation_corpus": False},
 }
 #: healing names usable in ``grid.healing`` without a ``healing:`` entry
 BUILTIN_RECIPES = {"lora": {"method": "lora"}, "kd": {"method": "kd"}}
