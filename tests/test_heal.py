@@ -14,6 +14,7 @@ from llm_compression.heal import (
     check_training_dtype,
     heal_model,
     kd_loss,
+    mask_lora_updates,
     merge_lora,
     normalize_recipe,
     save_healed,
@@ -261,3 +262,35 @@ def test_tiny_end_to_end_heal(tmp_path, method, trainable):
             assert torch.allclose(lin.weight, prunable_linears(reloaded)[name].weight, atol=1e-6)
     else:
         assert not (out / "adapter").exists()
+
+
+@pytest.mark.parametrize("level", ["unstructured", "2:4"])
+def test_masked_lora_trains_the_function_that_is_saved(level):
+    """With lora.masked the adapted model computes exactly what the masked merge saves; plain LoRA does not."""
+    from llm_compression.heal import mask_lora_updates
+
+    ids = torch.randint(0, 256, (2, 10))
+    outs = {}
+    for masked in (False, True):
+        model = tiny_llama()
+        masks = prune_in_place(model, level)
+        pm = add_lora(model, rank=4, alpha=8, dropout=0.0)
+        randomize_lora_b(pm, 0.2)
+        if masked:
+            assert mask_lora_updates(pm, masks) == len(masks)
+        with torch.no_grad():
+            trained = pm(ids).logits.clone()
+        merged, _ = merge_lora(pm, masks)
+        with torch.no_grad():
+            saved = merged(ids).logits
+        outs[masked] = (trained - saved).abs().max().item()
+        if masked:  # gradients reach the adapters through the masked update
+            pm2 = add_lora(tiny_llama(), rank=4, alpha=8, dropout=0.0)
+            randomize_lora_b(pm2, 0.2)
+            mask_lora_updates(pm2, capture_masks(pm2.base_model.model))
+            pm2(ids).logits.sum().backward()
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in pm2.named_parameters() if "lora_" in n)
+    assert outs[True] < 1e-5
+    assert outs[False] > 1e-3
+    with pytest.raises(RecipeError, match="dropout 0"):
+        normalize_recipe({"method": "lora", "lora": {"masked": True}})

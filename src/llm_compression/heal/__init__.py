@@ -14,7 +14,9 @@ Recipe keys (defaults in :data:`DEFAULTS`)::
     method: lora | kd
     learning_rate, steps (or epochs), batch_size, seqlen, seed, dtype (float32|bfloat16|float16),
     weight_decay, warmup_steps, lr_schedule (constant|cosine), max_grad_norm, log_every
-    lora: {rank, alpha, dropout, target_modules (null = all attention and MLP projections)}
+    lora: {rank, alpha, dropout, target_modules (null = all attention and MLP projections),
+           masked (train the update through the pruning mask, so nothing is dropped at the merge;
+           needs dropout 0; false = plain peft LoRA, masked only after the merge)}
     kd:   {teacher (base | checkpoint path), temperature, alpha (KD weight; 1 = no LM loss),
            trainable (lora | full)}
     data: {format (corpus|alpaca), corpus, split, path, max_tokens, dataset, loss_on (response|full),
@@ -36,7 +38,7 @@ import torch
 from ..modules import measure_sparsity, prunable_linears
 from .data import FORMATS, LOSS_ON, alpaca_examples, batch_iter, corpus_windows, load_alpaca_records
 from .distill import DistillLoss, kd_loss, lm_loss, lm_loss_fn
-from .lora import add_lora, default_target_modules, merge_lora
+from .lora import add_lora, default_target_modules, mask_lora_updates, merge_lora
 from .train import (
     NonFiniteLossError,
     TrainSettings,
@@ -67,7 +69,7 @@ DEFAULTS = {
     "lr_schedule": "constant",
     "max_grad_norm": 1.0,
     "log_every": 10,
-    "lora": {"rank": 8, "alpha": 16.0, "dropout": 0.05, "target_modules": None},
+    "lora": {"rank": 8, "alpha": 16.0, "dropout": 0.05, "target_modules": None, "masked": False},
     "kd": {"teacher": "base", "temperature": 2.0, "alpha": 1.0, "trainable": "lora"},
     "data": {"format": "corpus", "corpus": "lambada", "split": "test", "path": None, "max_tokens": None,
              "dataset": None, "loss_on": "response",
@@ -151,6 +153,8 @@ def normalize_recipe(recipe: dict, *, name: str = "recipe") -> dict:
             raise RecipeError(f"healing recipe {name!r}: lora.rank {lo['rank']!r} must be a positive integer")
         if not 0 <= lo["dropout"] < 1:
             raise RecipeError(f"healing recipe {name!r}: lora.dropout {lo['dropout']!r} must be in [0, 1)")
+        if lo["masked"] and lo["dropout"] > 0:
+            raise RecipeError(f"healing recipe {name!r}: lora.masked needs lora.dropout 0 (got {lo['dropout']})")
     return out
 
 
@@ -231,6 +235,8 @@ def heal_model(model, tokenizer, recipe: dict, *, teacher=None, device: str = "c
             p.requires_grad_(False)
         peft_model = add_lora(model, rank=lo["rank"], alpha=lo["alpha"], dropout=lo["dropout"],
                               target_modules=lo["target_modules"], seed=recipe["seed"])
+        if lo["masked"]:
+            log(f"masked LoRA: {mask_lora_updates(peft_model, masks)} layers train through the pruning mask")
         train_model = peft_model
         params = [p for p in peft_model.parameters() if p.requires_grad]
         step_masks = None  # base weights are frozen; masks are re-applied after the merge
@@ -320,6 +326,6 @@ def save_healed(result: HealResult, tokenizer, out_dir: str | os.PathLike, compr
 __all__ = [
     "ADAPTER_DIR", "BUILTIN_RECIPES", "DEFAULTS", "DistillLoss", "HealResult", "LOSS_CURVE_FILE", "METHODS",
     "NonFiniteLossError", "RecipeError", "add_lora", "apply_masks", "capture_masks", "check_training_dtype",
-    "default_target_modules", "heal_model", "kd_loss", "lm_loss", "merge_lora", "normalize_recipe", "save_healed",
+    "default_target_modules", "heal_model", "kd_loss", "lm_loss", "mask_lora_updates", "merge_lora", "normalize_recipe", "save_healed",
     "trains_lora",
 ]

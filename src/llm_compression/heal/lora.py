@@ -63,6 +63,47 @@ def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16.0, dropout: f
     return get_peft_model(model, cfg)
 
 
+def mask_lora_updates(peft_model, masks: dict[str, torch.Tensor], adapter: str = "default") -> int:
+    """Train LoRA *through* the pruning mask: each adapted layer computes ``x @ (W + (s B A) * keep)^T``,
+    so the function trained is exactly the one the masked merge saves (no update is lost at the merge).
+
+    ``keep`` is the complement of the layer's mask. The update is materialised per forward
+    (``[out, in]``, r-times cheaper than the matmul) and LoRA dropout is not applied (the fused
+    weight has no separate LoRA input). Costs one weight-sized gradient per layer in backward.
+
+    Returns:
+        the number of layers patched.
+
+    Raises:
+        ValueError: the adapter has dropout > 0 (set lora.dropout: 0 with masked training).
+    """
+    import types
+
+    import torch.nn.functional as F
+    from peft.tuners.lora import LoraLayer
+
+    patched = 0
+    for name, mod in peft_model.named_modules():
+        if not (isinstance(mod, LoraLayer) and adapter in getattr(mod, "lora_A", {})):
+            continue
+        drop = mod.lora_dropout[adapter]
+        if isinstance(drop, nn.Dropout) and drop.p > 0:
+            raise ValueError(f"masked LoRA training needs lora dropout 0 (layer {name} has {drop.p})")
+        key = name.removeprefix("base_model.model.")
+        keep = ~masks[key] if key in masks else None
+
+        def forward(self, x, *args, _keep=keep, **kwargs):
+            base = self.base_layer
+            dw = (self.lora_B[adapter].weight @ self.lora_A[adapter].weight) * self.scaling[adapter]
+            if _keep is not None:
+                dw = dw * _keep.to(dw.device, dw.dtype)
+            return F.linear(x, base.weight + dw.to(base.weight.dtype), base.bias)
+
+        mod.forward = types.MethodType(forward, mod)
+        patched += 1
+    return patched
+
+
 @torch.no_grad()
 def masked_update_share(peft_model, masks: dict[str, torch.Tensor], adapter: str = "default") -> float:
     """Share of the LoRA update that the pruning mask removes: ``||dW * M||_F / ||dW||_F`` over all
