@@ -294,3 +294,27 @@ def test_masked_lora_trains_the_function_that_is_saved(level):
     assert outs[False] > 1e-3
     with pytest.raises(RecipeError, match="dropout 0"):
         normalize_recipe({"method": "lora", "lora": {"masked": True}})
+
+
+def test_heal_keeps_per_layer_widths(tmp_path):
+    """Structured pruning leaves per-layer MLP widths that differ from the config: healing must adapt each
+    module as it is and change no shape."""
+    from torch import nn
+
+    model = tiny_llama()
+    for layer, width in zip(model.model.layers, (96, 40)):
+        mlp = layer.mlp
+        mlp.gate_proj = nn.Linear(64, width, bias=False)
+        mlp.up_proj = nn.Linear(64, width, bias=False)
+        mlp.down_proj = nn.Linear(width, 64, bias=False)
+    masks = prune_in_place(model, "unstructured")
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    recs = [{"instruction": f"Echo {i}", "output": str(i)} for i in range(8)]
+    (tmp_path / "d.json").write_text(json.dumps(recs))
+    for masked in (False, True):  # the second run heals the (already healed) model again, masked
+        res = heal_model(model, CharTok(), {"method": "lora", "steps": 3, "batch_size": 2, "seqlen": 64, "warmup_steps": 0,
+                                        "lora": {"rank": 2, "dropout": 0.0, "masked": masked},
+                                        "data": {"format": "alpaca", "path": str(tmp_path / "d.json"), "loss_on": "full"}})
+        assert {n: tuple(p.shape) for n, p in res.model.named_parameters()} == shapes
+        for name, lin in prunable_linears(res.model).items():
+            assert bool((lin.weight[masks[name]] == 0).all())
