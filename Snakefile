@@ -29,6 +29,7 @@ for _w in CFG.get("_warnings", []):
 include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/prune.smk"
+include: "rules/heal.smk"
 include: "rules/quantize.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"

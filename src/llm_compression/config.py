@@ -202,6 +202,7 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
         raise ConfigError(str(e)) from None
     if plan.warnings:
         cfg.setdefault("_warnings", []).extend(plan.warnings)
+    cfg["healing"] = _resolve_healing(cfg, kept, resolve)
     return cfg
 
 
@@ -230,6 +231,63 @@ def entry_methods(entry: dict) -> list[str]:
         if m not in out:
             out.append(m)
     return out
+
+
+
+def _resolve_healing(cfg: dict, evaluated: dict, resolve) -> dict:
+    """Complete recipe (defaults filled by :func:`llm_compression.heal.normalize_recipe`) of every healing
+    name in ``grid.healing`` and the ``healing`` section, with local paths resolved and checked."""
+    from .heal import BUILTIN_RECIPES, RecipeError, normalize_recipe
+
+    defined = dict(cfg.get("healing") or {})
+    out = {}
+    for name in cfg["grid"]["healing"]:
+        if name != NO_HEALING and name not in defined and name not in BUILTIN_RECIPES:
+            raise ConfigError(
+                f"grid.healing: {name!r} has no recipe; define healing.{name} (method: lora | kd, ...) or use "
+                f"one of: {', '.join([NO_HEALING, *BUILTIN_RECIPES, *defined])}"
+            )
+    names = list(defined) + [n for n in cfg["grid"]["healing"] if n != NO_HEALING and n not in defined]
+    for name in names:
+        raw = defined.get(name, BUILTIN_RECIPES.get(name))
+        try:
+            r = normalize_recipe(raw, name=name)
+        except RecipeError as e:
+            raise ConfigError(f"healing.{name}: {e}") from None
+        d = r["data"]
+        if d["path"] is not None:
+            d["path"] = resolve(d["path"])
+            if not Path(d["path"]).exists():
+                raise ConfigError(f"healing.{name}.data.path: {d['path']!r} does not exist")
+        if d["format"] == "corpus":
+            _check_split(d["corpus"], d["split"], f"healing.{name}.data.split")
+            if d["corpus"] in evaluated and not d["allow_evaluation_corpus"]:
+                raise ConfigError(
+                    f"healing.{name}.data.corpus: {d['corpus']!r} is also an evaluation dataset; healing on it would "
+                    "train on the text it is scored on. Choose another corpus (lambada is the offline default) or "
+                    f"set healing.{name}.data.allow_evaluation_corpus: true"
+                )
+        if r["method"] == "kd" and r["kd"]["teacher"] != "base":
+            t = resolve(r["kd"]["teacher"])
+            if not (Path(t) / "config.json").exists():
+                raise ConfigError(
+                    f"healing.{name}.kd.teacher: {r['kd']['teacher']!r} is neither 'base' nor a checkpoint directory "
+                    "(a folder with config.json)"
+                )
+            r["kd"]["teacher"] = t
+        out[name] = r
+    return out
+
+
+def healing_recipe(cfg: dict, name: str) -> dict:
+    """The complete recipe of healing ``name`` in a validated config.
+
+    Raises:
+        ConfigError: ``name`` is ``none`` or has no recipe.
+    """
+    if name not in cfg.get("healing", {}):
+        raise ConfigError(f"healing {name!r} has no recipe; valid: {', '.join(cfg.get('healing', {})) or '(none)'}")
+    return cfg["healing"][name]
 
 
 def _check_split(corpus: str, split: str, where: str) -> None:

@@ -1,0 +1,30 @@
+"""Heal a pruned checkpoint (LoRA or knowledge distillation) and save the healed checkpoint."""
+import time
+
+from llm_compression.heal import heal_model, save_healed
+from llm_compression.models import library_versions, load_checkpoint, pick_device, read_compression
+from llm_compression.runtime import setup_job
+
+sm = snakemake  # noqa: F821
+recipe = dict(sm.params.recipe)
+log = setup_job(sm.log[0], sm.threads, seed=recipe["seed"])
+device = pick_device(sm.params.device)
+t0 = time.perf_counter()
+model, tok = load_checkpoint(sm.input.pruned, device=device)
+teacher = None
+if recipe["method"] == "kd":
+    teacher, _ = load_checkpoint(sm.input.teacher, device=device)
+    log.info("teacher: %s", sm.input.teacher)
+result = heal_model(model, tok, recipe, teacher=teacher, device=device, log=log.info)
+save_healed(result, tok, sm.output[0], {
+    "stage": "heal",
+    "parent": sm.input.pruned,
+    "parent_compression": read_compression(sm.input.pruned),
+    "teacher": sm.input.teacher if teacher is not None else None,
+    "healing": {"name": sm.wildcards.healing, **result.recipe},
+    "result": result.info,
+    "device": device,
+    "wall_seconds": time.perf_counter() - t0,
+    "library_versions": library_versions(),
+})
+log.info("saved %s (%.1fs)", sm.output[0], time.perf_counter() - t0)
