@@ -27,3 +27,20 @@ rule plot_perplexity_vs_nonzero:
     threads: 1
     script:
         "../workflow/scripts/plot_perplexity_vs_nonzero.py"
+
+
+rule demo:
+    """Every variant's greedy generations of the same prompts, side by side."""
+    input:
+        demo_files(),
+    output:
+        report(R("demo/{model}.md"), category="Generation demo"),
+    params:
+        model=MODEL,
+    log:
+        R("logs/demo/{model}.log"),
+    benchmark:
+        R("benchmarks/demo/{model}.tsv")
+    threads: 1
+    script:
+        "../workflow/scripts/demo.py"

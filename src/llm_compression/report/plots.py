@@ -27,7 +27,7 @@ def _save(fig, path: str | os.PathLike) -> None:
 
 
 def perplexity_vs_nonzero(df: pd.DataFrame, out_path: str | os.PathLike) -> None:
-    """Perplexity (log scale) against non-zero parameters, one panel per perplexity dataset;
+    """Perplexity (log scale) against non-zero parameters, one panel per (dataset, preset) protocol;
     colour = pruning method, marker = quantization, label = variant.
 
     Raises:
@@ -38,10 +38,13 @@ def perplexity_vs_nonzero(df: pd.DataFrame, out_path: str | os.PathLike) -> None
     if ppl.empty or nz.empty:
         raise ValueError("the table needs 'perplexity' and 'nonzero_parameters' rows for this plot")
     data = ppl.merge(nz, on=["model", "variant"])
-    datasets = sorted(data.dataset.unique())
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.2 * len(datasets), 4.6), squeeze=False)
-    for ax, ds in zip(axes[0], datasets):
-        d = data[data.dataset == ds]
+    if "preset" not in data.columns:
+        data = data.assign(preset="")
+    data = data.fillna({"preset": ""})
+    panels = sorted({(r.dataset, r.preset) for r in data.itertuples()})
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), squeeze=False)
+    for ax, (ds, preset) in zip(axes[0], panels):
+        d = data[(data.dataset == ds) & (data.preset == preset)]
         for _, r in d.iterrows():
             ax.scatter(r.nonzero / 1e6, r.value, s=60, color=METHOD_COLORS.get(r.method, "tab:gray"),
                        marker=QUANT_MARKERS.get(r.quant, "o"), edgecolor="black", linewidth=0.5, zorder=3)
@@ -49,7 +52,7 @@ def perplexity_vs_nonzero(df: pd.DataFrame, out_path: str | os.PathLike) -> None
                         textcoords="offset points")
         ax.set_yscale("log")
         ax.set_xlabel("non-zero parameters (millions)")
-        ax.set_ylabel(f"{ds} perplexity (log scale)")
+        ax.set_ylabel(f"{ds} perplexity, {preset or 'protocol'} (log scale)")
         proto = d.protocol.iloc[0] if not d.empty else ""
         ax.set_title(f"{d.model.iloc[0]} on {ds}\n{proto}", fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
