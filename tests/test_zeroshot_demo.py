@@ -93,7 +93,9 @@ def test_generation_demo_is_greedy_and_side_by_side(tiny_model, byte_tokenizer):
     assert [g["completion"] for g in g1] == [g["completion"] for g in g2]  # greedy: deterministic
     assert all(g["new_tokens"] <= 6 for g in g1)
     md = demo_markdown([{"variant": "dense", "generations": g1}, {"variant": "wanda_0.5", "generations": g2}])
-    assert md.count("| dense |") == 2 and md.count("| wanda_0.5 |") == 2 and "A \\| pipe" in md
+    assert md.count("| dense |") == 2 and md.count("| wanda_0.5 |") == 2 and "> A | pipe" in md
+    cells = demo_markdown([{"variant": "x|y", "generations": [{"prompt": "p", "completion": "a|b\nc"}]}])
+    assert "| x\\|y | a\\|b<br>c |" in cells
     with pytest.raises(ValueError, match="different prompts"):
         demo_markdown([{"variant": "a", "generations": g1}, {"variant": "b", "generations": g1[:1]}])
     with pytest.raises(ValueError):

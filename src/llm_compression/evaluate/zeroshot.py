@@ -17,7 +17,8 @@ LLM-Pruner, Table 1; Gao et al., lm-evaluation-harness). Each is lm-eval's own t
 The model is evaluated through lm-eval's ``HFLM`` wrapping the already-loaded model, so pruned,
 structurally pruned and 4-bit checkpoints are scored exactly as loaded. Metrics: ``acc`` and
 ``acc_norm`` (length-normalised, where lm-eval defines it; WinoGrande and BoolQ have ``acc`` only)
-with lm-eval's standard errors, and their unweighted means over tasks.
+with lm-eval's standard errors, and their unweighted means over tasks. Models that need BOS (Gemma,
+see :func:`llm_compression.evaluate.needs_bos`) get it in front of every request.
 """
 
 from __future__ import annotations
@@ -187,8 +188,12 @@ def zeroshot_of_model(model, tokenizer, *, tasks=TASKS, limit: int | float | Non
 
     import torch
 
+    from . import needs_bos
+
     dev = device or str(next(model.parameters()).device)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=dev)
+    # BOS before every request for models that need it (Gemma); otherwise the tokenizer's default
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=dev,
+              add_bos_token=True if needs_bos(model) else None)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="llmc-zeroshot-") as work:
         specs, task_proto = task_specs(tasks, src, work)
