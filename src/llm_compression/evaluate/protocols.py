@@ -26,6 +26,24 @@ windows all three are the same number). The ``sparsegpt`` window is the model's 
 given. Sources: Frantar & Alistarh 2023 (SparseGPT) Sec. 4 and ``datautils.py``; Ma et al. 2023
 (LLM-Pruner) ``LLMPruner/datasets/ppl_dataset.py`` and ``LLMPruner/evaluator/ppl.py``.
 
+Token counts with the SmolLM2 tokenizer (stream without special tokens; windows at 512 / 128):
+
+==========================  =====================================  =========  ==========
+split                       join                                   tokens     windows
+==========================  =====================================  =========  ==========
+PTB test                    mikolov-lines (project default)        101,691    198 / 794
+PTB test                    space (sparsegpt)                      97,930     191 / 765
+PTB valid                   blank-line (llm-pruner)                93,459     182 / 730
+WikiText-2 test             nonblank-rows-blank-line (default)     301,948    589 / 2,358
+WikiText-2 test             hub-rows, reconstructed from the       304,927    595 / 2,382
+                            shared file (4,303 rows)
+==========================  =====================================  =========  ==========
+
+The hub's WikiText-2 test split has 4,358 rows, 1,467 of them blank; the shared file has the 2,891
+non-blank ones, and the reconstruction (a blank row before and after each heading) restores 1,412,
+so the reconstructed hub join lacks ~55 ``"\n\n"`` separators (well under 0.1% of the tokens). A raw
+file that keeps its blank lines gives the hub rows exactly.
+
 BOS: the reference codes tokenize the whole stream with the tokenizer defaults (LLaMA's adds one BOS
 at the start of the stream, not per window). Here the stream is tokenized without special tokens and
 BOS is put in front of every window only for models that need it (Gemma), see ``bos`` in
