@@ -9,8 +9,8 @@ def evaluation_params(wildcards):
     """Everything that changes a metric's value is a param, so a config change reruns exactly it."""
     ev = wildcards.evaluation
     if ev.startswith("ppl-"):
-        ds, preset = parse_perplexity_evaluation(ev)
         ppl = CFG["evaluation"]["perplexity"]
+        ds, preset = parse_perplexity_evaluation(ev, default_preset=ppl["presets"][0])
         if ds not in ppl["datasets"] or preset not in ppl["presets"]:
             raise ValueError(f"evaluation {ev!r}: dataset {ds!r} / preset {preset!r} is not configured; "
                              f"datasets: {list(ppl['datasets'])}, presets: {ppl['presets']}")

@@ -183,6 +183,9 @@ def test_config_presets_names_and_backward_compat():
     assert parse_perplexity_evaluation("ppl-ptb-llm-pruner") == ("ptb", "llm-pruner")
     with pytest.raises(ValueError):
         parse_perplexity_evaluation("ppl-ptb")
+    with pytest.raises(ValueError):
+        parse_perplexity_evaluation("ppl-ptb-wanda", default_preset="sparsegpt")
+    assert parse_perplexity_evaluation("ppl-ptb", default_preset="sparsegpt") == ("ptb", "sparsegpt")
     with pytest.raises(ConfigError, match="llm-pruner"):
         validate_config(_cfg(presets=["llm-pruner"], datasets={"ptb": {"split": "test"}}), check_model=False)
     with pytest.raises(ConfigError, match="join"):

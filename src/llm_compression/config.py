@@ -239,15 +239,22 @@ def perplexity_evaluation(dataset: str, preset: str) -> str:
     return f"ppl-{dataset}-{preset}"
 
 
-def parse_perplexity_evaluation(name: str) -> tuple[str, str]:
+def parse_perplexity_evaluation(name: str, default_preset: str | None = None) -> tuple[str, str]:
     """Inverse of :func:`perplexity_evaluation` -> ``(dataset, preset)``.
 
+    The older name ``ppl-<dataset>`` is accepted when ``default_preset`` is given (the workflow passes
+    the first configured preset), so targets written before presets existed still build; the
+    metrics JSON and the table name the preset either way.
+
     Raises:
-        ValueError: ``name`` is not of the form ``ppl-<dataset>-<preset>``.
+        ValueError: ``name`` is not of the form ``ppl-<dataset>-<preset>`` (or ``ppl-<dataset>``
+            without a default preset).
     """
     from .evaluate.protocols import PRESETS
 
     parts = name.split("-", 2)
+    if len(parts) == 2 and parts[0] == "ppl" and parts[1] and default_preset is not None:
+        return parts[1], default_preset
     if len(parts) != 3 or parts[0] != "ppl" or parts[2] not in PRESETS:
         raise ValueError(f"evaluation {name!r} is not of the form ppl-<dataset>-<preset> "
                          f"with preset one of {', '.join(PRESETS)}")
