@@ -10,6 +10,8 @@ from llm_compression.variants import (
     Variant,
     artifact_dir,
     base_dir,
+    demo_path,
+    demo_report_path,
     healed_dir,
     metrics_path,
     pruned_dir,
@@ -49,5 +51,14 @@ def metrics_files():
     return [R(metrics_path(MODEL, v, e)) for v in VARIANTS for e in EVALUATIONS]
 
 
+def demo_files():
+    return [R(demo_path(MODEL, v)) for v in VARIANTS]
+
+
+def demo_targets():
+    """The side-by-side generation demo, when prompts are configured."""
+    return [R(demo_report_path(MODEL))] if CFG["report"]["demo"]["prompts"] else []
+
+
 def final_targets():
-    return metrics_files() + [R("summary.csv"), R("summary.md")] + figure_targets()
+    return metrics_files() + [R("summary.csv"), R("summary.md")] + figure_targets() + demo_targets()

@@ -1,3 +1,6 @@
+from llm_compression.config import parse_perplexity_evaluation
+
+
 def evaluation_input(wildcards):
     return R(artifact_dir(MODEL, variant_of(wildcards)))
 
@@ -6,15 +9,20 @@ def evaluation_params(wildcards):
     """Everything that changes a metric's value is a param, so a config change reruns exactly it."""
     ev = wildcards.evaluation
     if ev.startswith("ppl-"):
-        ds = ev[len("ppl-"):]
         ppl = CFG["evaluation"]["perplexity"]
-        if ds not in ppl["datasets"]:
-            raise ValueError(f"evaluation {ev!r}: dataset {ds!r} is not configured; valid: {list(ppl['datasets'])}")
-        opts = {k: v for k, v in ppl.items() if k != "datasets"}
-        return {"kind": "perplexity", "dataset": ds, **ppl["datasets"][ds], **opts}
+        ds, preset = parse_perplexity_evaluation(ev, default_preset=ppl["presets"][0])
+        if ds not in ppl["datasets"] or preset not in ppl["presets"]:
+            raise ValueError(f"evaluation {ev!r}: dataset {ds!r} / preset {preset!r} is not configured; "
+                             f"datasets: {list(ppl['datasets'])}, presets: {ppl['presets']}")
+        opts = {k: v for k, v in ppl.items() if k not in ("datasets", "presets")}
+        d = {k: v for k, v in ppl["datasets"][ds].items() if k != "skip_if_missing"}
+        return {"kind": "perplexity", "dataset": ds, "preset": preset, **d, **opts}
+    if ev == "zeroshot":
+        zs = CFG["evaluation"]["zeroshot"]
+        return {"kind": "zeroshot", **zs}
     if ev in COST_EVALUATIONS:
         return {"kind": ev, **evaluation_options(CFG, ev)}
-    raise ValueError(f"unknown evaluation {ev!r}; valid: ppl-<dataset>, {', '.join(COST_EVALUATIONS)}")
+    raise ValueError(f"unknown evaluation {ev!r}; valid: ppl-<dataset>-<preset>, zeroshot, {', '.join(COST_EVALUATIONS)}")
 
 
 def evaluation_threads(wildcards):
@@ -43,3 +51,26 @@ rule evaluate:
         **stage_resources("evaluate"),
     script:
         "../workflow/scripts/evaluate.py"
+
+
+rule generate:
+    """Greedy continuations of the configured demo prompts by one variant."""
+    input:
+        evaluation_input,
+    output:
+        R(MODEL + "/demo/{pruning}/{healing}/{quant}.json"),
+    params:
+        prompts=lambda w: list(CFG["report"]["demo"]["prompts"]),
+        max_new_tokens=CFG["report"]["demo"]["max_new_tokens"],
+        variant=lambda w: variant_of(w).row(),
+        model=MODEL,
+        device=RESOURCES.device("evaluate"),
+    log:
+        R("logs/generate/{pruning}/{healing}/{quant}.log"),
+    benchmark:
+        R("benchmarks/generate/{pruning}/{healing}/{quant}.tsv")
+    threads: RESOURCES.threads("evaluate")
+    resources:
+        **stage_resources("evaluate"),
+    script:
+        "../workflow/scripts/generate.py"

@@ -54,3 +54,22 @@ rule plot:
         **stage_resources("plots"),
     script:
         "../workflow/scripts/plot.py"
+
+
+rule demo:
+    """Every variant's greedy generations of the same prompts, side by side."""
+    input:
+        demo_files(),
+    output:
+        report(R("demo/{model}.md"), category="Generation demo"),
+    params:
+        model=MODEL,
+    log:
+        R("logs/demo/{model}.log"),
+    benchmark:
+        R("benchmarks/demo/{model}.tsv")
+    threads: RESOURCES.threads("plots")
+    resources:
+        **stage_resources("plots"),
+    script:
+        "../workflow/scripts/demo.py"

@@ -363,7 +363,7 @@ def test_config_cost_sections_defaults_and_booleans():
     from llm_compression.config import ConfigError, evaluation_options, evaluations, validate_config
 
     cfg = validate_config(_raw_config(), check_model=False)
-    assert evaluations(cfg) == ["ppl-ptb", "cost"]  # memory and latency only when enabled
+    assert evaluations(cfg) == ["ppl-ptb-sparsegpt", "cost"]  # memory and latency only when enabled
     assert evaluation_options(cfg, "cost") == {"seqlen": 512}
     assert evaluation_options(cfg, "latency") == {"prompt_tokens": 128, "new_tokens": 32, "repeats": 5,
                                                   "warmup": 1, "threads": 2, "seed": 0}
@@ -371,7 +371,7 @@ def test_config_cost_sections_defaults_and_booleans():
     raw = _raw_config()
     raw["evaluation"].update(cost=False, memory=True, latency={"enabled": True, "repeats": 3})
     cfg = validate_config(raw, check_model=False)
-    assert evaluations(cfg) == ["ppl-ptb", "memory", "latency"]
+    assert evaluations(cfg) == ["ppl-ptb-sparsegpt", "memory", "latency"]
     assert evaluation_options(cfg, "latency")["repeats"] == 3
     for bad in ({"quantize": {"blocksize": 48}}, {"grid": {"quantization": ["nf2"]}},
                 {"evaluation": {"perplexity": {}, "latency": {"repeats": 0}}}):

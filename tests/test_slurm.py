@@ -142,7 +142,7 @@ def test_grid_runs_on_real_slurm(local_slurm, tiny_model, tmp_path):
     cfg = load_config_file(cfgfile)
     variants = expand_grid(cfg)
     evals = evaluations(cfg)
-    assert len(variants) == 3 and evals == ["ppl-ptb", "cost"]
+    assert len(variants) == 3 and evals == ["ppl-ptb-sparsegpt", "cost"]
 
     # the table and one figure (the other figures need no other jobs than these, and cost CI time)
     targets = [str(results / "summary.csv"), str(results / "plots" / "perplexity_vs_nonzero.png")]

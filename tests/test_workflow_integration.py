@@ -71,10 +71,11 @@ def test_table_rows_and_values(run):
     assert abs(v["dense+nf4-dq", "linear_bits_per_weight"] - 4.127) < 0.001
     assert v["dense", "gmacs"] == v["dense+nf4-dq", "gmacs"] == v["wanda_unstructured_0.5_x1", "gmacs"]
     # protocol recorded with the value
-    rec = pd.read_json(tmp / "results/smollm2-135m/metrics/dense/none/none/ppl-ptb.json", typ="series")
+    rec = pd.read_json(tmp / "results/smollm2-135m/metrics/dense/none/none/ppl-ptb-sparsegpt.json", typ="series")
     proto = rec["protocol"]
     assert proto["limit_tokens"] == 4096 and proto["windows"] == 8 and proto["scored_tokens"] == 8 * 511
-    assert proto["split_tokens"] == 101_691 and proto["join"] == "mikolov-lines"
+    # SparseGPT's PTB join (sentences joined with " "): 97,930 tokens with the SmolLM2 tokenizer
+    assert proto["split_tokens"] == 97_930 and proto["preset"] == "sparsegpt"
     for fig in ("perplexity_vs_nonzero", "perplexity_vs_parameters_ptb", "quantization_effect", "pareto",
                 "perplexity_vs_ratio", "cost_vs_ratio"):
         assert (tmp / f"results/plots/{fig}.png").stat().st_size > 10_000, fig

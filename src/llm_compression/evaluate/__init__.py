@@ -1,5 +1,6 @@
-"""Evaluation of a checkpoint: perplexity (:mod:`.perplexity`), cost (:mod:`.cost`), peak memory
-(:mod:`.memory`) and latency (:mod:`.latency`).
+"""Evaluation of a checkpoint: perplexity (:mod:`.perplexity`, presets in :mod:`.protocols`),
+zero-shot accuracy (:mod:`.zeroshot`), generation demo (:mod:`.generate`), cost (:mod:`.cost`), peak
+memory (:mod:`.memory`) and latency (:mod:`.latency`).
 
 :func:`evaluate_perplexity`, :func:`evaluate_cost`, :func:`evaluate_memory` and
 :func:`evaluate_latency` load a checkpoint, measure it, and return a
@@ -19,6 +20,7 @@ from .cost import cost_metrics, cost_notes, nm_pattern
 from .latency import measure_latency
 from .memory import measure_peak_memory
 from .perplexity import perplexity
+from .protocols import PRESETS, ProtocolError, expected_windows, model_context_length, resolve_protocol
 
 METRICS_SCHEMA = "llm-compression/metrics/v1"
 
@@ -34,45 +36,81 @@ def _runtime(model) -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
-def evaluate_perplexity(
-    ckpt_dir,
+def resolve_bos(model, tokenizer, bos: str | bool = "auto") -> int | None:
+    """BOS token id to put in front of every window, or None.
+
+    ``"auto"``: only for models that need it (:func:`needs_bos`); ``True``/``False`` force it.
+
+    Raises:
+        ValueError: BOS requested but the tokenizer has none; an unknown ``bos`` value.
+    """
+    if bos not in ("auto", True, False, "true", "false"):
+        raise ValueError(f"bos {bos!r} must be 'auto', true or false")
+    use = needs_bos(model) if bos == "auto" else bos in (True, "true")
+    if use and tokenizer.bos_token_id is None:
+        raise ValueError("bos requested but the tokenizer has no BOS token")
+    return tokenizer.bos_token_id if use else None
+
+
+def perplexity_of_model(
+    model,
+    tokenizer,
     *,
     dataset: str,
-    split: str = "test",
+    preset: str = "custom",
+    split: str | None = None,
+    join: str | None = None,
+    documents: int | None = None,
     path: str | None = None,
-    seqlen: int = 512,
+    seqlen: int | None = 512,
     max_tokens: int | None = None,
     batch_size: int = 1,
     last_window: str = "drop",
     bos: str | bool = "auto",
-    device: str = "cpu",
+    device: str | None = None,
     progress: bool = False,
 ) -> dict:
-    """Perplexity of the checkpoint at ``ckpt_dir`` on one dataset split (see :mod:`.perplexity`).
+    """Perplexity of an already-loaded ``model`` under a named protocol (see :mod:`.protocols`).
+
+    Args:
+        preset: ``sparsegpt``, ``llm-pruner`` or ``custom``; fixes split/join/window rules.
+        seqlen: window length (``None``: the model's ``max_position_embeddings``); llm-pruner uses 128.
+        max_tokens: cap on the token stream (recorded as ``limit_tokens``/``capped``).
+        batch_size: windows per forward pass; the value does not depend on it.
+        bos: ``"auto"`` (BOS per window only for models that need it, e.g. Gemma), True or False.
 
     Returns:
-        ``{"metrics": {"perplexity": ...}, "protocol": {...}, "runtime": {...}}``; the protocol
-        records dataset, split, source, join, seqlen, stride, windows, scored and stream tokens,
-        the token cap (``limit_tokens``), BOS use and the last-window rule.
+        ``{"metrics": {"perplexity", "nll_sum"}, "protocol": {...}, "runtime": {...}}``; the protocol holds
+        preset, reference, dataset, split, source, join, seqlen, stride, windows, scored/stream/split
+        tokens, cap, BOS use, last-window rule and batch size.
+
+    Raises:
+        ProtocolError: a setting that contradicts the preset. CorpusError: the corpus cannot be loaded.
     """
-    model, tok = load_checkpoint(ckpt_dir, device=device)
-    corpus = load_text(dataset, split, path=path)
-    ids = tokenize_stream(tok, corpus.text)
+    proto = resolve_protocol(preset, dataset, seqlen=seqlen, split=split, join=join, documents=documents,
+                             last_window=last_window)
+    window = proto.seqlen if proto.seqlen is not None else model_context_length(model)
+    bos_id = resolve_bos(model, tokenizer, bos)
+    corpus = load_text(dataset, proto.split, path=path, join=proto.join, documents=proto.documents)
+    ids = tokenize_stream(tokenizer, corpus.text)
     full_tokens = int(ids.numel())
+    if proto.max_windows is not None:
+        ids = ids[: proto.max_windows * window]
+    available = int(ids.numel())
     if max_tokens is not None:
         ids = ids[:max_tokens]
-    use_bos = needs_bos(model) if bos == "auto" else bool(bos)
-    bos_id = tok.bos_token_id if use_bos else None
-    if use_bos and bos_id is None:
-        raise ValueError(f"bos requested but the tokenizer of {ckpt_dir} has no BOS token")
-    r = perplexity(model, ids, seqlen=seqlen, batch_size=batch_size, bos_token_id=bos_id,
-                   last_window=last_window, device=device, progress=progress)
+    r = perplexity(model, ids, seqlen=window, batch_size=batch_size, bos_token_id=bos_id,
+                   last_window=proto.last_window, device=device, progress=progress)
     protocol = {
         **corpus.protocol,
-        "preset": "sparsegpt" if (max_tokens is None and last_window == "drop") else "custom",
+        "preset": proto.preset,
+        "reference": proto.reference,
+        **({"note": proto.note} if proto.note else {}),
+        "seqlen_source": "given" if proto.seqlen is not None else "model max_position_embeddings",
+        "max_windows": proto.max_windows,
         "split_tokens": full_tokens,
         "limit_tokens": max_tokens,
-        "capped": max_tokens is not None and max_tokens < full_tokens,
+        "capped": max_tokens is not None and max_tokens < available,
         **{k: r[k] for k in ("seqlen", "stride", "windows", "scored_tokens", "stream_tokens", "bos", "last_window")},
         "batch_size": batch_size,
     }
@@ -81,6 +119,41 @@ def evaluate_perplexity(
         "protocol": protocol,
         "runtime": {**_runtime(model), "seconds": r["seconds"], "tokens_per_second": r["tokens_per_second"]},
     }
+
+
+def evaluate_perplexity(ckpt_dir, *, device: str = "cpu", **kwargs) -> dict:
+    """Load the checkpoint at ``ckpt_dir`` and measure :func:`perplexity_of_model` on it.
+
+    Keyword arguments are those of :func:`perplexity_of_model` (dataset, preset, split, join, path,
+    seqlen, max_tokens, batch_size, last_window, bos, progress). The protocol is checked before the
+    model is loaded.
+
+    Raises:
+        ProtocolError, CorpusError, FileNotFoundError (no checkpoint at ``ckpt_dir``).
+    """
+    resolve_protocol(kwargs.get("preset", "custom"), kwargs["dataset"], seqlen=kwargs.get("seqlen", 512),
+                     split=kwargs.get("split"), join=kwargs.get("join"), documents=kwargs.get("documents"),
+                     last_window=kwargs.get("last_window", "drop"))
+    model, tok = load_checkpoint(ckpt_dir, device=device)
+    return perplexity_of_model(model, tok, device=device, **kwargs)
+
+
+def evaluate_zeroshot(ckpt_dir, *, device: str = "cpu", tasks=None, limit=None, batch_size: int = 8,
+                      source: str = "auto") -> dict:
+    """Zero-shot accuracy (lm-eval, :mod:`.zeroshot`) of the checkpoint at ``ckpt_dir`` as loaded by
+    :func:`~llm_compression.models.load_checkpoint` (so pruned and 4-bit checkpoints work).
+
+    Raises:
+        ZeroShotError: unknown task/source or missing data, checked before the model is loaded.
+    """
+    from .zeroshot import TASKS, check_tasks, resolve_source, zeroshot_of_model
+
+    tasks = list(tasks) if tasks else list(TASKS)
+    check_tasks(tasks)
+    resolve_source(source)
+    model, tok = load_checkpoint(ckpt_dir, device=device)
+    return zeroshot_of_model(model, tok, tasks=tasks, limit=limit, batch_size=batch_size, source=source,
+                             device=device)
 
 
 def _quant_scheme(ckpt_dir) -> str | None:

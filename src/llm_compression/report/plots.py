@@ -38,19 +38,35 @@ MEMORY_LABELS = {"peak_memory_bytes": "peak forward memory (MB)", "weight_memory
 
 # --------------------------------------------------------------------------- data shaping
 
+def _ppl_groups(df: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """Perplexity column name -> (dataset, preset): ``ppl_<dataset>`` when a dataset was measured under
+    one protocol preset, ``ppl_<dataset>_<preset>`` when under several (protocols never share a column)."""
+    ppl = df[df.metric == "perplexity"]
+    presets = ppl.preset if "preset" in ppl.columns else pd.Series("", index=ppl.index)
+    pairs = sorted({(d, p) for d, p in zip(ppl.dataset, presets.fillna(""))})
+    out = {}
+    for ds, pr in pairs:
+        multi = sum(1 for d, _ in pairs if d == ds) > 1
+        out[f"ppl_{ds}_{pr}" if multi else f"ppl_{ds}"] = (ds, pr)
+    return out
+
+
 def wide(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant: identity columns, ``ppl_<dataset>`` per perplexity dataset, every other
-    metric under its own name (first value if a metric appears under several datasets), and
-    ``zeroshot_acc`` (mean ``acc`` over tasks) when zero-shot rows exist."""
+    """One row per variant: identity columns, one perplexity column per (dataset, preset) (see
+    :func:`_ppl_groups`), every other metric under its own name (first value if a metric appears under
+    several datasets), and ``zeroshot_acc`` (mean ``acc`` over tasks) when zero-shot rows exist."""
     ids = df[ID_COLUMNS].drop_duplicates("variant").set_index("variant")
     out = ids.copy()
     ppl = df[df.metric == "perplexity"]
-    for ds, g in ppl.groupby("dataset"):
-        out[f"ppl_{ds}"] = g.set_index("variant").value
-    rest = df[(df.metric != "perplexity") & ~df.evaluation.str.startswith("zeroshot")]
+    preset = ppl.preset.fillna("") if "preset" in ppl.columns else pd.Series("", index=ppl.index)
+    for col, (ds, pr) in _ppl_groups(df).items():
+        g = ppl[(ppl.dataset == ds) & (preset == pr)]
+        out[col] = g.drop_duplicates("variant").set_index("variant").value
+    is_zs = df.evaluation.str.startswith("zeroshot")
+    rest = df[(df.metric != "perplexity") & ~is_zs]
     for metric, g in rest.groupby("metric"):
         out[metric] = g.drop_duplicates("variant").set_index("variant").value
-    zs = df[df.evaluation.str.startswith("zeroshot") & (df.metric == "acc")]
+    zs = df[is_zs & (df.metric == "acc")]
     if not zs.empty:
         tasks = zs[~zs.dataset.isin(["average", "avg", "mean", ""])]
         out["zeroshot_acc"] = (tasks if not tasks.empty else zs).groupby("variant").value.mean()
@@ -142,9 +158,18 @@ def _log_if_wide(ax, values) -> None:
         ax.set_yscale("log")
 
 
-def _protocol_of(df: pd.DataFrame, dataset: str) -> str:
-    p = df[(df.metric == "perplexity") & (df.dataset == dataset)].protocol
-    return p.iloc[0] if not p.empty else ""
+def _protocol_of(df: pd.DataFrame, col: str) -> str:
+    """Protocol text of a perplexity column of :func:`wide` (preset and window/cap details)."""
+    ds, pr = _ppl_groups(df).get(col, (col[4:], ""))
+    rows = df[(df.metric == "perplexity") & (df.dataset == ds)]
+    if "preset" in rows.columns and pr:
+        rows = rows[rows.preset.fillna("") == pr]
+    return rows.protocol.iloc[0] if not rows.empty else ""
+
+
+def _dataset_of(df: pd.DataFrame, col: str) -> str:
+    ds, pr = _ppl_groups(df).get(col, (col[4:], ""))
+    return f"{ds} ({pr})" if pr else ds
 
 
 def _require(w: pd.DataFrame, cols: list[str], figure: str) -> None:
@@ -177,38 +202,41 @@ def perplexity_vs_nonzero(df: pd.DataFrame, out_path) -> None:
                         textcoords="offset points")
         ax.set_yscale("log")
         ax.set_xlabel("non-zero parameters (millions)")
-        ds = col[4:]
-        ax.set_ylabel(f"{ds} perplexity (log scale)")
-        ax.set_title(f"{d.model.iloc[0]}: {ds}\n{_protocol_of(df, ds)}", fontsize=8)
+        ax.set_ylabel(f"{_dataset_of(df, col)} perplexity (log scale)")
+        ax.set_title(f"{d.model.iloc[0]}: {_dataset_of(df, col)}\n{_protocol_of(df, col)}", fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
     _legend(axes[0][-1], w, by_quant=True)
     _save(fig, out_path)
 
 
 def perplexity_vs_parameters(df: pd.DataFrame, out_path, dataset: str) -> None:
-    """Perplexity on ``dataset`` against non-zero parameters; bubble area proportional to GMACs when
-    measured, else to memory; colour = method, marker = level."""
+    """Perplexity on ``dataset`` (one panel per protocol preset) against non-zero parameters; bubble
+    area proportional to GMACs when measured, else to memory; colour = method, marker = level."""
     w = wide(df)
-    col = f"ppl_{dataset}"
-    _require(w, [col, "nonzero_parameters"], f"perplexity_vs_parameters_{dataset}")
+    cols = [c for c, (ds, _) in _ppl_groups(df).items() if ds == dataset]
+    _require(w, cols + ["nonzero_parameters"], f"perplexity_vs_parameters_{dataset}")
+    if not cols:
+        raise ValueError(f"figure 'perplexity_vs_parameters_{dataset}' needs {dataset} perplexity rows")
     size_col, size_label = pick_metric(w, "gmacs")
     if size_col is None:
         size_col, size_label = pick_metric(w, "memory")
-    d = w[w[col].notna()]
-    smax = d[size_col].max() if size_col else None
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for _, r in d.iterrows():
-        s = 40 + 600 * (r[size_col] / smax) if size_col and smax else 80
-        ax.scatter(r.nonzero_parameters / 1e6, r[col], s=s, alpha=0.6, color=METHOD_COLORS.get(r.method, "tab:gray"),
-                   marker=LEVEL_MARKERS.get(r.level, "o"), edgecolor="black", linewidth=0.5)
-        ax.annotate(r.variant, (r.nonzero_parameters / 1e6, r[col]), fontsize=6, xytext=(5, 3), textcoords="offset points")
-    _log_if_wide(ax, d[col])
-    ax.set_xlabel("non-zero parameters (millions)")
-    ax.set_ylabel(f"{dataset} perplexity" + (" (log scale)" if ax.get_yscale() == "log" else ""))
-    ax.set_title(f"{w.model.iloc[0]}: {dataset} perplexity vs size; bubble area ~ {size_label}\n"
-                 f"{_protocol_of(df, dataset)}", fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    _legend(ax, w, by_level=True)
+    fig, axes = plt.subplots(1, len(cols), figsize=(7.5 * len(cols), 5), squeeze=False)
+    for ax, col in zip(axes[0], cols):
+        d = w[w[col].notna()]
+        smax = d[size_col].max() if size_col else None
+        for _, r in d.iterrows():
+            s = 40 + 600 * (r[size_col] / smax) if size_col and smax else 80
+            ax.scatter(r.nonzero_parameters / 1e6, r[col], s=s, alpha=0.6, color=METHOD_COLORS.get(r.method, "tab:gray"),
+                       marker=LEVEL_MARKERS.get(r.level, "o"), edgecolor="black", linewidth=0.5)
+            ax.annotate(r.variant, (r.nonzero_parameters / 1e6, r[col]), fontsize=6, xytext=(5, 3),
+                        textcoords="offset points")
+        _log_if_wide(ax, d[col])
+        ax.set_xlabel("non-zero parameters (millions)")
+        ax.set_ylabel(f"{_dataset_of(df, col)} perplexity" + (" (log scale)" if ax.get_yscale() == "log" else ""))
+        ax.set_title(f"{w.model.iloc[0]}: perplexity vs size; bubble area ~ {size_label}\n"
+                     f"{_protocol_of(df, col)}", fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+    _legend(axes[0][-1], w, by_level=True)
     _save(fig, out_path)
 
 
@@ -233,7 +261,7 @@ def quantization_effect(df: pd.DataFrame, out_path) -> None:
                 if not v.empty and pd.notna(v.iloc[0]):
                     xs.append(bi * len(cols) + ci + qi * width)
                     ys.append(v.iloc[0])
-            axes[0].bar(xs, ys, width=width, label=f"{col[4:]} / quant={q}", alpha=0.85,
+            axes[0].bar(xs, ys, width=width, label=f"{_dataset_of(df, col)} / quant={q}", alpha=0.85,
                         color=plt.cm.tab20(2 * ci + (qi % 2)), edgecolor="black", linewidth=0.3)
         xs, ys = [], []
         for bi, b in enumerate(bases):
@@ -292,8 +320,8 @@ def perplexity_vs_ratio(df: pd.DataFrame, out_path) -> None:
         _lines_against_ratio(ax, w, col)
         if col.startswith("ppl_"):
             _log_if_wide(ax, w[col])
-            ax.set_ylabel(f"{col[4:]} perplexity" + (" (log)" if ax.get_yscale() == "log" else ""))
-            ax.set_title(_protocol_of(df, col[4:]), fontsize=8)
+            ax.set_ylabel(f"{_dataset_of(df, col)} perplexity" + (" (log)" if ax.get_yscale() == "log" else ""))
+            ax.set_title(_protocol_of(df, col), fontsize=8)
         else:
             ax.set_ylabel("zero-shot accuracy (mean over tasks)")
         ax.set_xlabel("pruning ratio (repeats at cumulative ratio)")
@@ -348,7 +376,7 @@ def pareto(df: pd.DataFrame, out_path) -> None:
     mem_col, mem_label = pick_metric(w, "memory")
     if not cols or mem_col is None:
         raise ValueError("figure 'pareto' needs perplexity and a memory/bytes metric")
-    col = "ppl_ptb" if "ppl_ptb" in cols else cols[0]
+    col = next((c for c in cols if c.startswith("ppl_ptb")), cols[0])
     lat_col, lat_label = pick_metric(w, "latency")
     axes_spec = [(mem_col, mem_label, 1e-6)] + ([(lat_col, lat_label, 1.0)] if lat_col else [])
     fig, axes = plt.subplots(1, len(axes_spec), figsize=(7 * len(axes_spec), 5), squeeze=False)
@@ -365,8 +393,8 @@ def pareto(df: pd.DataFrame, out_path) -> None:
             ax.annotate(lab, (x, y), fontsize=7, xytext=(5, 4), textcoords="offset points", color="tab:orange")
         _log_if_wide(ax, d[col])
         ax.set_xlabel(xl)
-        ax.set_ylabel(f"{col[4:]} perplexity (lower is better)")
-        ax.set_title(_protocol_of(df, col[4:]), fontsize=8)
+        ax.set_ylabel(f"{_dataset_of(df, col)} perplexity (lower is better)")
+        ax.set_title(_protocol_of(df, col), fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
     front_handle = plt.Line2D([], [], color="tab:orange", label="Pareto front (named)")
     _legend(axes[0][0], w, by_quant=True, extra=[front_handle])
@@ -383,15 +411,20 @@ FIGURES = {
 PER_DATASET = "perplexity_vs_parameters_"
 
 
+def _ppl_datasets(evaluations: list[str]) -> list[str]:
+    """Datasets of the perplexity evaluations (``ppl-<dataset>-<preset>`` or ``ppl-<dataset>``), in order."""
+    return list(dict.fromkeys(e.split("-")[1] for e in evaluations if e.startswith("ppl-")))
+
+
 def figure_names(evaluations: list[str]) -> list[str]:
     """Figures a run with these evaluations can draw (one per-dataset figure per perplexity dataset)."""
-    has_ppl = any(e.startswith("ppl-") for e in evaluations)
+    datasets = _ppl_datasets(evaluations)
     has_cost = "cost" in evaluations
     names = []
-    if has_ppl and has_cost:
-        names += ["perplexity_vs_nonzero"] + [PER_DATASET + e[4:] for e in evaluations if e.startswith("ppl-")]
+    if datasets and has_cost:
+        names += ["perplexity_vs_nonzero"] + [PER_DATASET + d for d in datasets]
         names += ["quantization_effect", "pareto"]
-    if has_ppl:
+    if datasets:
         names.append("perplexity_vs_ratio")
     if has_cost:
         names.append("cost_vs_ratio")
@@ -411,7 +444,8 @@ def figure_evaluations(figure: str, evaluations: list[str]) -> list[str]:
     zeroshot = [e for e in evaluations if e.startswith("zeroshot")]
     cost = [e for e in evaluations if not e.startswith(("ppl-", "zeroshot", "demo"))]
     if figure.startswith(PER_DATASET):
-        return [f"ppl-{figure[len(PER_DATASET):]}"] + cost
+        ds = figure[len(PER_DATASET):]
+        return [e for e in ppl if e.split("-")[1] == ds] + cost
     return {"perplexity_vs_ratio": ppl + zeroshot + (["cost"] if "cost" in cost else []),
             "cost_vs_ratio": cost}.get(figure, ppl + cost)
 

@@ -1,8 +1,13 @@
 """The tidy aggregate table: one row per (variant, metric), built from metrics JSON files.
 
 Columns: ``model, variant, method, level, ratio, repeat, healing, quant, evaluation, metric,
-dataset, split, value, protocol`` where ``protocol`` is a short text (seqlen, windows, scored
-tokens, cap) so rows measured under different protocols are never confused.
+dataset, split, preset, value, protocol``. ``preset`` names the protocol (``sparsegpt``,
+``llm-pruner``, ``custom``; ``+cap<N>`` when the token stream was capped; ``lm-eval-0shot`` with the
+limit for zero-shot rows), so a pivot on ``(metric, dataset, preset)`` never puts two protocols in one
+column; ``protocol`` is a short text (seqlen, windows, scored tokens, join, cap).
+
+Zero-shot records give one row per (task, metric) with ``dataset`` = task, plus ``dataset`` =
+``average`` rows for the means over tasks.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import pandas as pd
 from ..io import read_json, write_text_atomic
 
 COLUMNS = ["model", "variant", "method", "level", "ratio", "repeat", "healing", "quant",
-           "evaluation", "metric", "dataset", "split", "value", "protocol"]
+           "evaluation", "metric", "dataset", "split", "preset", "value", "protocol"]
 #: metrics left out of the table (kept in the JSON): intermediate sums
 EXCLUDED_METRICS = {"nll_sum"}
+#: zero-shot metrics carried into the table, per task and averaged
+ZEROSHOT_METRICS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
 
 
 def protocol_label(protocol: dict) -> str:
@@ -35,6 +42,19 @@ def protocol_label(protocol: dict) -> str:
             + (f" cap={cap}" if cap else "")).strip()
 
 
+def preset_label(protocol: dict) -> str:
+    """Protocol name for the ``preset`` column, e.g. ``sparsegpt``, ``sparsegpt+cap8192``,
+    ``lm-eval-0shot-limit100``; empty for records without a protocol name (cost)."""
+    if "harness" in protocol:
+        lim = protocol.get("limit")
+        return "lm-eval-0shot" + (f"-limit{lim}" if lim else "") + (
+            "-offline" if protocol.get("source") == "offline" else "")
+    preset = protocol.get("preset", "")
+    if preset and protocol.get("capped"):
+        preset += f"+cap{protocol.get('limit_tokens')}"
+    return preset
+
+
 def rows_from_record(record: dict) -> list[dict]:
     """Tidy rows of one metrics record (see ``workflow/scripts/evaluate.py`` for its layout)."""
     v = record["variant"]
@@ -45,8 +65,18 @@ def rows_from_record(record: dict) -> list[dict]:
         "evaluation": record["evaluation"],
         "dataset": proto.get("dataset", ""),
         "split": proto.get("split", ""),
+        "preset": preset_label(proto),
         "protocol": protocol_label(proto),
     }
+    if "tasks" in record:  # zero-shot: per task, then the averages
+        rows = []
+        for task, vals in record["tasks"].items():
+            split = (proto.get("tasks", {}).get(task) or {}).get("split", "")
+            rows += [{**base, "dataset": task, "split": split, "metric": m, "value": float(vals[m])}
+                     for m in ZEROSHOT_METRICS if vals.get(m) is not None]
+        rows += [{**base, "dataset": "average", "metric": m, "value": float(record["metrics"][m])}
+                 for m in ZEROSHOT_METRICS if record["metrics"].get(m) is not None]
+        return rows
     return [{**base, "metric": k, "value": float(val)} for k, val in record["metrics"].items()
             if k not in EXCLUDED_METRICS and isinstance(val, (int, float)) and not isinstance(val, bool)]
 
@@ -69,7 +99,8 @@ def build_table(metric_files: list[str | os.PathLike]) -> pd.DataFrame:
         seen.add(key)
         rows.extend(rows_from_record(rec))
     df = pd.DataFrame(rows, columns=COLUMNS)
-    return df.sort_values(["model", "method", "level", "ratio", "repeat", "healing", "quant", "evaluation", "metric"],
+    return df.sort_values(["model", "method", "level", "ratio", "repeat", "healing", "quant", "evaluation", "dataset",
+                           "metric"],
                           kind="stable").reset_index(drop=True)
 
 

