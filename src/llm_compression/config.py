@@ -258,13 +258,13 @@ def _resolve_healing(cfg: dict, evaluated: dict, resolve) -> dict:
 
     defined = dict(cfg.get("healing") or {})
     out = {}
-    for name in cfg["grid"]["healing"]:
+    for name in healing_names(cfg):
         if name != NO_HEALING and name not in defined and name not in BUILTIN_RECIPES:
             raise ConfigError(
                 f"grid.healing: {name!r} has no recipe; define healing.{name} (method: lora | kd, ...) or use "
                 f"one of: {', '.join([NO_HEALING, *BUILTIN_RECIPES, *defined])}"
             )
-    names = list(defined) + [n for n in cfg["grid"]["healing"] if n != NO_HEALING and n not in defined]
+    names = list(defined) + [n for n in healing_names(cfg) if n != NO_HEALING and n not in defined]
     for name in names:
         raw = defined.get(name, BUILTIN_RECIPES.get(name))
         try:
@@ -350,6 +350,22 @@ def load_config_file(path: str | os.PathLike, **kw) -> dict:
     return validate_config(raw, **kw)
 
 
+def healing_names(cfg: dict, pruning: Pruning | None = None) -> list[str]:
+    """Healing names of one pruning step: its entry's ``healing`` list when it has one, else
+    ``grid.healing``. Without ``pruning``: every name used anywhere in the grid."""
+    if pruning is None:
+        names = list(cfg["grid"]["healing"])
+        for entry in cfg["grid"]["pruning"]:
+            names += [n for n in entry.get("healing", []) if n not in names]
+        return names
+    if pruning.is_dense:
+        return [NO_HEALING]
+    for entry in cfg["grid"]["pruning"]:
+        if pruning.method in entry_methods(entry) and entry["level"] == pruning.level and "healing" in entry:
+            return list(entry["healing"])
+    return list(cfg["grid"]["healing"])
+
+
 def expand_grid(cfg: dict) -> list[Variant]:
     """All variants of a validated config, dense first, in config order, without duplicates.
 
@@ -371,7 +387,7 @@ def expand_grid(cfg: dict) -> list[Variant]:
     prunings = list(dict.fromkeys(prunings))
     out: list[Variant] = []
     for p in prunings:
-        for healing in cfg["grid"]["healing"]:
+        for healing in healing_names(cfg, p):
             if p.is_dense and healing != NO_HEALING:
                 continue
             for quant in cfg["grid"]["quantization"]:
