@@ -93,6 +93,6 @@ def test_tiny_heal_pipeline_runs_and_keeps_sparsity(tmp_path):
         assert comp["result"]["steps"] == 4 and (d / "loss_curve.csv").exists() and (d / "adapter").is_dir()
         cost = json.loads((res / "metrics" / "magnitude_2of4_0.5_x1" / h / "none" / "cost.json").read_text())
         assert cost["artifact"].endswith(f"healed/magnitude_2of4_0.5_x1/{h}")
-        ppl = json.loads((res / "metrics" / "magnitude_2of4_0.5_x1" / h / "none" / "ppl-ptb.json").read_text())
+        ppl = json.loads((res / "metrics" / "magnitude_2of4_0.5_x1" / h / "none" / "ppl-ptb-sparsegpt.json").read_text())
         assert ppl["metrics"]["perplexity"] > 1
     assert "kd" in (tmp_path / "results" / "summary.csv").read_text()

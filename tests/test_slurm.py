@@ -146,7 +146,7 @@ def test_grid_runs_on_real_slurm(local_slurm, tiny_model, tmp_path):
 
     # the table and one figure (the other figures need no other jobs than these, and cost CI time)
     targets = [str(results / "summary.csv"), str(results / "plots" / "perplexity_vs_nonzero.png")]
-    dry = _snakemake(["-n", "--profile", str(PROFILE), "--configfile", str(cfgfile), *targets], cwd=tmp_path)
+    dry = _snakemake([*targets, "-n", "--profile", str(PROFILE), "--configfile", str(cfgfile)], cwd=tmp_path)
     assert dry.returncode == 0, dry.stdout + dry.stderr
     stats = dict(re.findall(r"^([a-z_]+)\s+(\d+)$", dry.stdout, re.M))
     n_jobs = int(stats.pop("total"))
@@ -154,7 +154,7 @@ def test_grid_runs_on_real_slurm(local_slurm, tiny_model, tmp_path):
 
     t0 = time.perf_counter()
     # --retries 0: a job that fails is a test failure, not a silent resubmission
-    run = _snakemake(["--profile", str(PROFILE), "--configfile", str(cfgfile), "--retries", "0", *targets], cwd=tmp_path,
+    run = _snakemake([*targets, "--profile", str(PROFILE), "--configfile", str(cfgfile), "--retries", "0"], cwd=tmp_path,
                      timeout=1200)
     wall = time.perf_counter() - t0
     log = run.stdout + run.stderr
