@@ -138,15 +138,7 @@ def prune_model(
     after = measure_sparsity(model)
     if log:
         log(f"{method} {level} ratio={ratio}: sparsity {before['sparsity']:.4f} -> {after['sparsity']:.4f} in {seconds:.1f}s")
-    return {
-        "sparsity_before": before["sparsity"],
-        "sparsity_after": after["sparsity"],
-        "prunable_weights": after["prunable_weights"],
-        "zero_weights": after["zero_weights"],
-        "per_layer_sparsity": after["per_layer"],
-        "seconds": seconds,
-        "blocks": blocks,
-    }
+    return _result(before, after, seconds, blocks)
 
 
 def _prune_structured(model, *, method, level, ratio, calib_ids, batch_size, log, **options) -> dict:
@@ -159,13 +151,18 @@ def _prune_structured(model, *, method, level, ratio, calib_ids, batch_size, log
         res = prune_structured(model, level=level, ratio=ratio, importance=importance_of_method(method),
                                calib_ids=calib_ids, batch_size=batch_size, log=log, **options)
     after = measure_sparsity(model)
+    return _result(before, after, res["seconds"], [], structured=res)
+
+
+def _result(before: dict, after: dict, seconds: float, blocks: list, **extra) -> dict:
+    """The report of :func:`prune_model` from two :func:`measure_sparsity` readings."""
     return {
         "sparsity_before": before["sparsity"],
         "sparsity_after": after["sparsity"],
         "prunable_weights": after["prunable_weights"],
         "zero_weights": after["zero_weights"],
         "per_layer_sparsity": after["per_layer"],
-        "seconds": res["seconds"],
-        "blocks": [],
-        "structured": res,
+        "seconds": seconds,
+        "blocks": blocks,
+        **extra,
     }
