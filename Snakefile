@@ -9,7 +9,7 @@ sys.path.insert(0, _SRC)
 # jobs (script: directives, cluster jobs) import this checkout's library, not another installed copy
 os.environ["PYTHONPATH"] = os.pathsep.join([_SRC] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
-from llm_compression.config import ConfigError, validate_config  # noqa: E402
+from llm_compression.config import ConfigError, read_config_yaml, validate_config  # noqa: E402
 
 # `--configfile other.yaml` replaces config.yaml as a whole (no silent merge of the two grids).
 if not workflow.overwrite_configfiles:
@@ -18,6 +18,10 @@ if not workflow.overwrite_configfiles:
 
 
 try:
+    # Snakemake's own YAML reading keeps the last of two equal keys silently; refuse them instead
+    for _cf in workflow.configfiles:
+        if str(_cf).endswith((".yaml", ".yml")):
+            read_config_yaml(_cf)
     CFG = validate_config(config, base_dir=os.getcwd())
 except ConfigError as err:
     sys.stderr.write(f"\nllm-compression: {err}\n\n")

@@ -87,3 +87,37 @@ def test_snakemake_refuses_bad_config_before_any_job(tmp_path, cfg):
     assert p.returncode != 0
     assert "'obs' is not one of ['magnitude', 'wanda'" in p.stderr + p.stdout
     assert not (tmp_path / "results").exists()
+
+
+def test_duplicate_key_is_refused_with_both_lines(tmp_path):
+    """Plain YAML keeps the last of two equal keys; a config must not lose a section silently."""
+    f = tmp_path / "dup.yaml"
+    f.write_text("evaluation:\n  cost:\n    seqlen: 1024\n  zeroshot: {tasks: []}\n  cost: true\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'cost' at line 5 \(first at line 2\)"):
+        load_config_file(f)
+
+
+def test_snakemake_refuses_duplicate_key_before_any_job(tmp_path, cfg):
+    cfg["results"] = str(tmp_path / "results")
+    text = yaml.safe_dump(cfg, sort_keys=False) + "results: elsewhere\n"   # 'results' given twice
+    f = tmp_path / "dup.yaml"
+    f.write_text(text)
+    p = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(f), "--cores", "1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    assert "duplicate key" in p.stderr + p.stdout
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "config/unstructured.yaml", "config/structured.yaml",
+                                  "config/healing.yaml", "config/evaluation.yaml", "config/study.yaml"])
+def test_every_shipped_config_is_complete_and_valid(name):
+    """Each shipped config is a whole config (``--configfile`` replaces config.yaml), without duplicate keys."""
+    c = load_config_file(ROOT / name, check_model=False)
+    assert c["model"]["name"] and c["grid"]
+
+
+def test_shipped_config_list_is_exhaustive():
+    shipped = {"config.yaml"} | {f"config/{p.name}" for p in (ROOT / "config").glob("*.yaml")}
+    listed = set(test_every_shipped_config_is_complete_and_valid.pytestmark[0].args[1])
+    assert shipped == listed

@@ -333,19 +333,51 @@ def _check_protocol(preset: str, dataset: str, ds: dict, ppl: dict, where: str) 
         raise ConfigError(f"{where} under preset {preset!r}: {e}") from None
 
 
-def load_config_file(path: str | os.PathLike, **kw) -> dict:
-    """Read a YAML config file and validate it (see :func:`validate_config`).
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping with the same key twice (plain YAML keeps the last one
+    silently, so ``cost: {seqlen: 1024}`` followed by ``cost: true`` would drop the seqlen)."""
+
+
+def _construct_mapping_strict(loader, node, deep=False):
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                              f"(first at line {seen[key] + 1}); YAML would keep only the last value")
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_strict)
+
+
+def read_config_yaml(path: str | os.PathLike):
+    """Parse a YAML config file, refusing duplicate keys anywhere in it.
 
     Raises:
-        ConfigError: unreadable or malformed YAML, or an invalid config.
+        ConfigError: missing file, malformed YAML, or a key given twice in one mapping (the message
+            names the file, the key and both lines).
     """
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file {p} does not exist")
     try:
-        raw = yaml.safe_load(p.read_text())
+        return yaml.load(p.read_text(), Loader=_StrictLoader)  # noqa: S506 - SafeLoader subclass
+    except ConfigError as e:
+        raise ConfigError(f"config file {p}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+
+
+def load_config_file(path: str | os.PathLike, **kw) -> dict:
+    """Read a YAML config file and validate it (see :func:`validate_config`).
+
+    Raises:
+        ConfigError: unreadable or malformed YAML, a duplicate key, or an invalid config.
+    """
+    p = Path(path)
+    raw = read_config_yaml(p)
     kw.setdefault("base_dir", p.resolve().parent)
     return validate_config(raw, **kw)
 
