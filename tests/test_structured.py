@@ -346,14 +346,63 @@ def test_load_pruned_in_process_roundtrip(tmp_path):
     assert [b.self_attn.num_key_value_groups for b in m2.model.layers] == [3, 2, 2, 3]  # 1.5 of 3 heads per KV head snaps to 1
 
 
-def test_quantizing_nonuniform_checkpoint_is_refused(tmp_path):
+@pytest.mark.parametrize("scheme", ["nf4-dq", "fp4"])
+def test_quantizing_per_layer_width_checkpoint_roundtrips(tmp_path, scheme):
+    """Per-layer widths: 4-bit layers built with bitsandbytes directly; the saved checkpoint reloads
+    through load_checkpoint with the same widths, the same quant states and identical logits."""
+    import bitsandbytes as bnb
+
+    from llm_compression.models import load_checkpoint
+    from llm_compression.modules import dense_weight
+    from llm_compression.quantize import quantize_checkpoint
+
+    m = llama(8, 2, hidden=64, inter=128)
+    prune_structured(m, level="block", ratio=0.5, importance="l1")  # first/last layers kept: widths differ
+    with torch.no_grad():
+        m.model.layers[1].mlp.down_proj.weight[:, :7] = 0  # exact zeros must survive 4-bit
+    m.save_pretrained(tmp_path / "p")
+    tiny_tokenizer().save_pretrained(tmp_path / "p")
+    assert needs_structured_loader(tmp_path / "p")
+    info = quantize_checkpoint(tmp_path / "p", tmp_path / "q", scheme=scheme, blocksize=32)
+    assert info["quantization"]["per_layer_widths"]["layers_4bit"] == 4 * 7
+    q, tok = load_checkpoint(tmp_path / "q")
+    assert tok is not None
+    from llm_compression.evaluate.cost import linear_bits_per_weight
+
+    bits = linear_bits_per_weight(q)["linear_bits_per_weight"]  # before any forward (the CPU kernel may repack)
+    want = 4 + (8 / 32 + 32 / (32 * 256) if scheme == "nf4-dq" else 32 / 32)  # absmax per 32 weights
+    assert bits == pytest.approx(want, rel=0.01)
+    lin = [mod for mod in q.modules() if isinstance(mod, bnb.nn.Linear4bit)]
+    assert len(lin) == 28 and not isinstance(q.lm_head, bnb.nn.Linear4bit)
+    qs = lin[0].weight.quant_state
+    assert qs.quant_type == scheme[:3] and qs.blocksize == 32 and (qs.state2 is not None) == (scheme == "nf4-dq")
+    for a, b in zip(m.model.layers, q.model.layers):
+        assert a.self_attn.q_proj.weight.shape == tuple(b.self_attn.q_proj.weight.quant_state.shape)
+        assert a.mlp.down_proj.weight.shape == tuple(b.mlp.down_proj.weight.quant_state.shape)
+        assert a.self_attn.num_key_value_groups == b.self_attn.num_key_value_groups
+    w = dense_weight(q.model.layers[1].mlp.down_proj)
+    assert (w[:, :7] == 0).all()
+    rel = (w - m.model.layers[1].mlp.down_proj.weight).norm() / m.model.layers[1].mlp.down_proj.weight.norm()
+    assert 0 < rel < 0.2  # really quantized, and close
+    x = ids()
+    with torch.no_grad():
+        first = q(x).logits
+        again = load_checkpoint(tmp_path / "q")[0](x).logits
+        dense = m(x).logits
+    assert torch.equal(first, again)
+    assert (first - dense).abs().max() < 0.5 * dense.abs().max()
+    with pytest.raises(Exception, match="already quantized"):
+        quantize_checkpoint(tmp_path / "q", tmp_path / "qq", scheme="nf4")
+
+
+def test_int8_of_per_layer_width_checkpoint_is_refused(tmp_path):
     from llm_compression.quantize import NonUniformWidthsError, quantize_checkpoint
 
     m = llama(8, 2)
     prune_structured(m, level="block", ratio=0.5, importance="l1")
     m.save_pretrained(tmp_path / "p")
-    with pytest.raises(NonUniformWidthsError, match="widths its transformers config cannot express"):
-        quantize_checkpoint(tmp_path / "p", tmp_path / "q", scheme="nf4")
+    with pytest.raises(NonUniformWidthsError, match="'int8' cannot be built.*Valid for such checkpoints: nf4, nf4-dq, fp4"):
+        quantize_checkpoint(tmp_path / "p", tmp_path / "q", scheme="int8")
     assert not (tmp_path / "q").exists()
 
 

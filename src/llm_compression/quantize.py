@@ -175,7 +175,8 @@ def quantize_checkpoint(
 
     Raises:
         AlreadyQuantizedError: ``src_dir`` is already a quantized checkpoint.
-        NonUniformWidthsError: ``src_dir`` is structurally pruned with different widths per layer.
+        NonUniformWidthsError: ``src_dir`` has per-layer widths and ``scheme`` is ``int8`` (the 4-bit
+            schemes are built for such checkpoints directly with bitsandbytes, see the section below).
         ValueError: an invalid option (see :func:`check_options`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -191,22 +192,38 @@ def quantize_checkpoint(
             f"{old.get('bnb_4bit_quant_type') if old.get('load_in_4bit') else 'int8' if old.get('load_in_8bit') else '?'}); "
             f"refusing to quantize it again with {scheme!r}: quantize its unquantized parent instead"
         )
-    if needs_structured_loader(src_dir):
+    per_layer = needs_structured_loader(src_dir)
+    if per_layer and scheme not in FOUR_BIT:
         raise NonUniformWidthsError(
-            f"checkpoint {src_dir} is structurally pruned with widths its transformers config cannot express "
-            "(config.json 'pruned_layer_shapes': layers of different widths, or a head count the config class "
-            "rejects); 4-bit/8-bit loading through transformers builds every layer from the config and cannot "
-            "load it. To quantize, prune with a layer_range over all decoder layers and a ratio whose head count "
-            "divides hidden_size (e.g. layer_range: [0, 30] for a 30-layer model), or at level 'channel'"
+            f"checkpoint {src_dir} is structurally pruned with per-layer widths (config.json "
+            f"'pruned_layer_shapes'); {scheme!r} cannot be built for it (transformers' 8-bit loading makes every "
+            f"layer from the config). Valid for such checkpoints: {', '.join(FOUR_BIT)}"
         )
     cfg = bnb_config(scheme, compute_dtype=compute_dtype, int8_threshold=int8_threshold)
-    model = AutoModelForCausalLM.from_pretrained(src_dir, quantization_config=cfg, device_map=device)
     requantized = 0
+    if per_layer:
+        with atomic_dir(out_dir) as tmp:
+            n4 = _quantize_per_layer_widths(src_dir, Path(tmp), scheme, compute_dtype=compute_dtype,
+                                            blocksize=int(blocksize), device=device, qcfg=cfg)
+            info = _quantize_info(src_dir, scheme, compute_dtype, blocksize, int8_threshold, device, 0, cfg)
+            info["quantization"]["per_layer_widths"] = {"layers_4bit": n4, "writer": "llm_compression.quantize"}
+            write_json_atomic(Path(tmp) / COMPRESSION_FILE, info)
+        return info
+    model = AutoModelForCausalLM.from_pretrained(src_dir, quantization_config=cfg, device_map=device)
     if scheme in FOUR_BIT and int(blocksize) != DEFAULT_BLOCKSIZE:
         requantized = _requantize_blocksize(model, src_dir, int(blocksize), device)
     tok = AutoTokenizer.from_pretrained(src_dir)
+    info = _quantize_info(src_dir, scheme, compute_dtype, blocksize, int8_threshold, device, requantized, cfg)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        write_json_atomic(Path(tmp) / COMPRESSION_FILE, info)
+    return info
+
+
+def _quantize_info(src_dir, scheme, compute_dtype, blocksize, int8_threshold, device, requantized, cfg) -> dict:
     parent = read_compression(src_dir)
-    info = {
+    return {
         "stage": "quantize",
         "parent": str(src_dir),
         "parent_compression": parent,
@@ -221,8 +238,99 @@ def quantize_checkpoint(
         },
         "library_versions": library_versions(),
     }
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+
+
+# --- structurally pruned checkpoints with per-layer widths ------------------------------------------
+#
+# transformers' bitsandbytes path builds every layer from the config, so it cannot load (hence cannot
+# quantize) a checkpoint whose decoder layers have different widths. For those, the 4-bit layers are
+# made here with bitsandbytes directly: every Linear except the output head becomes a ``Linear4bit``
+# quantized from its full-precision weight (the same layers transformers would convert), the state
+# dict -- packed 4-bit weights plus each layer's serialized quant state, the same keys transformers
+# writes -- goes to ``model.safetensors``, and ``config.json`` keeps ``pruned_layer_shapes`` next to
+# the ``quantization_config``. :func:`llm_compression.prune.structured.load_pruned` rebuilds the
+# per-layer widths and the 4-bit layers from them (``load_checkpoint`` routes there by itself).
+
+
+def replace_linears_4bit(model, *, quant_type: str, double_quant: bool, compute_dtype: str,
+                         blocksize: int = DEFAULT_BLOCKSIZE, device: str = "cpu", quantize: bool = True) -> list[str]:
+    """Replace every ``nn.Linear`` of ``model`` except the output head with a bitsandbytes ``Linear4bit``.
+
+    Args:
+        quant_type: ``"nf4"`` or ``"fp4"``; double_quant: 8-bit absmax constants (QLoRA Sec. 3).
+        compute_dtype: dtype the 4-bit weight is dequantized to for each matmul.
+        blocksize: weights per absmax constant.
+        quantize: True quantizes each layer's current weight ``[out, in]``; False leaves empty shells
+            whose weights are set from a saved state (:func:`load_4bit_state`).
+
+    Returns:
+        the names of the replaced layers.
+    """
+    import bitsandbytes as bnb
+    import torch
+    from torch import nn
+
+    head = model.get_output_embeddings()
+    names = []
+    for name, mod in list(model.named_modules()):
+        if not isinstance(mod, nn.Linear) or mod is head or isinstance(mod, bnb.nn.Linear4bit):
+            continue
+        new = bnb.nn.Linear4bit(mod.in_features, mod.out_features, bias=mod.bias is not None,
+                                compute_dtype=getattr(torch, compute_dtype), compress_statistics=double_quant,
+                                quant_type=quant_type, device="meta")
+        if quantize:
+            new.weight = bnb.nn.Params4bit(mod.weight.data.float().contiguous(), requires_grad=False,
+                                           blocksize=int(blocksize), compress_statistics=double_quant,
+                                           quant_type=quant_type, quant_storage=torch.uint8, module=new).to(device)
+        if mod.bias is not None:
+            new.bias = nn.Parameter(mod.bias.data.to(device), requires_grad=False)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, new)
+        names.append(name)
+    return names
+
+
+def load_4bit_state(model, state: dict, names: list[str], device: str = "cpu") -> None:
+    """Set the weights of the ``Linear4bit`` layers ``names`` from a saved state dict (packed 4-bit
+    ``<name>.weight`` plus its ``<name>.weight.<quant state>`` entries), removing those keys from ``state``.
+
+    Raises:
+        RuntimeError: a layer's weight or quant state is missing from ``state``.
+    """
+    import bitsandbytes as bnb
+
+    for name in names:
+        mod = model.get_submodule(name)
+        key = f"{name}.weight"
+        stats = {k[len(key) + 1:]: state.pop(k) for k in [k for k in state if k.startswith(key + ".")]}
+        if key not in state or not stats:
+            raise RuntimeError(f"4-bit layer {name}: {key} or its quant state is missing from the checkpoint")
+        mod.weight = bnb.nn.Params4bit.from_prequantized(state.pop(key), stats, requires_grad=False,
+                                                         device=device, module=mod)
+
+
+def _quantize_per_layer_widths(src_dir: Path, tmp: Path, scheme: str, *, compute_dtype: str, blocksize: int,
+                               device: str, qcfg) -> int:
+    """Quantize a per-layer-width checkpoint into ``tmp`` (see the section comment). Returns the
+    number of 4-bit layers."""
+    from safetensors.torch import save_file
+
+    from .prune.structured import load_pruned
+
+    model, tok = load_pruned(src_dir, device="cpu")
+    names = replace_linears_4bit(model, quant_type=SCHEMES[scheme]["bnb_4bit_quant_type"],
+                                 double_quant=SCHEMES[scheme]["bnb_4bit_use_double_quant"],
+                                 compute_dtype=compute_dtype, blocksize=blocksize, device=device)
+    state = model.state_dict()
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is model.get_input_embeddings().weight:
+        state.pop("lm_head.weight", None)  # tied: re-tied on load
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
+              metadata={"format": "pt"})
+    model.config.quantization_config = qcfg
+    model.config.save_pretrained(tmp)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(tmp)
+    if tok is not None:
         tok.save_pretrained(tmp)
-        write_json_atomic(Path(tmp) / COMPRESSION_FILE, info)
-    return info
+    return len(names)

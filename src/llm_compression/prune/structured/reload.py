@@ -75,6 +75,22 @@ def resize_layers(model, shapes: list[dict]) -> None:
             setattr(mlp, name, _empty_linear(i, o, old.bias is not None, dtype))
 
 
+def _four_bit_config(config, ckpt_dir) -> dict | None:
+    """The checkpoint's bitsandbytes 4-bit ``quantization_config`` as a dict, None when unquantized.
+
+    Raises:
+        ValueError: a quantization this loader cannot build (anything but bitsandbytes 4-bit).
+    """
+    q = getattr(config, "quantization_config", None)
+    if q is None:
+        return None
+    q = q if isinstance(q, dict) else q.to_dict()
+    if q.get("quant_method") != "bitsandbytes" or not q.get("load_in_4bit"):
+        raise ValueError(f"checkpoint {ckpt_dir} has per-layer widths and quantization {q.get('quant_method')!r} "
+                         f"(4-bit: {q.get('load_in_4bit')}); only bitsandbytes 4-bit (nf4, fp4) is supported here")
+    return q
+
+
 def load_pruned(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, device: str = "cpu"):
     """Load ``(model, tokenizer)`` of a structurally pruned checkpoint, uniform or not.
 
@@ -83,6 +99,9 @@ def load_pruned(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, device
     Reads ``config.json`` (with ``pruned_layer_shapes`` when layer widths differ), builds the model,
     resizes each layer (:func:`resize_layers`), loads ``model.safetensors`` strictly (a tied LM head
     is re-tied, not read), and returns it in eval mode. Logits equal those of the model that was saved.
+    A checkpoint written by :func:`llm_compression.quantize.quantize_checkpoint` (bitsandbytes 4-bit,
+    ``quantization_config`` in ``config.json``) comes back with the same ``Linear4bit`` layers and
+    quant states, so its logits equal those of the quantized model before saving.
 
     Args:
         dtype: ``"float32"``/``"bfloat16"``/``"float16"`` or None (the saved dtype).
@@ -104,6 +123,9 @@ def load_pruned(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, device
     config = AutoConfig.from_pretrained(ckpt_dir)
     torch_dtype = getattr(torch, dtype) if dtype else (config.dtype if isinstance(config.dtype, torch.dtype)
                                                        else getattr(torch, str(config.dtype or "float32")))
+    qcfg = _four_bit_config(config, ckpt_dir)
+    if qcfg is not None:
+        del config.quantization_config  # built below with bitsandbytes, not by transformers' loader
     model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     shapes = getattr(config, LAYER_SHAPES_KEY, None)
     if shapes:
@@ -111,8 +133,19 @@ def load_pruned(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, device
     state = {}
     for f in files:
         state.update(load_file(str(f)))
+    four_bit: list[str] = []
+    if qcfg is not None:
+        from ...quantize import load_4bit_state, replace_linears_4bit
+
+        sync_metadata(model)  # module attributes from the (still full-precision, empty) resized layers
+        four_bit = replace_linears_4bit(model, quant_type=qcfg["bnb_4bit_quant_type"],
+                                        double_quant=bool(qcfg.get("bnb_4bit_use_double_quant")),
+                                        compute_dtype=str(qcfg.get("bnb_4bit_compute_dtype") or "float32"),
+                                        quantize=False)
+        load_4bit_state(model, state, four_bit, device="cpu")
     state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not any(k.startswith(n + ".weight") for n in four_bit)]
     head = model.get_output_embeddings()
     tied = bool(getattr(config, "tie_word_embeddings", False)) or (
         getattr(config, "get_text_config", None) and getattr(config.get_text_config(), "tie_word_embeddings", False))
@@ -122,7 +155,13 @@ def load_pruned(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, device
     if missing or unexpected:
         raise RuntimeError(f"checkpoint {ckpt_dir} does not match its config: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
-    sync_metadata(model)
+    if qcfg is None:
+        sync_metadata(model)
+    else:
+        from ...modules import bnb_cpu_fallback
+
+        model.config.quantization_config = qcfg
+        bnb_cpu_fallback(model)
     model.to(device)
     model.eval()
     has_tok = any((ckpt_dir / f).exists() for f in ("tokenizer_config.json", "tokenizer.json"))
