@@ -247,7 +247,7 @@ def test_nine_by_three_heads_snap_or_refuse():
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"level": "layer"}, "level 'layer'"),
+    ({"level": "depth"}, "level 'depth'"),
     ({"importance": "hessian"}, "importance 'hessian'"),
     ({"aggregation": "prod"}, "aggregation 'prod'"),
     ({"attention": "heads"}, "attention unit 'heads'"),
@@ -436,3 +436,64 @@ def test_gemma3_block_level_works_and_reloads(tmp_path):
 def test_gemma3_channel_level_refused_naming_the_reason():
     with pytest.raises(StructuredPruningError, match="Gemma-3 scales token embeddings by sqrt"):
         prune_structured(gemma(), level="channel", ratio=0.2, importance="l1")
+
+
+# --- layer level (whole decoder blocks) ----------------------------------------------------------------
+
+def _identity_layer(m, i):
+    """Make decoder layer ``i`` an exact identity (zero o_proj and down_proj: both residual branches add 0)."""
+    with torch.no_grad():
+        m.model.layers[i].self_attn.o_proj.weight.zero_()
+        m.model.layers[i].mlp.down_proj.weight.zero_()
+
+
+@pytest.mark.parametrize("imp", ["element1", "element2", "vector", "l1", "l2"])
+def test_layer_level_removes_the_planted_identity_layer(imp):
+    m = llama(8, 2, layers=6)
+    _identity_layer(m, 3)
+    x = ids()
+    with torch.no_grad():
+        want = m(x).logits
+    r = prune_structured(m, level="layer", ratio=0.25, importance=imp, calib_ids=ids(4, 12, seed=3))
+    assert r["layers_removed"] == [3]  # 0.25 of layers 1..4 = 1 layer; the identity scores lowest
+    assert len(m.model.layers) == 5 and m.config.num_hidden_layers == 5
+    assert [b.self_attn.layer_idx for b in m.model.layers] == list(range(5))
+    assert r["plain_loadable"] and r["parameter_ratio"] > 0
+    with torch.no_grad():
+        assert torch.allclose(m(x).logits, want, atol=1e-5)  # removing an identity block changes nothing
+
+
+def test_layer_level_reloads_with_from_pretrained_and_generates(tmp_path):
+    m = llama(8, 2, layers=6)
+    r = prune_structured(m, level="layer", ratio=0.5, importance="random", seed=1, layer_range=[0, 6])
+    assert len(r["layers_removed"]) == 3 and len(m.model.layers) == 3
+    m.save_pretrained(tmp_path)
+    m2 = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    x = ids(1, 8)
+    with torch.no_grad():
+        assert torch.equal(m2(x).logits, m(x).logits)
+        cached = m2.generate(x, max_new_tokens=6, do_sample=False, use_cache=True)
+        uncached = m2.generate(x, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_layer_level_snaps_or_refuses_fractional_layer_counts():
+    msgs = []
+    m = llama(8, 2, layers=6)
+    r = prune_structured(m, level="layer", ratio=0.3, importance="l2", log=msgs.append)  # 0.3 * 4 = 1.2 -> 1
+    assert len(r["layers_removed"]) == 1 and any("snapped 1.2 of 4 decoder layers to 1" in s for s in msgs)
+    with pytest.raises(StructuredPruningError, match="not a whole number"):
+        prune_structured(llama(8, 2, layers=6), level="layer", ratio=0.3, importance="l2", snap=False)
+
+
+def test_layer_level_on_gemma3_keeps_layer_types(tmp_path):
+    m = gemma(layers=6)
+    types = list(m.config.layer_types)
+    r = prune_structured(m, level="layer", ratio=0.5, importance="l1")
+    kept = [i for i in range(6) if i not in r["layers_removed"]]
+    assert m.config.layer_types == [types[i] for i in kept]
+    m.save_pretrained(tmp_path)
+    m2 = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    x = ids(1, 12)
+    with torch.no_grad():
+        assert torch.equal(m2(x).logits, m(x).logits)

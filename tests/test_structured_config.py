@@ -50,8 +50,8 @@ def test_structured_entry_expands_one_variant_per_importance_and_round_trips():
 
 
 @pytest.mark.parametrize("entry,match", [
-    ({"method": "llm-pruner", "level": "unstructured"}, "levels block, channel need method 'llm-pruner'"),
-    ({"method": "wanda", "level": "block"}, "levels block, channel need method 'llm-pruner'"),
+    ({"method": "llm-pruner", "level": "unstructured"}, "levels block, channel, layer need method 'llm-pruner'"),
+    ({"method": "wanda", "level": "block"}, "levels block, channel, layer need method 'llm-pruner'"),
     ({"method": "wanda", "importance": "l1"}, "apply only to method 'llm-pruner'"),
     ({"method": "llm-pruner", "level": "channel", "importance": "hessian"}, "importance"),
     ({"method": "llm-pruner", "level": "block", "aggregation": "prod"}, "aggregation"),

@@ -225,7 +225,7 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
 
 #: config name of the structured method; paths use ``llmpruner-<importance>`` (see :func:`entry_methods`)
 STRUCTURED_CONFIG_METHOD = "llm-pruner"
-STRUCTURED_LEVELS = ("block", "channel")
+STRUCTURED_LEVELS = ("block", "channel", "layer")
 STRUCTURED_OPTIONS = ("aggregation", "attention", "layer_range", "snap", "calibration")
 #: defaults of the structured options (written into params so a changed default reruns the step)
 STRUCTURED_DEFAULTS = {"aggregation": "sum", "attention": "query_head", "layer_range": None, "snap": True}

@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass
 
 UNSTRUCTURED_METHODS = ("magnitude", "wanda", "sparsegpt")
 #: level names as written in config -> as written in paths (":" is not path-safe everywhere)
-LEVELS = {"unstructured": "unstructured", "2:4": "2of4", "4:8": "4of8", "block": "block", "channel": "channel"}
+LEVELS = {"unstructured": "unstructured", "2:4": "2of4", "4:8": "4of8", "block": "block", "channel": "channel",
+          "layer": "layer"}
 LEVELS_FROM_PATH = {v: k for k, v in LEVELS.items()}
 NO_HEALING = "none"
 NO_QUANT = "none"

@@ -9,11 +9,11 @@ Unstructured and N:M methods (``level`` is ``"unstructured"``, ``"2:4"`` or ``"4
 All of them keep already-zero weights pruned and count them, so a repeat at ratio r on an r-sparse
 model ends near ``1 - (1 - r)^2``.
 
-Structured methods (``level`` is ``"block"`` or ``"channel"``), LLM-Pruner style (:mod:`.structured`):
+Structured methods (``level`` is ``"block"``, ``"channel"`` or ``"layer"``), LLM-Pruner style (:mod:`.structured`):
 
 - ``llmpruner-<importance>`` with importance ``element1``, ``element2``, ``vector`` (gradients from
   calibration data), ``l1``, ``l2`` or ``random`` (no calibration). These remove whole heads and
-  channels, so the tensors shrink; sparsity (exact zeros) stays ~0.
+  channels (or whole decoder layers), so the tensors shrink; sparsity (exact zeros) stays ~0.
 """
 
 from __future__ import annotations

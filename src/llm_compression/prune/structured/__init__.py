@@ -1,6 +1,7 @@
 """Structured pruning in the manner of LLM-Pruner (Ma et al. 2023): remove whole attention heads,
 MLP channels or hidden dimensions, so the model becomes physically smaller and faster.
 
+Levels: ``block`` and ``channel`` (:mod:`.groups`), ``layer`` (whole decoder blocks, :mod:`.layers`).
 Steps (one module each): :mod:`.groups` finds the coupled structures, :mod:`.importance` scores
 them (Taylor element1/element2/vector from calibration gradients, L1, L2, random), :mod:`.apply`
 removes the lowest-scored ones and keeps module attributes and the config consistent, and
@@ -18,9 +19,9 @@ from typing import Callable
 import torch
 
 from .apply import LAYER_SHAPES_KEY, is_uniform, layer_shapes, plain_loadable, select, shrink
+from .groups import LEVELS as GROUP_LEVELS
 from .groups import (
     ATTENTION_UNITS,
-    LEVELS,
     StructuredPruningError,
     build_groups,
     check_architecture,
@@ -37,6 +38,8 @@ from .importance import (
 )
 from .reload import load_pruned, needs_structured_loader
 
+#: structured levels: the group levels of :mod:`.groups` and ``layer`` (whole decoder blocks, :mod:`.layers`)
+LEVELS = (*GROUP_LEVELS, "layer")
 METHOD_PREFIX = "llmpruner-"
 METHODS = tuple(METHOD_PREFIX + i for i in IMPORTANCES)
 
@@ -87,13 +90,16 @@ def prune_structured(
 
     Args:
         level: ``"block"`` (heads and MLP channels of the decoder layers in ``layer_range``; each
-            layer loses the same fraction) or ``"channel"`` (the hidden dimension of the whole model).
+            layer loses the same fraction), ``"channel"`` (the hidden dimension of the whole model) or
+            ``"layer"`` (whole decoder layers in ``layer_range``, see :mod:`.layers`; ``ratio`` is the
+            fraction of those layers removed, snapped to a whole number).
         ratio: fraction of the groups of each group set to remove, in [0, 1): heads are whole
             (snapped to the nearest count, ties pruning less), channels are rounded.
         importance: ``element1`` (= ``taylor``), ``element2``, ``vector``, ``l1``, ``l2``, ``random``
             (see :mod:`.importance`).
         aggregation: ``sum`` (LLM-Pruner's default), ``mean`` or ``max`` over a group's tensors.
-        layer_range: ``[start, end)`` of decoder layers for ``block``; None = all but the first and last.
+        layer_range: ``[start, end)`` of decoder layers for ``block`` and ``layer``; None = all but the
+            first and last.
         attention: ``query_head`` (query heads, equal numbers per key/value head; k/v kept),
             ``kv_group`` (a key/value head with all its query heads) or ``none`` (MLP only).
         snap: round a head ratio that is no whole number of heads (logged); False raises instead.
@@ -122,6 +128,10 @@ def prune_structured(
     ratio = float(ratio)
     if needs_gradients(importance) and calib_ids is None:
         raise StructuredPruningError(f"importance {importance!r} needs calibration data (calib_ids)")
+    if level == "layer":
+        return _prune_layers(model, ratio=ratio, importance=importance, aggregation=aggregation,
+                             layer_range=layer_range, snap=snap, calib_ids=calib_ids, batch_size=batch_size,
+                             seed=seed, log=log, t0=t0)
     groupsets = build_groups(model, level, layer_range=layer_range, attention=attention)
     before = count_parameters(model)
     shapes_before = layer_shapes(model)
@@ -176,4 +186,64 @@ def prune_structured(
         log(f"structured {level} ratio={ratio} importance={importance}/{aggregation}: parameters "
             f"{before:,} -> {after:,} (removed {result['parameter_ratio']:.4f}); uniform widths: {result['uniform']}, "
             f"reload with {result['loader']}")
+    return result
+
+
+def _prune_layers(model, *, ratio, importance, aggregation, layer_range, snap, calib_ids, batch_size, seed,
+                  log, t0) -> dict:
+    """The ``layer`` level of :func:`prune_structured` (see :mod:`.layers`)."""
+    from .apply import snap_count, sync_metadata
+    from .layers import drop_layers, layer_importance, layer_parameter_names
+
+    check_architecture(model, "block")
+    n_layers = len(layer_shapes(model))
+    start, end = resolve_layer_range(n_layers, layer_range)
+    candidates = list(range(start, end))
+    k = snap_count(ratio * len(candidates), len(candidates), what="decoder layers", snap=snap, log=log,
+                   min_keep=0 if len(candidates) < n_layers else 1, where=f" in layer_range [{start}, {end})")
+    before = count_parameters(model)
+    shapes_before = layer_shapes(model)
+    t_grad = 0.0
+    removed: list[int] = []
+    scores = None
+    if k > 0:
+        grads = None
+        if needs_gradients(importance):
+            tg = time.perf_counter()
+            grads = collect_gradients(model, calib_ids, layer_parameter_names(model, candidates),
+                                      second_order=importance == "element2", batch_size=batch_size)
+            t_grad = time.perf_counter() - tg
+        scores = layer_importance(model, candidates, importance, aggregation=aggregation, grads=grads, seed=seed)
+        del grads
+        order = sorted(range(len(candidates)), key=lambda j: (float(scores[j]), candidates[j]))
+        removed = sorted(candidates[j] for j in order[:k])
+        drop_layers(model, removed)
+        sync_metadata(model)
+    after = count_parameters(model)
+    result = {
+        "level": "layer",
+        "ratio": ratio,
+        "importance": importance,
+        "aggregation": aggregation,
+        "attention": None,
+        "layer_range": [start, end],
+        "parameters_before": before,
+        "parameters_after": after,
+        "parameter_ratio": 1.0 - after / before,
+        "hidden_size": int(model.config.hidden_size),
+        "layer_shapes_before": shapes_before,
+        "layer_shapes": layer_shapes(model),
+        "uniform": is_uniform(model),
+        "plain_loadable": plain_loadable(model),
+        "loader": "from_pretrained" if plain_loadable(model) else "llm_compression.prune.structured.load_pruned",
+        "groups": [{"kind": "layer", "layer": None, "before": len(candidates), "after": len(candidates) - k,
+                    "removed": removed,
+                    "scores": {str(c): float(s) for c, s in zip(candidates, scores)} if scores is not None else {}}],
+        "layers_removed": removed,
+        "gradient_seconds": t_grad,
+        "seconds": time.perf_counter() - t0,
+    }
+    if log:
+        log(f"structured layer ratio={ratio} importance={importance}/{aggregation}: removed decoder layers "
+            f"{removed}; parameters {before:,} -> {after:,} (removed {result['parameter_ratio']:.4f})")
     return result
