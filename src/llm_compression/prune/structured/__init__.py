@@ -169,15 +169,7 @@ def prune_structured(
         "aggregation": aggregation,
         "attention": attention,
         "layer_range": list(resolve_layer_range(len(shapes_before), layer_range)) if level == "block" else None,
-        "parameters_before": before,
-        "parameters_after": after,
-        "parameter_ratio": 1.0 - after / before,
-        "hidden_size": int(model.config.hidden_size),
-        "layer_shapes_before": shapes_before,
-        "layer_shapes": layer_shapes(model),
-        "uniform": is_uniform(model),
-        "plain_loadable": plain_loadable(model),
-        "loader": "from_pretrained" if plain_loadable(model) else "llm_compression.prune.structured.load_pruned",
+        **_shape_report(model, before, shapes_before),
         "groups": groups,
         "gradient_seconds": t_grad,
         "seconds": time.perf_counter() - t0,
@@ -187,6 +179,23 @@ def prune_structured(
             f"{before:,} -> {after:,} (removed {result['parameter_ratio']:.4f}); uniform widths: {result['uniform']}, "
             f"reload with {result['loader']}")
     return result
+
+
+def _shape_report(model, before: int, shapes_before: list[dict]) -> dict:
+    """Parameter counts, widths and reload route of a model just pruned (part of the result dict)."""
+    after = count_parameters(model)
+    loadable = plain_loadable(model)
+    return {
+        "parameters_before": before,
+        "parameters_after": after,
+        "parameter_ratio": 1.0 - after / before,
+        "hidden_size": int(model.config.hidden_size),
+        "layer_shapes_before": shapes_before,
+        "layer_shapes": layer_shapes(model),
+        "uniform": is_uniform(model),
+        "plain_loadable": loadable,
+        "loader": "from_pretrained" if loadable else "llm_compression.prune.structured.load_pruned",
+    }
 
 
 def _prune_layers(model, *, ratio, importance, aggregation, layer_range, snap, calib_ids, batch_size, seed,
@@ -227,15 +236,7 @@ def _prune_layers(model, *, ratio, importance, aggregation, layer_range, snap, c
         "aggregation": aggregation,
         "attention": None,
         "layer_range": [start, end],
-        "parameters_before": before,
-        "parameters_after": after,
-        "parameter_ratio": 1.0 - after / before,
-        "hidden_size": int(model.config.hidden_size),
-        "layer_shapes_before": shapes_before,
-        "layer_shapes": layer_shapes(model),
-        "uniform": is_uniform(model),
-        "plain_loadable": plain_loadable(model),
-        "loader": "from_pretrained" if plain_loadable(model) else "llm_compression.prune.structured.load_pruned",
+        **_shape_report(model, before, shapes_before),
         "groups": [{"kind": "layer", "layer": None, "before": len(candidates), "after": len(candidates) - k,
                     "removed": removed,
                     "scores": {str(c): float(s) for c, s in zip(candidates, scores)} if scores is not None else {}}],
