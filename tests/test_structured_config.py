@@ -81,4 +81,5 @@ def test_structured_study_config_validates():
     c = load_config_file(ROOT / "config" / "structured.yaml", check_model=False)
     segs = {v.pruning.segment for v in expand_grid(c)}
     assert "llmpruner-element1_block_0.5_x1" in segs and "llmpruner-random_channel_0.3_x1" in segs
-    assert len(segs) == 17  # dense + 2 levels x 4 ratios x 2 importances
+    assert "llmpruner-element1_layer_0.25_x1" in segs
+    assert len(segs) == 21  # dense + (block, channel) x 4 ratios x 2 importances + layer x 2 ratios x 2
