@@ -158,7 +158,6 @@ def prune_structured(
 
     keeps = [select(gs, s, ratio, snap=snap, log=once) for gs, s in zip(groupsets, scores)]
     shrink(model, groupsets, keeps)
-    after = count_parameters(model)
     groups = [{"kind": gs.kind, "layer": gs.layer, "before": gs.n_groups, "after": int(k.numel()),
                "removed": sorted(set(range(gs.n_groups)) - set(k.tolist()))}
               for gs, k in zip(groupsets, keeps)]
@@ -176,7 +175,8 @@ def prune_structured(
     }
     if log:
         log(f"structured {level} ratio={ratio} importance={importance}/{aggregation}: parameters "
-            f"{before:,} -> {after:,} (removed {result['parameter_ratio']:.4f}); uniform widths: {result['uniform']}, "
+            f"{before:,} -> {result['parameters_after']:,} (removed {result['parameter_ratio']:.4f}); "
+            f"uniform widths: {result['uniform']}, "
             f"reload with {result['loader']}")
     return result
 
@@ -228,7 +228,6 @@ def _prune_layers(model, *, ratio, importance, aggregation, layer_range, snap, c
         removed = sorted(candidates[j] for j in order[:k])
         drop_layers(model, removed)
         sync_metadata(model)
-    after = count_parameters(model)
     result = {
         "level": "layer",
         "ratio": ratio,
@@ -246,5 +245,6 @@ def _prune_layers(model, *, ratio, importance, aggregation, layer_range, snap, c
     }
     if log:
         log(f"structured layer ratio={ratio} importance={importance}/{aggregation}: removed decoder layers "
-            f"{removed}; parameters {before:,} -> {after:,} (removed {result['parameter_ratio']:.4f})")
+            f"{removed}; parameters {before:,} -> {result['parameters_after']:,} "
+            f"(removed {result['parameter_ratio']:.4f})")
     return result

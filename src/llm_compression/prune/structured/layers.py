@@ -43,7 +43,7 @@ def layer_importance(model, layers: list[int], importance: str, *, aggregation: 
     params = dict(model.named_parameters())
     out = []
     for i in layers:
-        names = sorted(n for n in layer_parameter_names(model, [i]))
+        names = sorted(layer_parameter_names(model, [i]))
         members = [Member(n, 0, params[n].shape[0]) for n in names]
         gs = GroupSet(kind="layer", layer=i, n_groups=1, members=members)
         out.append(aggregate(member_scores(gs, params, importance, grads), aggregation)[0])

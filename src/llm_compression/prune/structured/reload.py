@@ -130,6 +130,7 @@ def load_pruned(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, device
     shapes = getattr(config, LAYER_SHAPES_KEY, None)
     if shapes:
         resize_layers(model, shapes)
+    sync_metadata(model)  # module attributes follow the (resized, still empty) tensors; loading keeps shapes
     state = {}
     for f in files:
         state.update(load_file(str(f)))
@@ -137,7 +138,6 @@ def load_pruned(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, device
     if qcfg is not None:
         from ...quantize import load_4bit_state, replace_linears_4bit
 
-        sync_metadata(model)  # module attributes from the (still full-precision, empty) resized layers
         four_bit = replace_linears_4bit(model, quant_type=qcfg["bnb_4bit_quant_type"],
                                         double_quant=bool(qcfg.get("bnb_4bit_use_double_quant")),
                                         compute_dtype=str(qcfg.get("bnb_4bit_compute_dtype") or "float32"),
@@ -155,9 +155,7 @@ def load_pruned(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, device
     if missing or unexpected:
         raise RuntimeError(f"checkpoint {ckpt_dir} does not match its config: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
-    if qcfg is None:
-        sync_metadata(model)
-    else:
+    if qcfg is not None:
         from ...modules import bnb_cpu_fallback
 
         model.config.quantization_config = qcfg
