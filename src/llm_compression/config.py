@@ -461,6 +461,8 @@ def pruning_calibration(cfg: dict, pruning: Pruning) -> dict:
     for entry in cfg["grid"]["pruning"]:
         if pruning.method in entry_methods(entry) and entry["level"] == pruning.level:
             out.update(entry.get("calibration") or {})
+    if out.get("sampler") == "torch":  # the default is left unnamed: runs from before the option stay current
+        del out["sampler"]
     return out
 
 

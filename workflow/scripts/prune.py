@@ -1,7 +1,7 @@
 """Prune a checkpoint (the base model, or the previous repeat) and save the pruned checkpoint."""
 import time
 
-from llm_compression.data import load_text, sample_calibration
+from llm_compression.data import calibration_set, load_text
 from llm_compression.models import library_versions, load_checkpoint, pick_device, read_compression, save_checkpoint
 from llm_compression.prune import needs_calibration, prune_model
 from llm_compression.runtime import setup_job
@@ -17,9 +17,9 @@ calib_ids = None
 calib_protocol = None
 if needs_calibration(p["method"]):
     corpus = load_text(cal["corpus"], cal["split"], path=cal["path"])
-    calib_ids = sample_calibration(tok, corpus.text, samples=cal["samples"], seqlen=cal["seqlen"], seed=cal["seed"])
-    calib_protocol = {**corpus.protocol, **{k: cal[k] for k in ("samples", "seqlen", "seed", "batch_size")}}
-    log.info("calibration: %d x %d tokens from %s/%s", *calib_ids.shape, cal["corpus"], cal["split"])
+    calib_ids, calib_protocol = calibration_set(tok, corpus, cal)
+    log.info("calibration: %d x %d tokens from %s/%s, sampler %s, windows sha256 %s", *calib_ids.shape,
+             cal["corpus"], cal["split"], calib_protocol["sampler"], calib_protocol["windows_sha256"])
 options = {k: v for k, v in p.items() if k not in ("method", "level", "ratio", "repeat")}
 result = prune_model(model, method=p["method"], level=p["level"], ratio=p["ratio"], calib_ids=calib_ids,
                      batch_size=cal["batch_size"] if cal else 8, progress=True, log=log.info, **options)
