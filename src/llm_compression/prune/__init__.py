@@ -82,13 +82,23 @@ def prune_model(
             ``blocksize``, ``percdamp``, ``hessian_dtype`` (sparsegpt); see :data:`METHOD_OPTIONS`.
 
     Returns:
-        dict with ``sparsity_before``, ``sparsity_after`` (measured over prunable Linear weights),
-        ``seconds`` and ``blocks`` (per-block timings for calibrated methods).
+        dict with every one of these keys (all measured on the model, not taken from the request):
+
+        - ``sparsity_before``, ``sparsity_after``: fraction of zero weights over the prunable Linear
+          weights of the decoder blocks, before and after;
+        - ``prunable_weights``, ``zero_weights``: counts behind ``sparsity_after``;
+        - ``per_layer_sparsity``: ``{linear name: sparsity}`` after pruning;
+        - ``seconds``: wall time of the pruning itself (s);
+        - ``blocks``: per-block ``{"block", "seconds"}`` for calibrated unstructured/N:M methods,
+          ``[]`` otherwise;
+        - ``structured`` (structured methods only): the report of
+          :func:`~.structured.prune_structured` (parameter counts, groups, layer shapes, ``seconds``).
 
     Raises:
         ValueError: unknown method/level/option, ratio outside [0, 1), missing calibration data,
             ``scope="global"`` with an N:M level, or an N:M ``m`` that does not divide some layer's
-            ``in_features`` (all checked before any weight changes).
+            ``in_features`` (all checked before any weight changes); non-finite (NaN/inf)
+            calibration activations reaching a Linear (SparseGPT, Wanda; the message names it).
     """
     calibrated = needs_calibration(method)
     if is_structured_method(method):
