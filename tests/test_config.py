@@ -50,7 +50,8 @@ def _bad(cfg, path, value):
     (("calibration",), {"corpus": "ptb", "split": "train"}, r"calibration\.corpus: 'ptb' is also an evaluation dataset"),
     (("calibration",), {"corpus": "lambada", "split": "train"}, r"calibration\.split: dataset 'lambada' has no split 'train'; valid: test"),
     (("grid", "pruning", 0), {"method": "wanda", "level": "2:4", "repeats": [2]}, r"N:M pattern cannot be applied again"),
-    (("grid", "pruning", 0, "colour"), "red", r"Additional properties are not allowed \('colour' was unexpected\)"),    (("calibration",), {"sampler": "python"}, r"calibration\.sampler: 'python' is not one of \['torch', 'reference'\]"),
+    (("grid", "pruning", 0, "colour"), "red", r"Additional properties are not allowed \('colour' was unexpected\)"),    (("calibration",), {"join": "newline"}, r"calibration\.join: 'newline' is not a join of corpus 'lambada'; valid: documents-blank-line"),
+    (("calibration",), {"sampler": "python"}, r"calibration\.sampler: 'python' is not one of \['torch', 'reference'\]"),
 ])
 def test_bad_values_are_named(cfg, path, value, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -135,3 +136,10 @@ def test_calibration_sampler_is_a_param_only_when_not_default(cfg):
         pruning = next(v.pruning for v in expand_grid(out) if not v.pruning.is_dense)
         # the default stays out of the prune rule's params, so runs made before the option stay current
         assert pruning_calibration(out, pruning).get("sampler") == named
+        assert "join" not in pruning_calibration(out, pruning)
+    c = copy.deepcopy(cfg)
+    c["calibration"] = {"corpus": "ptb", "split": "train", "join": "space", "sampler": "reference",
+                        "allow_evaluation_corpus": True}
+    out = validate_config(c)
+    pruning = next(v.pruning for v in expand_grid(out) if not v.pruning.is_dense)
+    assert {k: pruning_calibration(out, pruning)[k] for k in ("join", "sampler")} == {"join": "space", "sampler": "reference"}

@@ -151,6 +151,11 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
     if cal["path"] is not None and not Path(cal["path"]).exists():
         raise ConfigError(f"calibration.path: {cal['path']!r} does not exist")
     _check_split(cal["corpus"], cal["split"], "calibration.split")
+    from .data import JOINS
+
+    if cal.get("join") is not None and cal["join"] not in JOINS[cal["corpus"]]:
+        raise ConfigError(f"calibration.join: {cal['join']!r} is not a join of corpus {cal['corpus']!r}; "
+                          f"valid: {', '.join(JOINS[cal['corpus']])} (or null for the default)")
 
     from .prune import needs_calibration
 
@@ -461,8 +466,11 @@ def pruning_calibration(cfg: dict, pruning: Pruning) -> dict:
     for entry in cfg["grid"]["pruning"]:
         if pruning.method in entry_methods(entry) and entry["level"] == pruning.level:
             out.update(entry.get("calibration") or {})
-    if out.get("sampler") == "torch":  # the default is left unnamed: runs from before the option stay current
+    # defaults are left unnamed, so runs made before these options existed stay current
+    if out.get("sampler") == "torch":
         del out["sampler"]
+    if "join" in out and out["join"] is None:
+        del out["join"]
     return out
 
 

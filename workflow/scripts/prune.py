@@ -16,7 +16,7 @@ model, tok = load_checkpoint(sm.input[0], device=device)
 calib_ids = None
 calib_protocol = None
 if needs_calibration(p["method"]):
-    corpus = load_text(cal["corpus"], cal["split"], path=cal["path"])
+    corpus = load_text(cal["corpus"], cal["split"], path=cal["path"], join=cal.get("join"))
     calib_ids, calib_protocol = calibration_set(tok, corpus, cal)
     log.info("calibration: %d x %d tokens from %s/%s, sampler %s, windows sha256 %s", *calib_ids.shape,
              cal["corpus"], cal["split"], calib_protocol["sampler"], calib_protocol["windows_sha256"])
