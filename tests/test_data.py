@@ -110,3 +110,23 @@ def test_calibration_record_names_sampler_and_windows(tokenizer):
     ids2, rec2 = calibration_set(tokenizer, corpus, {**cal, "sampler": "torch"})
     assert rec2["sampler"] == "torch" and rec2["windows_sha256"] != rec["windows_sha256"]
     assert calibration_set(tokenizer, corpus, {k: v for k, v in cal.items() if k != "sampler"})[1] == rec2
+
+
+def test_reference_sampler_tokenizes_like_the_reference_loader(byte_tokenizer):
+    """The reference loaders call ``tokenizer(text)``: a template BOS is part of their stream (and shifts
+    every window by one); the default sampler's stream has no special tokens."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    tok = copy.deepcopy(byte_tokenizer)
+    bos = tok.bos_token_id
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    text = "the quick brown fox jumps over the lazy dog " * 10
+    ref_stream = torch.tensor(tok(text)["input_ids"])
+    assert ref_stream[0] == bos and ref_stream.numel() == len(text) + 1
+    want_starts, want = _reference_loop(ref_stream, 30, 16, 0)
+    got, starts = calibration_windows(tok, text, samples=30, seqlen=16, seed=0, sampler="reference")
+    assert starts == want_starts and torch.equal(got, want)
+    plain, _ = calibration_windows(tok, text, samples=30, seqlen=16, seed=0)
+    assert (plain != bos).all()

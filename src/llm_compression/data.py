@@ -300,14 +300,15 @@ def _read_text(p: Path) -> str:
 
 # --- token streams and calibration --------------------------------------------------------------
 
-def tokenize_stream(tokenizer, text: str, *, max_tokens: int | None = None):
-    """Tokenize ``text`` as one stream without special tokens -> LongTensor ``[n_tokens]``.
+def tokenize_stream(tokenizer, text: str, *, max_tokens: int | None = None, add_special_tokens: bool = False):
+    """Tokenize ``text`` as one stream -> LongTensor ``[n_tokens]``; without special tokens unless
+    ``add_special_tokens`` (then whatever the tokenizer's template adds, e.g. a leading BOS).
 
     ``max_tokens`` truncates the stream (to cap evaluation cost); ``None`` keeps all of it.
     """
     import torch
 
-    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=add_special_tokens, return_attention_mask=False)["input_ids"]
     ids = torch.tensor(ids, dtype=torch.long)
     return ids[:max_tokens] if max_tokens is not None else ids
 
@@ -322,14 +323,16 @@ def calibration_windows(tokenizer, text: str, *, samples: int, seqlen: int, seed
 
     ``ids`` is a LongTensor ``[samples, seqlen]``; ``starts`` the list of window start indices into
     the stream (row ``k`` is ``stream[starts[k] : starts[k] + seqlen]``). The text is tokenized once
-    as one stream without special tokens (:func:`tokenize_stream`). Samplers (:data:`SAMPLERS`):
+    as one stream (:func:`tokenize_stream`). Samplers (:data:`SAMPLERS`):
 
-    - ``torch`` (default): starts drawn at once with a seeded ``torch.Generator``,
-      ``torch.randint(0, n_tokens - seqlen, (samples,))``.
+    - ``torch`` (default): the stream without special tokens; starts drawn at once with a seeded
+      ``torch.Generator``, ``torch.randint(0, n_tokens - seqlen, (samples,))``.
     - ``reference``: the loop of the SparseGPT (Frantar & Alistarh 2023, ``datautils.py``) and Wanda
-      (Sun et al. 2024, ``lib/data.py``) calibration loaders, draw for draw: ``random.seed(seed)``,
-      then per sample ``i = random.randint(0, n_tokens - seqlen - 1)`` and the window
-      ``ids[i : i + seqlen]``. Python's global ``random`` state is saved and restored around it.
+      (Sun et al. 2024, ``lib/data.py``) calibration loaders, draw for draw: the stream tokenized as
+      they do, ``tokenizer(text)`` with the tokenizer's own special tokens (a LLaMA tokenizer puts one
+      BOS at index 0, SmolLM2's adds nothing), ``random.seed(seed)``, then per sample
+      ``i = random.randint(0, n_tokens - seqlen - 1)`` and the window ``ids[i : i + seqlen]``.
+      Python's global ``random`` state is saved and restored around it.
 
     Both draw starts uniformly from ``[0, n_tokens - seqlen - 1]``; only the random stream differs.
 
@@ -340,7 +343,7 @@ def calibration_windows(tokenizer, text: str, *, samples: int, seqlen: int, seed
 
     if sampler not in SAMPLERS:
         raise CorpusError(f"calibration sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
-    ids = tokenize_stream(tokenizer, text)
+    ids = tokenize_stream(tokenizer, text, add_special_tokens=sampler == "reference")
     n = int(ids.numel())
     if n <= seqlen:
         raise CorpusError(f"calibration corpus has {n} tokens, fewer than seqlen+1 = {seqlen + 1}")
@@ -401,5 +404,6 @@ def calibration_set(tokenizer, corpus: CorpusText, calibration: dict) -> tuple:
     ids, starts = calibration_windows(tokenizer, corpus.text, samples=calibration["samples"],
                                       seqlen=calibration["seqlen"], seed=calibration["seed"], sampler=sampler)
     protocol = {**corpus.protocol, **{k: calibration[k] for k in ("samples", "seqlen", "seed", "batch_size")},
-                "sampler": sampler, "starts": starts, "windows_sha256": windows_sha256(ids)}
+                "sampler": sampler, "stream_special_tokens": sampler == "reference", "starts": starts,
+                "windows_sha256": windows_sha256(ids)}
     return ids, protocol
