@@ -221,3 +221,23 @@ def test_snakemake_refuses_seqlen_beyond_context_before_any_job(tmp_path):
     assert p.returncode == 1
     assert ("evaluation.perplexity.seqlen: 100000 tokens exceed the model's context of 8192 tokens"
             in p.stderr), p.stderr[-2000:]
+
+
+def test_calibration_samples_beyond_the_corpus():
+    from llm_compression.plan_checks import check_calibration_corpus
+
+    with pytest.raises(ConfigError, match=r"calibration\.samples: 1000000000 windows of 512 tokens from lambada/test "
+                                          r"\(1,000,000 characters, so at most 999,489 distinct windows\); valid: 1\.\.999,489"):
+        check_calibration_corpus(10**9, 512, 1_000_000, "calibration.samples", "lambada/test")
+    check_calibration_corpus(999_489, 512, 1_000_000, "calibration.samples", "lambada/test")
+
+
+def test_evaluation_job_checks_the_context_at_its_start(tmp_path):
+    from llm_compression.plan_checks import check_evaluation_job
+
+    ckpt = fake_checkpoint(tmp_path / "base", max_position_embeddings=256)
+    with pytest.raises(ConfigError, match=r"evaluation\.perplexity\.seqlen: 100000 tokens exceed the model's context of 256"):
+        check_evaluation_job({"kind": "perplexity", "preset": "sparsegpt", "seqlen": 100000}, ckpt)
+    check_evaluation_job({"kind": "perplexity", "preset": "llm-pruner", "seqlen": 100000}, ckpt)  # 128-token windows
+    with pytest.raises(ConfigError, match=r"evaluation\.memory\.seqlen: 512 tokens exceed"):
+        check_evaluation_job({"kind": "memory", "seqlen": 512}, ckpt)

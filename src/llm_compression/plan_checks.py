@@ -267,3 +267,41 @@ def check_pruning_job(prune_params: dict, checkpoint_dir: str | os.PathLike, mem
                                  "calibration.samples", str(path))
     if prune_params.get("layer_range") is not None:
         check_layer_range(prune_params["layer_range"], m.get("num_hidden_layers"), "layer_range", str(path))
+
+
+def check_calibration_corpus(samples: int, seqlen: int, corpus_chars: int, where: str, source: str) -> None:
+    """More calibration windows than the corpus has distinct starting positions are refused.
+
+    A text of ``corpus_chars`` characters has at most ``corpus_chars`` tokens (every tokenizer of the
+    project needs at least one character per token), so at most ``corpus_chars - seqlen + 1``
+    distinct windows of ``seqlen`` tokens: a bound known before tokenizing.
+
+    Raises:
+        ConfigError: ``samples`` above that bound (or a corpus shorter than one window).
+    """
+    most = int(corpus_chars) - int(seqlen) + 1
+    if int(samples) > most:
+        raise _error(f"{where}: {samples} windows of {seqlen} tokens from {source} ({int(corpus_chars):,} characters, "
+                     f"so at most {max(most, 0):,} distinct windows); valid: 1..{max(most, 0):,}")
+
+
+def check_evaluation_job(evaluation: dict, checkpoint_dir: str | os.PathLike) -> None:
+    """The context bound of one evaluation job (its ``params.evaluation``), at the job's start against
+    the evaluated checkpoint's ``config.json``, before loading it: for models whose ``config.json``
+    was not readable at planning.
+
+    Raises:
+        ConfigError: as :func:`check_context_length`.
+    """
+    path = Path(checkpoint_dir) / "config.json"
+    if not path.is_file():
+        return
+    context = read_model_config(path).get("max_position_embeddings")
+    kind = evaluation.get("kind")
+    if kind == "perplexity" and evaluation.get("preset") in ("sparsegpt", "custom"):
+        check_context_length(evaluation.get("seqlen"), context, "evaluation.perplexity.seqlen", str(path))
+    elif kind == "memory":
+        check_context_length(evaluation.get("seqlen"), context, "evaluation.memory.seqlen", str(path))
+    elif kind == "latency" and evaluation.get("prompt_tokens") is not None:
+        check_context_length(evaluation["prompt_tokens"] + evaluation.get("new_tokens", 0), context,
+                             "evaluation.latency.prompt_tokens + new_tokens", str(path))
