@@ -241,3 +241,12 @@ def test_evaluation_job_checks_the_context_at_its_start(tmp_path):
     check_evaluation_job({"kind": "perplexity", "preset": "llm-pruner", "seqlen": 100000}, ckpt)  # 128-token windows
     with pytest.raises(ConfigError, match=r"evaluation\.memory\.seqlen: 512 tokens exceed"):
         check_evaluation_job({"kind": "memory", "seqlen": 512}, ckpt)
+
+
+def test_healing_window_beyond_the_model_context(cfg):
+    """Only recipes the grid uses are checked: an unused recipe does not block the run."""
+    c = with_(cfg, healing={"long": {"method": "lora", "seqlen": 9000}})
+    check(c)
+    c["grid"]["healing"] = ["none", "long"]
+    with pytest.raises(ConfigError, match=r"healing\.long\.seqlen: 9000 tokens exceed the model's context of 8192"):
+        check(c)

@@ -225,8 +225,11 @@ def check_against_model(cfg: dict, model_cfg: dict, source: str, prune_mem_mb: i
     if lat.get("enabled") and lat.get("prompt_tokens") is not None:
         check_context_length(lat["prompt_tokens"] + lat.get("new_tokens", 0), context,
                              "evaluation.latency.prompt_tokens + new_tokens", source)
+    from .config import healing_names
+
+    used = set(healing_names(cfg))
     for name, recipe in (cfg.get("healing") or {}).items():
-        if isinstance(recipe, dict) and recipe.get("seqlen") is not None:
+        if name in used and isinstance(recipe, dict) and recipe.get("seqlen") is not None:
             check_context_length(recipe["seqlen"], context, f"healing.{name}.seqlen", source)
     cal = cfg["calibration"]
     for i, entry in enumerate(cfg["grid"]["pruning"]):
