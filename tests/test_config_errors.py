@@ -227,9 +227,11 @@ def test_calibration_samples_beyond_the_corpus():
     from llm_compression.plan_checks import check_calibration_corpus
 
     with pytest.raises(ConfigError, match=r"calibration\.samples: 1000000000 windows of 512 tokens from lambada/test "
-                                          r"\(1,000,000 characters, so at most 999,489 distinct windows\); valid: 1\.\.999,489"):
+                                          r"\(1,000,000 bytes of text, so at most 999,490 distinct windows\); valid: 1\.\.999,490"):
         check_calibration_corpus(10**9, 512, 1_000_000, "calibration.samples", "lambada/test")
-    check_calibration_corpus(999_489, 512, 1_000_000, "calibration.samples", "lambada/test")
+    check_calibration_corpus(999_490, 512, 1_000_000, "calibration.samples", "lambada/test")
+    with pytest.raises(ConfigError, match=r"at most 0 distinct windows"):   # shorter than one window
+        check_calibration_corpus(1, 512, 100, "calibration.samples", "tiny")
 
 
 def test_evaluation_job_checks_the_context_at_its_start(tmp_path):

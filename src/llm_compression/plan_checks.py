@@ -272,20 +272,21 @@ def check_pruning_job(prune_params: dict, checkpoint_dir: str | os.PathLike, mem
         check_layer_range(prune_params["layer_range"], m.get("num_hidden_layers"), "layer_range", str(path))
 
 
-def check_calibration_corpus(samples: int, seqlen: int, corpus_chars: int, where: str, source: str) -> None:
+def check_calibration_corpus(samples: int, seqlen: int, corpus_bytes: int, where: str, source: str) -> None:
     """More calibration windows than the corpus has distinct starting positions are refused.
 
-    A text of ``corpus_chars`` characters has at most ``corpus_chars`` tokens (every tokenizer of the
-    project needs at least one character per token), so at most ``corpus_chars - seqlen + 1``
-    distinct windows of ``seqlen`` tokens: a bound known before tokenizing.
+    Every tokenizer the project uses (byte-level BPE, SentencePiece with byte fallback, word level)
+    spends at least one byte of UTF-8 text per token, so a text of ``corpus_bytes`` bytes has at most
+    ``corpus_bytes + 1`` tokens (one BOS) and at most ``corpus_bytes - seqlen + 2`` distinct windows
+    of ``seqlen`` tokens: a bound known before tokenizing.
 
     Raises:
         ConfigError: ``samples`` above that bound (or a corpus shorter than one window).
     """
-    most = int(corpus_chars) - int(seqlen) + 1
+    most = max(int(corpus_bytes) - int(seqlen) + 2, 0)
     if int(samples) > most:
-        raise _error(f"{where}: {samples} windows of {seqlen} tokens from {source} ({int(corpus_chars):,} characters, "
-                     f"so at most {max(most, 0):,} distinct windows); valid: 1..{max(most, 0):,}")
+        raise _error(f"{where}: {samples} windows of {seqlen} tokens from {source} ({int(corpus_bytes):,} bytes of text, "
+                     f"so at most {most:,} distinct windows); valid: 1..{most:,}")
 
 
 def check_evaluation_job(evaluation: dict, checkpoint_dir: str | os.PathLike) -> None:

@@ -19,7 +19,7 @@ calib_ids = None
 calib_protocol = None
 if needs_calibration(p["method"]):
     corpus = load_text(cal["corpus"], cal["split"], path=cal["path"])
-    check_calibration_corpus(cal["samples"], cal["seqlen"], len(corpus.text), "calibration.samples",
+    check_calibration_corpus(cal["samples"], cal["seqlen"], len(corpus.text.encode()), "calibration.samples",
                              f"{cal['corpus']}/{cal['split']}")
     calib_ids = sample_calibration(tok, corpus.text, samples=cal["samples"], seqlen=cal["seqlen"], seed=cal["seed"])
     calib_protocol = {**corpus.protocol, **{k: cal[k] for k in ("samples", "seqlen", "seed", "batch_size")}}
