@@ -252,3 +252,26 @@ def test_healing_window_beyond_the_model_context(cfg):
     c["grid"]["healing"] = ["none", "long"]
     with pytest.raises(ConfigError, match=r"healing\.long\.seqlen: 9000 tokens exceed the model's context of 8192"):
         check(c)
+
+
+def test_embedded_model_is_known_before_its_import(tmp_path):
+    """The issue's case on the embedded default, before any run: its GGUF header gives depth 30 and context 8192."""
+    from llm_compression.models import ModelSourceError, resolve_source
+
+    try:
+        resolve_source("embedded:smollm2-135m")
+    except ModelSourceError as e:
+        pytest.skip(f"needs the embedded model: {e}")
+    raw = yaml.safe_load((ROOT / "config.yaml").read_text())
+    raw["results"] = str(tmp_path / "results")   # nothing imported there
+    entry = {"method": "llm-pruner", "level": "block", "importance": "l2", "layer_range": [5, 100], "ratios": [0.25]}
+    with pytest.raises(ConfigError, match=r"layer_range: \[5, 100\] is empty or outside the model's 30 decoder layers "
+                                          r"\(num_hidden_layers in .*SmolLM2-135M-Instruct\.Q4_1\.gguf\)"):
+        check(with_(raw, grid__pruning=[entry]))
+    with pytest.raises(ConfigError, match=r"evaluation\.perplexity\.seqlen: 100000 tokens exceed the model's context "
+                                          r"of 8192 tokens"):
+        check(with_(raw, evaluation__perplexity__seqlen=100000))
+    from llm_compression.plan_checks import read_gguf_config
+
+    assert read_gguf_config(resolve_source("embedded:smollm2-135m").path + "/SmolLM2-135M-Instruct.Q4_1.gguf") == {
+        "num_hidden_layers": 30, "max_position_embeddings": 8192, "hidden_size": 576}

@@ -241,8 +241,9 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
 
 def _check_against_model_config(cfg: dict, base: Path, plan) -> None:
     """Values bounded by the model (context, depth, calibration memory), checked against the
-    ``config.json`` of the imported base or of a local model directory when one exists
-    (:func:`llm_compression.plan_checks.check_against_model`); otherwise the jobs check them at their start."""
+    ``config.json`` of the imported base or of a local model directory, or the header of a GGUF source,
+    when one is at hand (:func:`llm_compression.plan_checks.check_against_model`); otherwise the jobs
+    check them at their start."""
     from .plan_checks import check_against_model, model_config_path, read_model_config
 
     path = model_config_path(cfg, base)

@@ -121,10 +121,10 @@ def check_duplicate_artifacts(cfg: dict) -> None:
 
 
 def model_config_path(cfg: dict, base_dir: str | os.PathLike = ".") -> Path | None:
-    """The ``config.json`` that describes the configured model without loading it: the imported base
-    checkpoint's (``{results}/{model}/base/config.json``) when it exists, else that of a local
-    Hugging Face model directory given as ``model.source``; None when neither exists (e.g. an
-    embedded GGUF model before its import)."""
+    """The file that describes the configured model without loading it: the imported base checkpoint's
+    ``config.json`` (``{results}/{model}/base/config.json``) when it exists, else that of a local Hugging
+    Face model directory given as ``model.source``, else the GGUF file of an embedded or local GGUF
+    source (its metadata header); None when none is at hand (a hub model before its import)."""
     from .variants import base_dir as model_base_dir
 
     base = Path(base_dir)
@@ -135,15 +135,78 @@ def model_config_path(cfg: dict, base_dir: str | os.PathLike = ".") -> Path | No
     for c in candidates:
         if c.is_file():
             return c
+    if isinstance(src, str) and (src.startswith("embedded:") or src.endswith(".gguf")):
+        from .models import ModelSourceError, resolve_source
+
+        try:
+            res = resolve_source(src if src.startswith("embedded:") else str(base / os.path.expanduser(src)))
+        except ModelSourceError:
+            return None
+        if res.gguf_file:
+            g = Path(res.path) / res.gguf_file
+            return g if g.is_file() else None
     return None
 
 
 def read_model_config(path: str | os.PathLike) -> dict:
-    """A model's ``config.json`` as a dict; for multimodal configs the ``text_config`` entries are
-    merged in (the language model's depth and context are what the checks need)."""
+    """A model's ``config.json`` as a dict (a ``.gguf`` file: :func:`read_gguf_config`); for multimodal
+    configs the ``text_config`` entries are merged in (the language model's depth and context are what
+    the checks need)."""
+    if str(path).endswith(".gguf"):
+        return read_gguf_config(path)
     d = json.loads(Path(path).read_text())
     text = d.get("text_config")
     return {**text, **{k: v for k, v in d.items() if k != "text_config"}} if isinstance(text, dict) else d
+
+
+#: GGUF metadata keys (after ``<architecture>.``) -> the config.json names transformers gives them
+_GGUF_KEYS = {"block_count": "num_hidden_layers", "context_length": "max_position_embeddings",
+              "embedding_length": "hidden_size"}
+
+
+def read_gguf_config(path: str | os.PathLike) -> dict:
+    """Depth, context and width of a GGUF model from its metadata header (GGUF v2/v3 key-value section,
+    read without the tensors): ``num_hidden_layers``, ``max_position_embeddings``, ``hidden_size``, as
+    transformers maps ``<arch>.block_count``, ``<arch>.context_length``, ``<arch>.embedding_length``.
+
+    Raises:
+        ValueError: not a GGUF v2/v3 file.
+    """
+    import struct
+
+    scalar = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+    with open(path, "rb") as fh:
+        def read(fmt):
+            n = struct.calcsize(fmt)
+            return struct.unpack(fmt, fh.read(n))[0]
+
+        def string():
+            return fh.read(read("<Q")).decode("utf-8", "replace")
+
+        def value(t):
+            if t in scalar:
+                return read(scalar[t])
+            if t == 8:
+                return string()
+            if t == 9:
+                item, count = read("<I"), read("<Q")
+                if item in scalar:  # skip numeric arrays (token scores, types) without decoding them
+                    fh.seek(struct.calcsize(scalar[item]) * count, 1)
+                    return None
+                return [value(item) for _ in range(count)]
+            raise ValueError(f"{path}: unknown GGUF value type {t}")
+
+        if fh.read(4) != b"GGUF" or read("<I") not in (2, 3):
+            raise ValueError(f"{path} is not a GGUF v2/v3 file")
+        read("<Q")  # tensor count
+        meta = {}
+        for _ in range(read("<Q")):
+            key = string()
+            v = value(read("<I"))
+            if not key.startswith("tokenizer."):
+                meta[key] = v
+    arch = meta.get("general.architecture")
+    return {name: int(meta[f"{arch}.{k}"]) for k, name in _GGUF_KEYS.items() if f"{arch}.{k}" in meta}
 
 
 def check_context_length(seqlen: int | None, context: int | None, where: str, source: str) -> None:
