@@ -1,10 +1,12 @@
 """Planning-time checks of a config against itself, the file system and the model's ``config.json``.
 
 Each function checks one kind of bad value and raises :class:`~llm_compression.config.ConfigError`
-naming the value, where it is in the config and what would be valid. None imports torch or
-transformers: the model is known from its ``config.json`` (a JSON read), so the checks run while
-Snakemake plans the DAG, before any job. The model checks take plain numbers, so a job can run
-the same check at its start when the model was not known at planning (e.g. before the import).
+naming the value, where it is in the config and what would be valid. The module imports neither
+torch nor transformers (only :func:`check_duplicate_artifacts` of a structured entry reaches them,
+through :func:`llm_compression.config.entry_methods`): the model is known from its ``config.json``
+(a JSON read) or a GGUF metadata header, so the checks run while Snakemake plans the DAG, before any
+job. The model checks take plain numbers, so a job can run the same check at its start when the
+model was not known at planning (a hub model before its import).
 """
 
 from __future__ import annotations
