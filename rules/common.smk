@@ -61,4 +61,4 @@ def demo_targets():
 
 
 def final_targets():
-    return metrics_files() + [R("summary.csv"), R("summary.md")] + figure_targets() + demo_targets()
+    return metrics_files() + [R("summary.csv"), R("summary.md")] + figure_targets() + demo_targets() + export_targets()
