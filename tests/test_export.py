@@ -255,3 +255,72 @@ def test_workflow_plans_configured_exports(tmp_path):
     assert stats["export"] == "2", stats
     assert "output: results/smollm2-135m/export/wanda_unstructured_0.5_x1/none/nf4-dq" in out
     assert "output: results/smollm2-135m/export/dense/none/none" in out
+
+
+TINY_TASK = """task: tiny_next_word
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{context}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def _our_loglikelihood(model, tok, context: str, continuation: str) -> float:
+    ctx = tok(context, add_special_tokens=False)["input_ids"]
+    whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
+    cont = whole[len(ctx):]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([whole])).logits[0].double(), -1)
+    return float(sum(logp[len(ctx) - 1 + i, t] for i, t in enumerate(cont)))
+
+
+@pytest.mark.slow  # ~70 s under load: lm-eval's start-up dominates
+def test_lm_eval_cli_scores_exported_checkpoint_offline(pruned_checkpoint, tmp_path):
+    """`lm_eval --model hf --model_args pretrained=<export>` scores the exported folder on a local task with no
+    network: per-document log-likelihoods and accuracy equal our own computation on the same weights."""
+    out = tmp_path / "export"
+    export_checkpoint(pruned_checkpoint["ckpt"], out, metrics_files=[], model=MODEL, variant=WANDA.row(), base={})
+    docs = []
+    g = torch.Generator().manual_seed(7)
+    for i in range(6):
+        words = [f"w{int(x)}" for x in torch.randint(3, 256, (6,), generator=g)]
+        docs.append({"context": " ".join(words[:4]), "choices": [f" {words[4]}", f" {words[5]}", " w7"],
+                     "label": i % 3})
+    data = tmp_path / "tiny.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "tiny_next_word.yaml").write_text(TINY_TASK.format(data=data))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_HOME": str(tmp_path / "hf-home"), "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={out},dtype=float32",
+           "--tasks", "tiny_next_word", "--include_path", str(tasks), "--device", "cpu", "--batch_size", "2",
+           "--output_path", str(tmp_path / "lm-eval-out"), "--log_samples"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    results = json.loads(next((tmp_path / "lm-eval-out").rglob("results_*.json")).read_text())
+    samples = [json.loads(line) for f in (tmp_path / "lm-eval-out").rglob("samples_tiny_next_word_*.jsonl")
+               for line in f.read_text().splitlines()]
+    assert len(samples) == len(docs)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    correct = 0
+    for s in sorted(samples, key=lambda s: s["doc_id"]):
+        doc = docs[s["doc_id"]]
+        ours = [_our_loglikelihood(model, tok, doc["context"], c) for c in doc["choices"]]
+        theirs = [float(x[0]) for x in s["filtered_resps"]]
+        assert theirs == pytest.approx(ours, abs=1e-3), (s["doc_id"], theirs, ours)
+        correct += int(max(range(3), key=lambda k: ours[k]) == doc["label"])
+    assert results["results"]["tiny_next_word"]["acc,none"] == pytest.approx(correct / len(docs))
