@@ -234,13 +234,17 @@ def test_export_quantized_tags(tmp_path, tiny_checkpoint):
     q = tmp_path / "q"
     quantize_checkpoint(tiny_checkpoint, q, scheme="nf4-dq", device="cpu", compute_dtype="float32", blocksize=64)
     variant = Variant(Pruning("dense"), "none", "nf4-dq")
-    info = export_checkpoint(q, tmp_path / "export", metrics_files=[], model=MODEL, variant=variant.row(),
+    cost = tmp_path / "cost.json"  # NF4 rounds the smallest weights to its exact zero: measured, but not pruning
+    write_json_atomic(cost, {"model": MODEL, "variant": variant.row(), "evaluation": "cost",
+                             "metrics": {"sparsity": 0.095}, "protocol": {"macs_seqlen": 32}})
+    info = export_checkpoint(q, tmp_path / "export", metrics_files=[cost], model=MODEL, variant=variant.row(),
                              base={"base_model": "org/base", "license": "mit"})
     assert info["quantized"] and info["plain_loadable"]
     card = ModelCard.load(tmp_path / "export" / "README.md")
     assert {"bitsandbytes", "4-bit", "nf4", "double-quantization"} <= set(card.data.tags)
-    assert "pruned" not in card.data.tags
+    assert "pruned" not in card.data.tags and not any(t.startswith("sparsity-") for t in card.data.tags)
     assert "and bitsandbytes" in card.text and "**quantize** nf4-dq" in card.text
+    assert "| cost | sparsity |  |  |  | 9.50% |" in card.text
 
 
 def test_workflow_plans_configured_exports(tmp_path):

@@ -188,8 +188,8 @@ def _tags(chain: list[dict], variant: dict, sparsity: float | None) -> list[str]
             tags += ["semi-structured-sparsity", f"sparsity-{level.replace(':', 'of')}"]
         else:
             tags += ["unstructured-sparsity"]
-    if sparsity is not None and sparsity >= 0.005:
-        tags.append(f"sparsity-{round(100 * sparsity)}")
+    if method and method != "dense" and sparsity is not None and sparsity >= 0.005:
+        tags.append(f"sparsity-{round(100 * sparsity)}")  # measured; not for zeros NF4 rounding made
     heal = next((c.get("healing") for c in chain if c.get("stage") == "heal"), None)
     if heal:
         tags.append({"lora": "lora", "kd": "knowledge-distillation"}.get(heal.get("method"), str(heal.get("method"))))
