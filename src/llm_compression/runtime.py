@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
+import time
+
+#: prefix of the two timing lines every job writes to its log (read by benchmarks/job_overhead.py)
+TIMING_PREFIX = "job timing:"
+
+
+def _seconds_since_process_start() -> float:
+    """Wall seconds since this process started (interpreter start-up, Snakemake's script preamble and
+    imports included), from the OS process table."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
 
 
 def setup_job(log_path: str | None, threads: int | None = None, seed: int | None = None) -> logging.Logger:
@@ -18,8 +31,14 @@ def setup_job(log_path: str | None, threads: int | None = None, seed: int | None
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
+    log = logging.getLogger("llm_compression")
+    # what the job spent before its own work (interpreter, script preamble, imports) and when its work
+    # ended: benchmarks/job_overhead.py subtracts these from the rule's benchmark file
+    log.info("%s work starts %.3f s after process start", TIMING_PREFIX, _seconds_since_process_start())
+    atexit.register(lambda: log.info("%s work ends %.3f s after process start", TIMING_PREFIX,
+                                     _seconds_since_process_start()))
     if threads is None and seed is None:
-        return logging.getLogger("llm_compression")  # CPU-only jobs (aggregate, plots) never import torch
+        return log  # CPU-only jobs (aggregate, plots) never import torch
     import torch
 
     if threads:
@@ -29,4 +48,4 @@ def setup_job(log_path: str | None, threads: int | None = None, seed: int | None
 
         random.seed(seed)
         torch.manual_seed(seed)
-    return logging.getLogger("llm_compression")
+    return log
