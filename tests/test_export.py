@@ -125,12 +125,20 @@ def test_export_card_front_matter_and_fresh_process_logits(pruned_checkpoint, tm
     from huggingface_hub import ModelCard, metadata_load
 
     out = tmp_path / "results" / export_dir(MODEL, WANDA)
+    (pruned_checkpoint["ckpt"] / ".snakemake_timestamp").touch()
     info = export_checkpoint(pruned_checkpoint["ckpt"], out, metrics_files=pruned_checkpoint["metrics"], model=MODEL,
                              variant=WANDA.row(), base=base_model_info("embedded:smollm2-135m"))
     assert info["plain_loadable"] and not info["quantized"]
+    # readable by others as the umask allows (a folder to share), and no Snakemake marker copied from the source
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out.stat().st_mode & 0o777) == 0o777 & ~umask
+    assert ((out / "README.md").stat().st_mode & 0o777) == 0o666 & ~umask
+    assert ((out / "compression.json").stat().st_mode & 0o777) == 0o666 & ~umask
     for f in ("README.md", "config.json", "model.safetensors", "tokenizer.json", "compression.json",
               "metrics/cost.json", "metrics/ppl-ptb-sparsegpt.json", "metrics/zeroshot.json"):
         assert (out / f).is_file(), f
+    assert not (out / ".snakemake_timestamp").exists() and ".snakemake_timestamp" not in info["files"]
 
     # the front matter, read back by huggingface_hub's own parsers
     card = ModelCard.load(out / "README.md")

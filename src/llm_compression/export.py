@@ -11,7 +11,7 @@
   zero-shot results); its body gives the provenance (the ``compression.json`` chain, base model first),
   the measured metrics with their protocols, and how to load and evaluate the folder.
 
-Nothing is uploaded: publishing is ``huggingface-cli upload <repo> <folder>`` by the user.
+Nothing is uploaded: publishing is ``hf upload <repo> <folder>`` (huggingface_hub's CLI), by the user.
 This module imports neither torch nor transformers (the workflow calls :func:`select_export_variants`
 while validating the config).
 """
@@ -341,7 +341,8 @@ def model_card(compression: dict, records: list[dict], *, model: str, variant: d
                      "memory, and dense kernels run no faster on them.")
     lines.append("- Measured with the protocols above only; no claim beyond them.")
     lines.append("- Exported by llm-compression; nothing was uploaded. To publish: "
-                 f"`huggingface-cli upload <your-repo> {folder}`.")
+                 f"`hf upload <your-repo> {folder} . --exclude .snakemake_timestamp` "
+                 "(Snakemake's marker of a finished folder).")
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"
 
 
@@ -380,8 +381,8 @@ def export_checkpoint(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *
                       plain_loadable=plain, quantized=quantized)
     with atomic_dir(out_dir) as tmp:
         for item in sorted(ckpt_dir.iterdir()):
-            if item.name in (CARD_FILE, METRICS_DIR):
-                continue
+            if item.name in (CARD_FILE, METRICS_DIR) or item.name.startswith(".snakemake"):
+                continue  # Snakemake's directory markers are not part of the model
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
         (tmp / METRICS_DIR).mkdir()
         for f, rec in zip(metrics_files, records):
