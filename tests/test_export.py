@@ -126,6 +126,7 @@ def test_export_card_front_matter_and_fresh_process_logits(pruned_checkpoint, tm
 
     out = tmp_path / "results" / export_dir(MODEL, WANDA)
     (pruned_checkpoint["ckpt"] / ".snakemake_timestamp").touch()
+    (pruned_checkpoint["ckpt"] / "model.safetensors").chmod(0o600)  # as safetensors leaves it on some systems
     info = export_checkpoint(pruned_checkpoint["ckpt"], out, metrics_files=pruned_checkpoint["metrics"], model=MODEL,
                              variant=WANDA.row(), base=base_model_info("embedded:smollm2-135m"))
     assert info["plain_loadable"] and not info["quantized"]
@@ -134,7 +135,8 @@ def test_export_card_front_matter_and_fresh_process_logits(pruned_checkpoint, tm
     os.umask(umask)
     assert (out.stat().st_mode & 0o777) == 0o777 & ~umask
     assert ((out / "README.md").stat().st_mode & 0o777) == 0o666 & ~umask
-    assert ((out / "compression.json").stat().st_mode & 0o777) == 0o666 & ~umask
+    for f in ("compression.json", "model.safetensors", "metrics/cost.json"):
+        assert ((out / f).stat().st_mode & 0o777) == 0o666 & ~umask, f
     for f in ("README.md", "config.json", "model.safetensors", "tokenizer.json", "compression.json",
               "metrics/cost.json", "metrics/ppl-ptb-sparsegpt.json", "metrics/zeroshot.json"):
         assert (out / f).is_file(), f

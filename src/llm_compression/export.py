@@ -388,5 +388,9 @@ def export_checkpoint(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *
         for f, rec in zip(metrics_files, records):
             shutil.copy2(f, tmp / METRICS_DIR / f"{rec['evaluation']}.json")
         write_text_atomic(tmp / CARD_FILE, card)
+        umask = os.umask(0)
+        os.umask(umask)
+        for p in tmp.rglob("*"):  # a folder to share: modes as the umask allows, whatever the sources had
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     return {"files": files, "plain_loadable": plain, "quantized": quantized, "front_matter": _front_matter(card)}
