@@ -77,7 +77,7 @@ def demo_targets():
 
 
 def final_targets():
-    return metrics_files() + [R("summary.csv"), R("summary.md")] + figure_targets() + demo_targets()
+    return metrics_files() + [R("summary.csv"), R("summary.md")] + figure_targets() + demo_targets() + export_targets()
 
 
 # A checkpoint folder is dated by Snakemake's marker file; a file rewritten inside it later (weights,

@@ -49,6 +49,8 @@ rule evaluate:
     threads: evaluation_threads
     resources:
         **stage_resources("evaluate"),
+    conda:
+        "../envs/llm-compression.yaml"
     script:
         "../workflow/scripts/evaluate.py"
 
@@ -72,5 +74,7 @@ rule generate:
     threads: RESOURCES.threads("evaluate")
     resources:
         **stage_resources("evaluate"),
+    conda:
+        "../envs/llm-compression.yaml"
     script:
         "../workflow/scripts/generate.py"

@@ -32,6 +32,8 @@ rule aggregate:
     threads: RESOURCES.threads("aggregate")
     resources:
         **stage_resources("aggregate"),
+    conda:
+        "../envs/llm-compression.yaml"
     script:
         "../workflow/scripts/aggregate.py"
 
@@ -52,6 +54,8 @@ rule plot:
     threads: RESOURCES.threads("plots")
     resources:
         **stage_resources("plots"),
+    conda:
+        "../envs/llm-compression.yaml"
     script:
         "../workflow/scripts/plot.py"
 
@@ -71,5 +75,7 @@ rule demo:
     threads: RESOURCES.threads("plots")
     resources:
         **stage_resources("plots"),
+    conda:
+        "../envs/llm-compression.yaml"
     script:
         "../workflow/scripts/demo.py"
