@@ -100,7 +100,8 @@ def prune_structured(
         aggregation: ``sum`` (LLM-Pruner's default), ``mean`` or ``max`` over a group's tensors.
         layer_range: ``[start, end)`` of decoder layers for ``block`` and ``layer``; None = all but the
             first and last.
-        attention: ``query_head`` (query heads, equal numbers per key/value head; k/v kept),
+        attention: ``query_head`` (query heads, equal numbers per key/value head, k/v kept; on a
+            multi-head layer, as many key/value heads as query heads, a head goes with its k/v slices),
             ``kv_group`` (a key/value head with all its query heads) or ``none`` (MLP only).
         snap: round a head ratio that is no whole number of heads (logged); False raises instead.
         calib_ids: LongTensor ``[samples, seqlen]``; required by the gradient criteria.
@@ -161,6 +162,9 @@ def prune_structured(
     groups = [{"kind": gs.kind, "layer": gs.layer, "before": gs.n_groups, "after": int(k.numel()),
                "removed": sorted(set(range(gs.n_groups)) - set(k.tolist()))}
               for gs, k in zip(groupsets, keeps)]
+    if log:
+        for line in removal_lines(groups):
+            log(line)
     result = {
         "level": level,
         "ratio": ratio,
@@ -179,6 +183,30 @@ def prune_structured(
             f"uniform widths: {result['uniform']}, "
             f"reload with {result['loader']}")
     return result
+
+
+#: how the log names the units of each group kind
+_UNIT_NAMES = {"attention_head": "attention heads (q/k/v/o slices, each with its own key/value head)",
+               "query_head": "query heads (q/o slices; key/value heads kept)",
+               "kv_group": "key/value groups (k/v head with its query heads)",
+               "mlp_channel": "MLP channels (gate/up rows, down columns)",
+               "hidden_channel": "hidden channels (whole model)"}
+
+
+def removal_lines(groups: list[dict]) -> list[str]:
+    """One log line per pruned group set (``groups`` entries of :func:`prune_structured`'s result): the
+    layer, the unit, the count before -> after and, for heads, the indices removed."""
+    out = []
+    for g in groups:
+        where = f"layer {g['layer']}" if g["layer"] is not None else "model"
+        unit = _UNIT_NAMES.get(g["kind"], g["kind"])
+        line = f"{where}: {unit} {g['before']} -> {g['after']}"
+        if g["kind"] in ("attention_head", "query_head", "kv_group"):
+            line += f", removed {g['removed']}"
+        else:
+            line += f" ({g['before'] - g['after']} removed)"
+        out.append(line)
+    return out
 
 
 def _shape_report(model, before: int, shapes_before: list[dict]) -> dict:
