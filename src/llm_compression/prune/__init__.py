@@ -12,7 +12,8 @@ model ends near ``1 - (1 - r)^2``.
 Structured methods (``level`` is ``"block"``, ``"channel"`` or ``"layer"``), LLM-Pruner style (:mod:`.structured`):
 
 - ``llmpruner-<importance>`` with importance ``element1``, ``element2``, ``vector`` (gradients from
-  calibration data), ``l1``, ``l2`` or ``random`` (no calibration). These remove whole heads and
+  calibration data), ``activation`` (block/channel), ``block-influence``, ``angular`` (layer; forward
+  passes over calibration data), ``l1``, ``l2`` or ``random`` (no calibration). These remove whole heads and
   channels (or whole decoder layers), so the tensors shrink; sparsity (exact zeros) stays ~0.
 """
 
@@ -30,7 +31,8 @@ from .masks import parse_nm
 from .sparsegpt import SparseGPTPruner, check_sparsegpt_options
 from .structured import METHODS as STRUCTURED_METHODS
 from .structured import LEVELS as STRUCTURED_LEVELS
-from .structured import importance_of_method, is_structured_method, needs_gradients, prune_structured
+from .structured import importance_of_method, is_structured_method, prune_structured
+from .structured import needs_calibration as structured_needs_calibration
 from .wanda import WandaPruner
 
 CALIBRATED = {"wanda": WandaPruner, "sparsegpt": SparseGPTPruner}
@@ -49,7 +51,7 @@ def needs_calibration(method: str) -> bool:
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; valid: {', '.join(METHODS)}")
     if is_structured_method(method):
-        return needs_gradients(importance_of_method(method))
+        return structured_needs_calibration(importance_of_method(method))
     return method in CALIBRATED
 
 

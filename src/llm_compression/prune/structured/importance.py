@@ -16,6 +16,8 @@ negative log-likelihood, averaged over the calibration samples):
   ``--taylor param_first`` setting); canonicalized by :func:`canonical_importance`.
 - ``l1`` / ``l2`` -- magnitude of the slice (``sum |W|``, ``sqrt(sum W^2)``); no calibration.
 - ``random`` -- uniform random score per group from a seeded generator; no calibration.
+- ``activation`` (block, channel), ``block-influence`` and ``angular`` (layer) -- from calibration
+  activations, no gradients: see :mod:`.activations`.
 
 Group aggregation: the per-member scores of a group (one per tensor slice it owns) are combined
 by ``sum`` (LLM-Pruner's default ``grouping_strategy``), ``mean`` or ``max``.
@@ -27,10 +29,18 @@ import torch
 
 from .groups import GroupSet, StructuredPruningError
 
-IMPORTANCES = ("element1", "element2", "vector", "l1", "l2", "random")
-ALIASES = {"taylor": "element1"}
+IMPORTANCES = ("element1", "element2", "vector", "l1", "l2", "random", "activation", "block-influence", "angular")
+ALIASES = {"taylor": "element1", "block_influence": "block-influence", "bi": "block-influence"}
 GRADIENT_IMPORTANCES = ("element1", "element2", "vector")
+#: criteria read from calibration activations, forward passes only (:mod:`.activations`)
+ACTIVATION_IMPORTANCES = ("activation", "block-influence", "angular")
 AGGREGATIONS = ("sum", "mean", "max")
+#: levels each criterion applies to (depth criteria score whole blocks; ``activation`` scores heads/channels)
+IMPORTANCE_LEVELS = {**{i: ("block", "channel", "layer") for i in ("element1", "element2", "vector", "l1", "l2",
+                                                                    "random")},
+                     "activation": ("block", "channel"),
+                     "block-influence": ("layer",),
+                     "angular": ("layer",)}
 
 
 def canonical_importance(name: str) -> str:
@@ -49,6 +59,26 @@ def canonical_importance(name: str) -> str:
 
 def needs_gradients(importance: str) -> bool:
     return canonical_importance(importance) in GRADIENT_IMPORTANCES
+
+
+def needs_calibration(importance: str) -> bool:
+    """Whether ``importance`` reads calibration data (gradients or activations)."""
+    imp = canonical_importance(importance)
+    return imp in GRADIENT_IMPORTANCES or imp in ACTIVATION_IMPORTANCES
+
+
+def check_importance_level(importance: str, level: str) -> None:
+    """Refuse a criterion at a level it does not score (e.g. ``block-influence`` at ``block``).
+
+    Raises:
+        StructuredPruningError: unknown criterion, or ``level`` not in its :data:`IMPORTANCE_LEVELS`.
+    """
+    imp = canonical_importance(importance)
+    if level not in IMPORTANCE_LEVELS[imp]:
+        valid = [i for i, lv in IMPORTANCE_LEVELS.items() if level in lv]
+        raise StructuredPruningError(
+            f"importance {importance!r} does not apply to level {level!r} (it scores level(s) "
+            f"{', '.join(IMPORTANCE_LEVELS[imp])}); valid at {level!r}: {', '.join(valid)}")
 
 
 def collect_gradients(model, calib_ids: torch.Tensor, names: set[str], *, second_order: bool,
