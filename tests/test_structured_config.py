@@ -104,4 +104,5 @@ def test_structured_study_config_validates():
     segs = {v.pruning.segment for v in expand_grid(c)}
     assert "llmpruner-element1_block_0.5_x1" in segs and "llmpruner-random_channel_0.3_x1" in segs
     assert "llmpruner-element1_layer_0.25_x1" in segs
-    assert len(segs) == 21  # dense + (block, channel) x 4 ratios x 2 importances + layer x 2 ratios x 2
+    assert "llmpruner-activation_channel_0.2_x1" in segs and "llmpruner-angular_layer_0.5_x1" in segs
+    assert len(segs) == 33  # dense + (block, channel) x 4 ratios x 3 importances + layer x 2 ratios x 4
