@@ -27,9 +27,9 @@ from pathlib import Path
 
 #: (level, ratios, criteria) of the main table
 GRID = [
-    ("layer", (0.25, 0.5), ("element1", "random", "block-influence", "angular")),
-    ("block", (0.25, 0.5), ("element1", "random", "l2", "activation")),
-    ("channel", (0.2, 0.3, 0.4), ("element1", "random", "activation")),
+    ("layer", (0.25, 0.5), ("random", "block-influence", "angular", "element1")),
+    ("block", (0.25, 0.5), ("activation", "element1", "random")),
+    ("channel", (0.2, 0.3), ("activation", "element1", "random")),
 ]
 #: Taylor calibration-noise study: (level, ratios, calibration seeds, sample multipliers)
 NOISE = ("channel", (0.3, 0.4), (0, 1, 2), (1, 4))
@@ -52,6 +52,10 @@ def rows(args) -> list[dict]:
                     if row not in out:
                         out.append(row)
     return out
+
+
+def _written(out: Path) -> set[str]:
+    return {key(json.loads(line)) for line in out.read_text().splitlines() if line.strip()} if out.exists() else set()
 
 
 def key(row: dict) -> str:
@@ -114,8 +118,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     base, tok = load_source(args.source)
-    dense = perplexity_of_model(base, tok, dataset="ptb", preset="sparsegpt", max_tokens=args.max_tokens)
-    protocol = dense["protocol"]
+    dense_rec = next((r for r in done.values() if r["level"] == "dense"), None)
+    if dense_rec is None:
+        dense = perplexity_of_model(base, tok, dataset="ptb", preset="sparsegpt", max_tokens=args.max_tokens)
+        protocol, dense_ppl = dense["protocol"], dense["metrics"]["perplexity"]
+    else:  # resumed: the protocol and value of the dense row already written
+        protocol, dense_ppl = dense_rec["protocol"], dense_rec["perplexity"]
     ptb = load_text("ptb", "test", join="space")
     ids = tokenize_stream(tok, ptb.text)[: args.max_tokens]
     lam = load_text("lambada", "test")
@@ -129,11 +137,13 @@ def main() -> None:
 
     with out.open("a") as f:
         for row in todo:
+            if key(row) in _written(out):  # another process of this script (same --out) did it meanwhile
+                continue
             t0 = time.perf_counter()
             rec = dict(row, seqlen=args.seqlen, source=args.source, protocol=protocol,
                        calibration_corpus=lam.protocol)
             if row["level"] == "dense":
-                rec.update(parameters=count_parameters(base), perplexity=dense["metrics"]["perplexity"],
+                rec.update(parameters=count_parameters(base), perplexity=dense_ppl,
                            prune_seconds=0.0)
             else:
                 m = copy.deepcopy(base)

@@ -183,6 +183,8 @@ def main() -> None:
     ap.add_argument("--calib-seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bisect-steps", type=int, default=10)
+    ap.add_argument("--tp-timeout", type=float, default=3600.0,
+                    help="seconds allowed to one torch-pruning worker (bisection + pruning + evaluation)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     ap.add_argument("--ratio", type=float, help=argparse.SUPPRESS)
@@ -217,24 +219,32 @@ def main() -> None:
                    "--max-tokens", str(args.max_tokens), "--samples", str(args.samples), "--seqlen",
                    str(args.seqlen), "--calib-seed", str(args.calib_seed), "--threads", str(args.threads),
                    "--bisect-steps", str(args.bisect_steps)]
-            subprocess.run(cmd, check=True, env=env)
-            theirs = json.loads(wout.read_text())
+            try:
+                subprocess.run(cmd, check=True, env=env, timeout=args.tp_timeout)
+                theirs = json.loads(wout.read_text())
+            except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as e:
+                # torch-pruning 1.6.1 can loop forever building the dependency graph of a grouped-query
+                # attention model (VainF/Torch-Pruning#527): report it instead of hanging
+                theirs = {"side": f"torch-pruning {TP_VERSION}", "importance": crit, "ratio": ratio,
+                          "error": f"{type(e).__name__}: {str(e)[:300]}"}
             with out.open("a") as f:
                 for r in (ours, theirs):
                     f.write(json.dumps({**r, "dense": dense, "max_tokens": args.max_tokens}) + "\n")
             rows.append((ours, theirs))
+            tp_txt = (f"{theirs['parameters']:,} / {theirs['perplexity']:,.1f} / {theirs['prune_seconds']:.0f}s"
+                      if "error" not in theirs else f"failed ({theirs['error']})")
             print(f"block {ratio} {crit}: ours {ours['parameters']:,} / {ours['perplexity']:,.1f} / "
-                  f"{ours['prune_seconds']:.0f}s | torch-pruning {theirs['parameters']:,} / "
-                  f"{theirs['perplexity']:,.1f} / {theirs['prune_seconds']:.0f}s", flush=True)
+                  f"{ours['prune_seconds']:.0f}s | torch-pruning {tp_txt}", flush=True)
     print(f"\nPTB test (sparsegpt preset), first {args.max_tokens} tokens; dense {dense['parameters']:,} "
           f"parameters, perplexity {dense['perplexity']:.1f}\n")
     print("| level | ratio | criterion | ours parameters | ours PTB ppl | ours s | torch-pruning parameters | "
           "torch-pruning PTB ppl | torch-pruning s | torch-pruning channel ratio |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for o, t in rows:
+        tp_cells = (f"{t['parameters']:,} | {t['perplexity']:,.1f} | {t['prune_seconds']:.0f} | "
+                    f"{t['tp_pruning_ratio']:.4f}" if "error" not in t else "failed | | | ")
         print(f"| block | {o['ratio']} | {o['importance']} | {o['parameters']:,} | {o['perplexity']:,.1f} | "
-              f"{o['prune_seconds']:.0f} | {t['parameters']:,} | {t['perplexity']:,.1f} | {t['prune_seconds']:.0f} | "
-              f"{t['tp_pruning_ratio']:.4f} |")
+              f"{o['prune_seconds']:.0f} | {tp_cells} |")
 
 
 if __name__ == "__main__":
