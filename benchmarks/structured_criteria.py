@@ -32,7 +32,7 @@ GRID = [
     ("channel", (0.2, 0.3), ("activation", "element1", "random")),
 ]
 #: Taylor calibration-noise study: (level, ratios, calibration seeds, sample multipliers)
-NOISE = ("channel", (0.3, 0.4), (0, 1, 2), (1, 4))
+NOISE = ("channel", (0.3, 0.4), (0, 1, 2), (1, 4))  # channel 0.4 rows of the main table come from here
 
 
 def rows(args) -> list[dict]:
@@ -44,6 +44,8 @@ def rows(args) -> list[dict]:
                             "samples": args.samples})
     if not args.no_noise:
         level, ratios, seeds, mults = NOISE
+        seeds = args.noise_seeds or seeds
+        mults = args.noise_mults or mults
         for r in ratios:
             for mult in mults:
                 for s in seeds:
@@ -92,6 +94,8 @@ def main() -> None:
     ap.add_argument("--calib-seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-noise", action="store_true", help="skip the Taylor calibration-noise rows")
+    ap.add_argument("--noise-seeds", type=int, nargs="+", help=f"calibration seeds of the noise rows ({NOISE[2]})")
+    ap.add_argument("--noise-mults", type=int, nargs="+", help=f"sample multipliers of the noise rows ({NOISE[3]})")
     ap.add_argument("--only", default=None, help="comma-separated levels to run (default all)")
     ap.add_argument("--table", action="store_true", help="print the table of --out and exit")
     args = ap.parse_args()
