@@ -37,7 +37,7 @@ NOISE = ("channel", (0.3, 0.4), (0, 1, 2), (1, 4))  # channel 0.4 rows of the ma
 
 def rows(args) -> list[dict]:
     out = [{"level": "dense", "ratio": 0.0, "importance": "none", "calib_seed": None, "samples": None}]
-    for level, ratios, crits in GRID:
+    for level, ratios, crits in ([] if args.noise_only else GRID):
         for r in ratios:
             for c in crits:
                 out.append({"level": level, "ratio": r, "importance": c, "calib_seed": args.calib_seed,
@@ -94,6 +94,7 @@ def main() -> None:
     ap.add_argument("--calib-seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-noise", action="store_true", help="skip the Taylor calibration-noise rows")
+    ap.add_argument("--noise-only", action="store_true", help="only the Taylor calibration-noise rows")
     ap.add_argument("--noise-seeds", type=int, nargs="+", help=f"calibration seeds of the noise rows ({NOISE[2]})")
     ap.add_argument("--noise-mults", type=int, nargs="+", help=f"sample multipliers of the noise rows ({NOISE[3]})")
     ap.add_argument("--only", default=None, help="comma-separated levels to run (default all)")
