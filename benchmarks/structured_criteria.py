@@ -69,6 +69,10 @@ def table(records: list[dict], calib_seed: int, samples: int) -> str:
              "|---|---:|---|---:|---:|---:|"]
     main = [r for r in records if r["level"] == "dense"
             or (r["calib_seed"] == calib_seed and r["samples"] == samples)]
+    levels = ["dense"] + [g[0] for g in GRID]
+    crits = ["none", "element1", "random", "l2", "activation", "block-influence", "angular"]
+    main.sort(key=lambda r: (levels.index(r["level"]), r["ratio"], crits.index(r["importance"])
+                             if r["importance"] in crits else len(crits)))
     for r in main:
         lines.append(f"| {r['level']} | {r['ratio']} | {r['importance']} | {r['parameters']:,} | "
                      f"{r['perplexity']:,.1f} | {r.get('prune_seconds', 0):.0f} |")

@@ -1,4 +1,5 @@
 # Variant naming, input functions and the final target list. Paths come from llm_compression.variants.
+from llm_compression.io import refresh_directory_timestamp
 from llm_compression.config import COST_EVALUATIONS, evaluation_options, evaluations, expand_grid, pruning_calibration, pruning_options
 from llm_compression.prune import needs_calibration
 from llm_compression.quantize import scheme_options
@@ -21,6 +22,21 @@ RESULTS = CFG["results"]
 MODEL = CFG["model"]["name"]
 VARIANTS = expand_grid(CFG)
 EVALUATIONS = evaluations(CFG)
+
+
+def checkpoint_dirs():
+    """Every checkpoint folder of the plan (base, each pruning with its repeat chain, healed, quantized)."""
+    dirs = {R(base_dir(MODEL))}
+    for v in VARIANTS:
+        p = v.pruning
+        while p is not None and not p.is_dense:
+            dirs.add(R(pruned_dir(MODEL, p)))
+            p = p.parent()
+        dirs.add(R(healed_dir(MODEL, v.pruning, v.healing)))
+        dirs.add(R(artifact_dir(MODEL, v)))
+    return sorted(dirs)
+
+
 # runtime / mem_mb / cpus_per_task / gpu per stage, scaled with the model (config `resources:`);
 # cluster executors turn them into scheduler requests, local runs use only threads.
 RESOURCES = ResourcePlan(CFG)
@@ -62,3 +78,9 @@ def demo_targets():
 
 def final_targets():
     return metrics_files() + [R("summary.csv"), R("summary.md")] + figure_targets() + demo_targets()
+
+
+# A checkpoint folder is dated by Snakemake's marker file; a file rewritten inside it later (weights,
+# config.json, compression.json) moves the marker forward, so its dependents become stale (README: rerun policy).
+for _ckpt in checkpoint_dirs():
+    refresh_directory_timestamp(_ckpt)
