@@ -38,9 +38,9 @@ from .importance import (
 )
 from .reload import load_pruned, needs_structured_loader
 
-#: structured levels: the group levels of :mod:`.groups` and ``layer`` (whole decoder blocks, :mod:`.layers`)
-LEVELS = (*GROUP_LEVELS, "layer")
-METHOD_PREFIX = "llmpruner-"
+from ...options.pruning import STRUCTURED_LEVELS as LEVELS
+from ...options.pruning import STRUCTURED_PREFIX as METHOD_PREFIX
+
 METHODS = tuple(METHOD_PREFIX + i for i in IMPORTANCES)
 
 __all__ = [
