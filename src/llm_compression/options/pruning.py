@@ -236,7 +236,7 @@ class PruningMethod:
         options: its options dataclass.
         levels: config levels it takes.
         calibrated: whether it reads calibration data; a callable of the importance for structured methods.
-        runner: ``"module:function"`` of its science, imported only when a model is pruned.
+        runner: ``"module:function"`` of its science, imported only when a model is pruned (or the function).
         structured: path names are ``llmpruner-<importance>`` and the importance is a field of the pruning.
     """
 
@@ -244,7 +244,7 @@ class PruningMethod:
     options: type[MethodOptions]
     levels: tuple[str, ...]
     calibrated: bool | Callable[[str | None], bool]
-    runner: str
+    runner: str | Callable
     structured: bool = False
 
     def needs_calibration(self, importance: str | None = None) -> bool:
@@ -257,6 +257,8 @@ class PruningMethod:
         return self.name
 
     def load_runner(self) -> Callable:
+        if callable(self.runner):
+            return self.runner
         module, _, attr = self.runner.partition(":")
         return getattr(importlib.import_module(module), attr)
 
@@ -330,3 +332,26 @@ def needs_calibration(path_method: str) -> bool:
     """
     method, importance = split_path_method(path_method)
     return method.needs_calibration(importance)
+
+
+def options_markdown() -> str:
+    """The README's table of pruning methods and their config options, generated from :data:`METHODS`
+    (``tests/prune/test_method_options.py`` checks that the README holds exactly this text)."""
+    lines = ["| method | levels | calibration | option | default | meaning |", "|---|---|---|---|---|---|"]
+    for m in METHODS.values():
+        cal = "gradients (element1/element2/vector)" if m.structured else ("yes" if m.needs_calibration() else "no")
+        opts = [f for f in fields(m.options) if f.metadata.get("config", True)]
+        if not opts:
+            lines.append(f"| `{m.name}` | {', '.join(m.levels)} | {cal} | - | - | - |")
+        for i, f in enumerate(opts):
+            choices = f.metadata.get("choices")
+            meaning = f.metadata.get("doc", "") + (f" ({' / '.join(map(str, choices))})" if choices else "")
+            head = f"`{m.name}` | {', '.join(m.levels)} | {cal}" if i == 0 else " | |"
+            default = "null" if f.default is None else str(f.default).lower() if isinstance(f.default, bool) \
+                else str(f.default)
+            lines.append(f"| {head} | `{f.name}` | {default} | {meaning} |")
+    lines += ["", f"`{STRUCTURED_METHOD}` also takes `importance` (a field of the pruning, carried in its path name "
+              f"`{STRUCTURED_PREFIX}<importance>`): {', '.join(IMPORTANCES)} "
+              f"({', '.join(f'{a} = {b}' for a, b in ALIASES.items())}); default {DEFAULT_IMPORTANCE}; a list makes "
+              "one variant per criterion."]
+    return "\n".join(lines) + "\n"

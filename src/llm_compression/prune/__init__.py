@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 
 from ..modules import measure_sparsity, prunable_linears
+from ..results import PruneResult
 from ..options.pruning import DEFAULT_IMPORTANCE, METHODS as REGISTRY
 from ..options.pruning import STRUCTURED_LEVELS, PruningMethod, canonical_importance, path_methods, split_path_method
 from ..options.pruning import needs_calibration  # noqa: F401  (re-exported: one definition, torch-free)
@@ -78,7 +79,7 @@ def prune_model(
     share_inputs: bool = True,
     importance: str | None = None,
     **method_options,
-) -> dict:
+) -> PruneResult:
     """Prune the decoder-block Linear layers of ``model`` in place.
 
     Args:
@@ -99,7 +100,8 @@ def prune_model(
             ``layer_range``, ``snap``, ``seed`` (llm-pruner).
 
     Returns:
-        dict with ``sparsity_before``, ``sparsity_after`` (exact zeros over prunable Linear weights),
+        :class:`~llm_compression.results.PruneResult` (readable as a dict) with ``sparsity_before``,
+        ``sparsity_after`` (exact zeros over prunable Linear weights),
         ``prunable_weights``, ``zero_weights`` (after), ``per_layer_sparsity`` (Linear name -> sparsity),
         ``seconds`` (wall time of the pruning itself), ``blocks`` (per-block timings of calibrated
         methods, else empty) and, for structured methods, ``structured`` (the report of
@@ -187,15 +189,15 @@ def run_structured(model, *, level, ratio, importance, calib_ids, batch_size, op
     return {"seconds": res["seconds"], "structured": res}
 
 
-def _result(before: dict, after: dict, seconds: float, blocks: list, **extra) -> dict:
+def _result(before: dict, after: dict, seconds: float, blocks: list, **extra) -> PruneResult:
     """The report of :func:`prune_model` from two :func:`measure_sparsity` readings."""
-    return {
-        "sparsity_before": before["sparsity"],
-        "sparsity_after": after["sparsity"],
-        "prunable_weights": after["prunable_weights"],
-        "zero_weights": after["zero_weights"],
-        "per_layer_sparsity": after["per_layer"],
-        "seconds": seconds,
-        "blocks": blocks,
+    return PruneResult(
+        sparsity_before=before["sparsity"],
+        sparsity_after=after["sparsity"],
+        prunable_weights=after["prunable_weights"],
+        zero_weights=after["zero_weights"],
+        per_layer_sparsity=after["per_layer"],
+        seconds=seconds,
+        blocks=blocks,
         **extra,
-    }
+    )
