@@ -106,3 +106,24 @@ def test_an_unregistered_method_is_refused_by_name():
         prune_model(torch.nn.Linear(2, 2), method="toy-stride")
     with pytest.raises(ConfigError, match="'toy-stride' is not one of"):
         validate_config(_config(), check_model=False)
+
+
+def test_schema_file_agrees_with_the_options_objects():
+    """The schema file keeps enums and defaults for readers; they must say what the options objects say."""
+    import re
+
+    import yaml
+
+    from llm_compression.config import SCHEMA_PATH
+
+    props = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["grid"]["properties"]["pruning"]["items"][
+        "properties"]
+    for spec in METHODS.values():
+        for name in spec.options.names(config_only=True):
+            assert name in props, f"schema lacks option {name!r} of {spec.name!r}"
+            f = spec.options.__dataclass_fields__[name]
+            if f.metadata.get("choices"):
+                assert set(props[name]["enum"]) == set(f.metadata["choices"]), name
+            m = re.search(r"\(default ([^;),]+)", props[name].get("description", ""))
+            if m and f.default is not None and not isinstance(f.default, bool):
+                assert m.group(1).strip() == str(f.default), (name, m.group(1), f.default)
