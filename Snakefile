@@ -9,13 +9,16 @@ sys.path.insert(0, _SRC)
 # jobs (script: directives, cluster jobs) import this checkout's library, not another installed copy
 os.environ["PYTHONPATH"] = os.pathsep.join([_SRC] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
-from llm_compression.config import ConfigError, read_config_yaml, validate_config  # noqa: E402
+from llm_compression.config import ConfigError, default_results_dir, read_config_yaml, validate_config  # noqa: E402
 
 # `--configfile other.yaml` replaces config.yaml as a whole (no silent merge of the two grids).
 if not workflow.overwrite_configfiles:
 
     configfile: "config.yaml"
 
+
+if "results" not in config:  # another config file gets its own folder (see default_results_dir)
+    config["results"] = default_results_dir(workflow.configfiles, os.getcwd())
 
 try:
     # Snakemake's own YAML reading keeps the last of two equal keys silently; refuse them instead

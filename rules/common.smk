@@ -1,6 +1,7 @@
 # Targets, inputs and params of every rule come from the plan (llm_compression.planning); paths, patterns
 # and wildcard constraints from llm_compression.variants. Nothing here imports torch.
 from llm_compression import variants as _variants
+from llm_compression.io import refresh_directory_timestamp
 from llm_compression.planning import Plan
 from llm_compression.variants import (
     NO_HEALING,
@@ -23,6 +24,13 @@ RESULTS = PLAN.results
 MODEL = PLAN.model
 VARIANTS = PLAN.variants
 EVALUATIONS = PLAN.evaluations
+
+
+def checkpoint_dirs():
+    """Every checkpoint folder of the plan (base, each pruning with its repeat chain, healed, quantized)."""
+    return PLAN.checkpoint_dirs()
+
+
 # runtime / mem_mb / cpus_per_task / gpu per stage, scaled with the model (config `resources:`);
 # cluster executors turn them into scheduler requests, local runs use only threads.
 RESOURCES = PLAN.resources
@@ -66,3 +74,9 @@ def demo_targets():
 
 def final_targets():
     return PLAN.final_targets()
+
+
+# A checkpoint folder is dated by Snakemake's marker file; a file rewritten inside it later (weights,
+# config.json, compression.json) moves the marker forward, so its dependents become stale (README: rerun policy).
+for _ckpt in checkpoint_dirs():
+    refresh_directory_timestamp(_ckpt)

@@ -14,9 +14,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def cfg(tiny_checkpoint):
+def long_context_checkpoint(tmp_path):
+    """A tiny Llama whose context (1,024 tokens) admits the default 512-token windows."""
+    from conftest import tiny_llama, tiny_tokenizer
+
+    from llm_compression.models import save_checkpoint
+
+    d = tmp_path / "tiny"
+    save_checkpoint(tiny_llama(max_position_embeddings=1024), tiny_tokenizer(), d, {"stage": "test"})
+    return d
+
+
+@pytest.fixture
+def cfg(long_context_checkpoint):
     return {
-        "model": {"name": "tiny", "source": str(tiny_checkpoint)},
+        "model": {"name": "tiny", "source": str(long_context_checkpoint)},
         "grid": {"pruning": [{"method": "wanda", "ratios": [0.5]}], "quantization": ["none", "nf4-dq"]},
         "evaluation": {"perplexity": {"datasets": {"ptb": {"split": "test"}}}},
     }

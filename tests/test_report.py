@@ -107,7 +107,8 @@ def test_one_figure_schedules_only_its_ancestors(tmp_path, tiny_checkpoint):
         "results": str(tmp_path / "results"),
         "model": {"name": "tiny", "source": str(tiny_checkpoint)},
         "grid": {"pruning": [{"method": "magnitude", "ratios": [0.5]}], "quantization": ["none", "nf4-dq"]},
-        "evaluation": {"perplexity": {"datasets": {"ptb": {}, "c4": {"split": "validation", "path": str(tiny_checkpoint)}}}},
+        "evaluation": {"perplexity": {"seqlen": 128,  # the tiny model's context is 256 tokens
+                                      "datasets": {"ptb": {}, "c4": {"split": "validation", "path": str(tiny_checkpoint)}}}},
     }
     f = tmp_path / "c.yaml"
     f.write_text(yaml.safe_dump(cfg))

@@ -100,9 +100,15 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
                     check_model: bool = True) -> dict:
     """Validate a config dict and return a copy with defaults filled in.
 
-    Checks, in order: JSON schema (types, enums, ranges), then semantics: the model source exists,
-    local dataset paths exist, N:M levels are not repeated, calibration does not use an evaluated
-    corpus unless allowed. Relative paths are resolved against ``base_dir``.
+    Checks, in order: JSON schema (types, enums, ranges), then semantics: ``results`` is no file,
+    ratios name distinct prunings (no 0, N:M only at N/M, no two grid items naming one artifact), the
+    model source exists, local dataset paths exist, N:M levels are not repeated, calibration does not
+    use an evaluated corpus unless allowed, and, when the model's ``config.json`` can be read without
+    loading it, token windows, ``layer_range`` and calibration memory against the model
+    (:mod:`llm_compression.plan_checks`).
+
+    Relative paths are read against ``base_dir`` and returned relative to the working directory
+    (normalized; absolute ones stay absolute), so ``params:`` hold no prefix of the project's folder.
 
     Raises:
         ConfigError: with the location of the bad value, the value, and what would be valid.
@@ -123,10 +129,17 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
     base = Path(base_dir)
 
     def resolve(p):
+        # A relative path stays relative (to the working directory, where jobs run), so params name
+        # data by its place in the project and a moved or copied project has nothing to rerun.
         if p is None:
             return None
         p = os.path.expanduser(p)
-        return str(p if os.path.isabs(p) else (base / p))
+        return os.path.normpath(p if os.path.isabs(p) else os.path.relpath(base / p))
+
+    from .plan_checks import check_duplicate_artifacts, check_ratios, check_results_dir
+
+    check_results_dir(cfg["results"], base)
+    check_ratios(cfg)
 
     if check_model:
         from .models import ModelSourceError, resolve_source
@@ -241,6 +254,8 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
         if entry.get("calibration", {}).get("split") is not None or "corpus" in entry.get("calibration", {}):
             _check_split(corpus, entry["calibration"].get("split", cal["split"]), f"{where}.calibration.split")
 
+    check_duplicate_artifacts(cfg)
+
     from .resources import ResourceConfigError, ResourcePlan
 
     try:
@@ -250,7 +265,28 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
     if plan.warnings:
         cfg.setdefault("_warnings", []).extend(plan.warnings)
     cfg["healing"] = _resolve_healing(cfg, kept, resolve)
+    _check_against_model_config(cfg, base, plan)
     return cfg
+
+
+def _check_against_model_config(cfg: dict, base: Path, plan) -> None:
+    """Values bounded by the model (context, depth, calibration memory), checked against the
+    ``config.json`` of the imported base or of a local model directory, or the header of a GGUF source,
+    when one is at hand (:func:`llm_compression.plan_checks.check_against_model`); otherwise the jobs
+    check them at their start."""
+    from .plan_checks import check_against_model, model_config_path, read_model_config
+
+    path = model_config_path(cfg, base)
+    if path is None:
+        return
+    try:
+        model_cfg = read_model_config(path)
+    except (OSError, ValueError) as e:
+        cfg.setdefault("_warnings", []).append(f"could not read {path} to check the config against the model: {e}")
+        return
+    shown = os.path.relpath(path)
+    check_against_model(cfg, model_cfg, str(path.resolve()) if shown.startswith("..") else shown,
+                        prune_mem_mb=plan.scaled("prune", "mem_mb"))
 
 
 def _resolve_healing(cfg: dict, evaluated: dict, resolve) -> dict:
@@ -370,6 +406,23 @@ def read_config_yaml(path: str | os.PathLike):
         raise ConfigError(f"config file {p}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+
+
+def default_results_dir(configfiles, workdir: str | os.PathLike = ".") -> str:
+    """Output root of a config that sets no ``results:``: ``results`` for the project's own
+    ``config.yaml`` (or no config file), ``results/<stem>`` for any other file (the last one given
+    with ``--configfile``), so a second config never writes over the default run's outputs.
+
+    Snakemake removes a job's old outputs before the job runs, so two configs sharing one ``results``
+    folder replace each other's artifacts wherever their params differ.
+    """
+    files = [Path(f) for f in configfiles]
+    if not files:
+        return "results"
+    last = files[-1]
+    if last.name == "config.yaml" and last.resolve().parent == Path(workdir).resolve():
+        return "results"
+    return f"results/{last.stem}"
 
 
 def load_config_file(path: str | os.PathLike, **kw) -> dict:

@@ -35,7 +35,6 @@ from .variants import (
     demo_path,
     demo_report_path,
     evaluation_kind,
-    format_ratio,
     healed_dir,
     is_perplexity_evaluation,
     is_zeroshot_evaluation,
@@ -106,7 +105,7 @@ def expand_grid(cfg: dict) -> list[Variant]:
                 for method in entry_methods(entry):
                     prunings.append(Pruning(method, entry["level"], float(ratio), int(repeat)))
                     if entry.get("oneshot_equivalent") and repeat > 1:
-                        cum = float(format_ratio(cumulative_ratio(float(ratio), int(repeat))))
+                        cum = cumulative_ratio(float(ratio), int(repeat))  # canonicalized by Pruning
                         prunings.append(Pruning(method, entry["level"], cum, 1))
     prunings = list(dict.fromkeys(prunings))
     out: list[Variant] = []
@@ -305,6 +304,18 @@ class Plan:
     def final_targets(self) -> list[str]:
         return (self.metrics_files() + [self.path("summary.csv"), self.path("summary.md")] + self.figure_targets()
                 + self.demo_targets())
+
+    def checkpoint_dirs(self) -> list[str]:
+        """Every checkpoint folder of the plan (base, each pruning with its repeat chain, healed, quantized)."""
+        dirs = {self.path(base_dir(self.model))}
+        for v in self.variants:
+            p = v.pruning
+            while p is not None and not p.is_dense:
+                dirs.add(self.path(pruned_dir(self.model, p)))
+                p = p.parent()
+            dirs.add(self.path(healed_dir(self.model, v.pruning, v.healing)))
+            dirs.add(self.path(artifact_dir(self.model, v)))
+        return sorted(dirs)
 
     # prune
     def prune_input(self, pruning: str) -> str:

@@ -2,24 +2,74 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
 import sys
+import time
+
+#: prefix of the two timing lines every job writes to its log (read by benchmarks/job_overhead.py)
+TIMING_PREFIX = "job timing:"
+
+
+def _seconds_since_process_start() -> float:
+    """Wall seconds since this process started (interpreter start-up, Snakemake's script preamble and
+    imports included), from the OS process table."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
+
+
+#: lines of a failed job's traceback repeated on the console (the whole traceback is in the log)
+CONSOLE_TAIL_LINES = 12
+
+
+def report_errors_to_console(log_path: str, console=None, tail: int = CONSOLE_TAIL_LINES) -> None:
+    """Install a ``sys.excepthook`` that writes an uncaught exception's traceback to the job's log
+    (``sys.stderr`` after :func:`setup_job`) and its last ``tail`` lines to ``console`` (the
+    process's original stderr, which Snakemake shows, or a SLURM job's output), so a failed job
+    says why on the console and not only "CalledProcessError ... check log file(s)"."""
+    import traceback
+
+    console = console or sys.__stderr__
+
+    def hook(exc_type, exc, tb):
+        text = "".join(traceback.format_exception(exc_type, exc, tb))
+        with contextlib.suppress(Exception):
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        lines = text.rstrip("\n").splitlines()[-tail:]
+        with contextlib.suppress(Exception):
+            console.write(f"\nllm-compression: job failed ({exc_type.__name__}); last lines, full log {log_path}:\n"
+                          + "\n".join("    " + ln for ln in lines) + "\n\n")
+            console.flush()
+
+    sys.excepthook = hook
 
 
 def setup_job(log_path: str | None, threads: int | None = None, seed: int | None = None) -> logging.Logger:
     """Send Python logging, warnings, stdout and stderr of this job to ``log_path`` (if given), set
-    torch's thread count to the job's ``threads`` and seed torch/random when ``seed`` is given."""
+    torch's thread count to the job's ``threads`` and seed torch/random when ``seed`` is given.
+    An uncaught exception also prints its last lines to the console (:func:`report_errors_to_console`)."""
     if log_path:
         os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+        console = sys.stderr
         fh = open(log_path, "w", buffering=1)
         sys.stdout = fh
         sys.stderr = fh
+        report_errors_to_console(log_path, console)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
+    log = logging.getLogger("llm_compression")
+    # what the job spent before its own work (interpreter, script preamble, imports) and when its work
+    # ended: benchmarks/job_overhead.py subtracts these from the rule's benchmark file
+    log.info("%s work starts %.3f s after process start", TIMING_PREFIX, _seconds_since_process_start())
+    atexit.register(lambda: log.info("%s work ends %.3f s after process start", TIMING_PREFIX,
+                                     _seconds_since_process_start()))
     if threads is None and seed is None:
-        return logging.getLogger("llm_compression")  # CPU-only jobs (aggregate, plots) never import torch
+        return log  # CPU-only jobs (aggregate, plots) never import torch
     import torch
 
     if threads:
@@ -29,4 +79,4 @@ def setup_job(log_path: str | None, threads: int | None = None, seed: int | None
 
         random.seed(seed)
         torch.manual_seed(seed)
-    return logging.getLogger("llm_compression")
+    return log

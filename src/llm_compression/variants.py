@@ -69,6 +69,16 @@ def format_ratio(ratio: float) -> str:
     return text + "0" if text.endswith(".") else text
 
 
+def canonical_ratio(ratio: float) -> float:
+    """The ratio a variant carries: ``ratio`` rounded to its name (:func:`format_ratio`), so a ratio
+    maps to one value and one name everywhere (path, params, table): ``1/3 -> 0.333333``.
+
+    Raises:
+        ValueError: ratio outside [0, 1).
+    """
+    return float(format_ratio(ratio))
+
+
 def cumulative_ratio(ratio: float, repeat: int) -> float:
     """Sparsity reached by ``repeat`` prunings at ``ratio`` of the remaining weights each:
     ``1 - (1 - ratio)^repeat`` (e.g. ``0.5, 2 -> 0.75``), the one-shot ratio a repeat is paired with.
@@ -85,12 +95,20 @@ def cumulative_ratio(ratio: float, repeat: int) -> float:
 
 @dataclass(frozen=True)
 class Pruning:
-    """One pruning step. ``method == "dense"`` means no pruning (the imported base model)."""
+    """One pruning step. ``method == "dense"`` means no pruning (the imported base model).
+
+    ``ratio`` is stored canonical (:func:`canonical_ratio`), so two ratios with the same name are the
+    same step: ``Pruning("wanda", ratio=1/3) == Pruning.from_segment("wanda_unstructured_0.333333_x1")``.
+    """
 
     method: str
     level: str = "unstructured"
     ratio: float = 0.0
     repeat: int = 1
+
+    def __post_init__(self):
+        if not self.is_dense:
+            object.__setattr__(self, "ratio", canonical_ratio(self.ratio))
 
     @property
     def is_dense(self) -> bool:

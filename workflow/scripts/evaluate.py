@@ -6,10 +6,12 @@ from llm_compression.evaluate import (METRICS_SCHEMA, evaluate_cost, evaluate_la
                                      evaluate_perplexity, evaluate_zeroshot)
 from llm_compression.io import write_json_atomic
 from llm_compression.models import pick_device
+from llm_compression.plan_checks import check_evaluation_job
 from llm_compression.runtime import setup_job
 
 sm = snakemake  # noqa: F821
 log = setup_job(sm.log[0], sm.threads)
+check_evaluation_job(dict(sm.params.evaluation), sm.input[0])  # before loading the model
 device = pick_device(sm.params.device)
 ev = dict(sm.params.evaluation)
 kind = ev.pop("kind")

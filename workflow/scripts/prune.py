@@ -4,6 +4,7 @@ import time
 from llm_compression.data import load_text, sample_calibration
 from llm_compression.checkpoint import load_checkpoint, provenance, save_checkpoint
 from llm_compression.models import pick_device
+from llm_compression.plan_checks import check_calibration_corpus, check_pruning_job
 from llm_compression.prune import needs_calibration, prune_model
 from llm_compression.runtime import setup_job
 
@@ -11,6 +12,7 @@ sm = snakemake  # noqa: F821
 p = dict(sm.params.prune)
 cal = p.pop("calibration", None)
 log = setup_job(sm.log[0], sm.threads, seed=cal["seed"] if cal else 0)
+check_pruning_job(dict(sm.params.prune), sm.input[0], getattr(sm.resources, "mem_mb", None))  # before heavy work
 device = pick_device(sm.params.device)
 t0 = time.perf_counter()
 model, tok = load_checkpoint(sm.input[0], device=device)
@@ -18,6 +20,8 @@ calib_ids = None
 calib_protocol = None
 if needs_calibration(p["method"]):
     corpus = load_text(cal["corpus"], cal["split"], path=cal["path"])
+    check_calibration_corpus(cal["samples"], cal["seqlen"], len(corpus.text.encode()), "calibration.samples",
+                             f"{cal['corpus']}/{cal['split']}")
     calib_ids = sample_calibration(tok, corpus.text, samples=cal["samples"], seqlen=cal["seqlen"], seed=cal["seed"])
     calib_protocol = {**corpus.protocol, **{k: cal[k] for k in ("samples", "seqlen", "seed", "batch_size")}}
     log.info("calibration: %d x %d tokens from %s/%s", *calib_ids.shape, cal["corpus"], cal["split"])

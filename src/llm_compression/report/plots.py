@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..planning import PER_DATASET, figure_evaluations, figure_names  # noqa: E402,F401  (re-exported)
-from ..variants import cumulative_ratio  # noqa: E402
+from ..variants import cumulative_ratio, format_ratio  # noqa: E402
 
 METHOD_COLORS = {"dense": "black", "magnitude": "tab:red", "wanda": "tab:blue", "sparsegpt": "tab:green",
                  "llm-pruner": "tab:purple", "random": "tab:gray"}
@@ -116,7 +116,7 @@ def summary_markdown(df: pd.DataFrame) -> str:
         if col in ("sparsity", "zeroshot_acc"):
             return f"{100 * v:.1f}%"
         if isinstance(v, float):
-            return f"{v:.4g}" if col != "ratio" else f"{v:g}"
+            return f"{v:.4g}" if col != "ratio" else (format_ratio(v) if v else "0")  # the name in paths
         return str(v)
 
     protocols = sorted({p for p in df.protocol.unique() if p})

@@ -1,0 +1,216 @@
+"""What makes the workflow rerun, and what it leaves behind (README: "Rerun policy").
+
+A tiny random Llama project is run once in a temporary folder (a copy of the workflow's files);
+copies of that finished project are then moved, edited or given another config:
+
+- a moved or copied project has nothing to do (params name data by paths relative to the project);
+- a checkpoint file rewritten after its job (weights, config.json) makes its dependents stale;
+- a killed save leaves a hidden temporary that the next run of the rule removes;
+- a job that fails prints its error's last lines on the console, and a second config file
+  writes to its own results folder, so the first run's results stay as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ("Snakefile", "rules", "workflow", "schemas", "src", "profiles")
+PRUNED = "results/tiny/pruned/magnitude_unstructured_0.5_x1"
+
+
+# ------------------------------------------------------------------ a killed save (library level)
+def test_killed_save_leaves_only_a_hidden_temporary_that_the_next_save_removes(tmp_path):
+    """SIGKILL in the middle of save_checkpoint: no finished-looking folder, one hidden temporary;
+    the next save of that checkpoint removes it (and a killed file write's temporary, likewise)."""
+    out = tmp_path / "ckpt"
+    child = f"""
+import os, signal, sys
+sys.path.insert(0, {str(ROOT / 'tests')!r})
+from conftest import tiny_llama, tiny_tokenizer
+from llm_compression.models import save_checkpoint
+from llm_compression.io import write_text_atomic
+import llm_compression.io as io
+tok = tiny_tokenizer()
+def killed(*a, **k):
+    os.kill(os.getpid(), signal.SIGKILL)
+tok.save_pretrained = killed          # weights are written, then the process dies
+save_checkpoint(tiny_llama(), tok, {str(out)!r}, {{"stage": "test"}})
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    p = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+    assert not out.exists()
+    left = list(tmp_path.glob(".ckpt.tmp-*"))
+    assert len(left) == 1 and (left[0] / "model.safetensors").exists()
+
+    from conftest import tiny_llama, tiny_tokenizer
+
+    from llm_compression.io import write_text_atomic
+    from llm_compression.models import save_checkpoint
+
+    save_checkpoint(tiny_llama(), tiny_tokenizer(), out, {"stage": "test"})
+    assert (out / "config.json").exists() and not list(tmp_path.glob(".ckpt.*"))
+
+    (tmp_path / ".m.json.tmp-abc123").write_text('{"half": ')   # what a killed write_text_atomic leaves
+    write_text_atomic(tmp_path / "m.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "m.json"]
+
+
+# ------------------------------------------------------------------------- error on the console
+def test_failed_job_prints_its_error_on_the_console(tmp_path):
+    log = tmp_path / "logs" / "job.log"
+    script = ("import sys; sys.path.insert(0, %r)\n"
+              "from llm_compression.runtime import setup_job\n"
+              "setup_job(%r)\n"
+              "print('working')\n"
+              "raise ValueError('seqlen 100000 exceeds the context of 8192')\n") % (str(ROOT / "src"), str(log))
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1
+    assert "llm-compression: job failed (ValueError)" in p.stderr and str(log) in p.stderr
+    assert "ValueError: seqlen 100000 exceeds the context of 8192" in p.stderr
+    text = log.read_text()
+    assert "working" in text and "Traceback (most recent call last)" in text and "seqlen 100000" in text
+
+
+# ------------------------------------------------------------------------- the finished project
+def _tiny_model(out: Path) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import make_byte_tokenizer, tiny_llama
+
+    tok = make_byte_tokenizer()
+    model = tiny_llama(vocab_size=len(tok), max_position_embeddings=256, bos_token_id=tok.bos_token_id,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+
+
+def _config(**over) -> dict:
+    cfg = {
+        "device": "cpu",
+        "model": {"name": "tiny", "source": "models/tiny"},   # relative: inside the project
+        "grid": {"dense": True, "pruning": [{"method": "magnitude", "ratios": [0.5]}], "quantization": ["none"]},
+        "evaluation": {"perplexity": {"seqlen": 64, "max_tokens": 256, "batch_size": 4,
+                                      "datasets": {"wikitext2": {"path": "data/wikitext-2-raw"}}},
+                       "cost": {"enabled": True, "seqlen": 64}},
+        "report": {"plot_formats": ["png"]},
+        "resources": {"stages": {s: {"cpus": 1} for s in ("import", "prune", "evaluate")}},
+    }
+    cfg.update(over)
+    return cfg
+
+
+def _snakemake(cwd: Path, *args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _jobs(dry: str) -> dict:
+    m = re.search(r"Job stats:\n.*?\n-+\s+-+\n(.*?)\n\s*total", dry, re.S)
+    return {ln.split()[0]: int(ln.split()[1]) for ln in m.group(1).splitlines() if ln.strip()} if m else {}
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, symlinks=True)   # copy2: modification times kept, as `cp -a` / rsync -a
+    return dst
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A finished run of the tiny project (import, magnitude 0.5, WikiText-2 perplexity and cost of
+    dense and pruned, table, figures): about a minute on 2 idle cores, more under load."""
+    proj = tmp_path_factory.mktemp("rerun") / "project"
+    proj.mkdir()
+    for name in WORKFLOW_FILES:
+        src = ROOT / name
+        (shutil.copytree(src, proj / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+         if src.is_dir() else shutil.copy2(src, proj / name))
+    _tiny_model(proj / "models" / "tiny")
+    data = proj / "data" / "wikitext-2-raw"
+    data.mkdir(parents=True)
+    (data / "wiki.test.raw").write_text(" = Tiny = \n\n" + " The cat sat on the mat . \n" * 200)
+    (proj / "config.yaml").write_text(yaml.safe_dump(_config()))
+    t0 = time.perf_counter()
+    run = _snakemake(proj)
+    assert run.returncode == 0, run.stderr[-5000:]
+    print(f"tiny project run: {time.perf_counter() - t0:.1f}s")
+    assert "Nothing to be done" in _snakemake(proj, "-n").stdout
+    return proj
+
+
+@pytest.mark.slow
+def test_moved_or_copied_project_has_nothing_to_do(project, tmp_path):
+    moved = _copy(project, tmp_path / "copy")
+    dry = _snakemake(moved, "-n")
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout, dry.stdout[-3000:]
+    renamed = moved.rename(tmp_path / "renamed")
+    dry = _snakemake(renamed, "-n")
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout, dry.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_rewritten_checkpoint_file_makes_its_dependents_stale(project, tmp_path):
+    # weights of the pruned checkpoint rewritten in place (same bytes, later time)
+    p = _copy(project, tmp_path / "weights")
+    w = p / PRUNED / "model.safetensors"
+    time.sleep(0.05)
+    w.write_bytes(w.read_bytes())
+    dry = _snakemake(p, "-n")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    counts = _jobs(dry.stdout)
+    # its two metrics, then the table and the figures; not the prune job itself, nor the dense metrics
+    assert counts.get("evaluate") == 2 and "prune" not in counts and "import_model" not in counts, counts
+    assert "aggregate" in counts
+    assert f"Updated input files: {PRUNED}" in dry.stdout, dry.stdout[-3000:]
+
+    # config.json of the base rewritten: the prune job and the dense metrics follow
+    p = _copy(project, tmp_path / "config")
+    c = p / "results/tiny/base/config.json"
+    time.sleep(0.05)
+    c.write_text(c.read_text())
+    counts = _jobs(_snakemake(p, "-n").stdout)
+    assert counts.get("prune") == 1 and counts.get("evaluate") == 4 and "import_model" not in counts, counts
+
+
+@pytest.mark.slow
+def test_next_run_of_a_rule_removes_a_killed_saves_temporary(project, tmp_path):
+    p = _copy(project, tmp_path / "killed")
+    leftover = p / "results/tiny/pruned/.magnitude_unstructured_0.5_x1.tmp-k1ll3d"
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"half")
+    shutil.rmtree(p / PRUNED)   # the killed job's output is absent (Snakemake removed it as incomplete)
+    run = _snakemake(p, PRUNED)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (p / PRUNED / "config.json").exists()
+    assert not list((p / "results/tiny/pruned").glob(".*tmp-*"))
+
+
+@pytest.mark.slow
+def test_failing_config_keeps_the_first_results_and_shows_its_error(project, tmp_path):
+    p = _copy(project, tmp_path / "failing")
+    (p / "data" / "empty").mkdir()
+    metrics = sorted((p / "results/tiny/metrics").rglob("*.json"))
+    before = {m: (m.stat().st_mtime_ns, m.read_bytes()) for m in metrics}
+    other = _config(evaluation={"perplexity": {"seqlen": 64, "max_tokens": 256,
+                                               "datasets": {"wikitext2": {"path": "data/empty"}}}})
+    (p / "other.yaml").write_text(yaml.safe_dump(other))   # no `results:`: it gets results/other/
+    run = _snakemake(p, "--configfile", "other.yaml", "--forceall", "--until", "evaluate")
+    assert run.returncode != 0
+    console = run.stdout + run.stderr   # what the user sees: the error itself, not only "check log file(s)"
+    assert "llm-compression: job failed (CorpusError); last lines, full log results/other/logs/evaluate/" in console, \
+        console[-4000:]
+    assert "CorpusError: file data/empty/wiki.test.raw does not exist" in console, console[-4000:]
+    assert (p / "results/other/tiny").is_dir()
+    assert {m: (m.stat().st_mtime_ns, m.read_bytes()) for m in metrics} == before
+    assert "Nothing to be done" in _snakemake(p, "-n").stdout
