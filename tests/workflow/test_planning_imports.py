@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "lm_eval", "datasets")
 
@@ -50,6 +52,7 @@ def test_planning_a_structured_and_healing_config_imports_no_heavy_library():
         assert res["heavy"] == [], f"{name}: planning imported {res['heavy']}"
 
 
+@pytest.mark.slow  # > 20 s on 2 loaded cores (--durations)
 def test_the_probe_detects_a_heavy_import():
     """The check can fail: importing the science layer puts torch in sys.modules."""
     code = (f"import sys; sys.path.insert(0, {str(ROOT / 'src')!r}); import llm_compression.prune; "
