@@ -55,6 +55,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--configfile", default=None, help="config of the completed run (default: config.yaml)")
     ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--mtime-only", action="store_true",
+                    help="judge completeness by file times only (--rerun-triggers mtime), for a run made by an "
+                         "earlier version of the code")
     ap.add_argument("targets", nargs="*", help="files to dry-run for (default: the workflow's default target)")
     a = ap.parse_args()
 
@@ -65,7 +68,7 @@ def main() -> None:
         os.utime(Path(tmp, "b.txt"), None)
         trivial = [dry_run(["--cores", "1"], tmp)[0] for _ in range(a.runs)]
 
-    wf_args = list(a.targets) + ["--cores", str(a.cores)] + (["--configfile", a.configfile] if a.configfile else [])
+    wf_args = list(a.targets) + ["--cores", str(a.cores)] + (["--rerun-triggers", "mtime"] if a.mtime_only else []) + (["--configfile", a.configfile] if a.configfile else [])
     times, log = [], ""
     for _ in range(a.runs):
         dt, log = dry_run(wf_args, str(ROOT))
