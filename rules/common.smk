@@ -73,7 +73,7 @@ def demo_targets():
 
 
 def final_targets():
-    return PLAN.final_targets()
+    return PLAN.final_targets() + export_targets()
 
 
 # A checkpoint folder is dated by Snakemake's marker file; a file rewritten inside it later (weights,

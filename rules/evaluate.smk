@@ -19,6 +19,8 @@ rule evaluate:
     threads: lambda w: PLAN.evaluation_threads(w.evaluation)
     resources:
         **stage_resources("evaluate"),
+    conda:
+        "../envs/llm-compression.yaml"
     script:
         "../workflow/scripts/evaluate.py"
 
@@ -42,5 +44,7 @@ rule generate:
     threads: RESOURCES.threads("evaluate")
     resources:
         **stage_resources("evaluate"),
+    conda:
+        "../envs/llm-compression.yaml"
     script:
         "../workflow/scripts/generate.py"

@@ -19,5 +19,7 @@ rule heal:
     threads: RESOURCES.threads("heal")
     resources:
         **stage_resources("heal"),
+    conda:
+        "../envs/llm-compression.yaml"
     script:
         "../workflow/scripts/heal.py"

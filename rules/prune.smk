@@ -13,5 +13,7 @@ rule prune:
     threads: RESOURCES.threads("prune")
     resources:
         **stage_resources("prune"),
+    conda:
+        "../envs/llm-compression.yaml"
     script:
         "../workflow/scripts/prune.py"

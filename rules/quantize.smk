@@ -14,5 +14,7 @@ rule quantize:
     threads: RESOURCES.threads("quantize")
     resources:
         **stage_resources("quantize"),
+    conda:
+        "../envs/llm-compression.yaml"
     script:
         "../workflow/scripts/quantize.py"

@@ -31,6 +31,8 @@ rule aggregate:
     threads: RESOURCES.threads("aggregate")
     resources:
         **stage_resources("aggregate"),
+    conda:
+        "../envs/llm-compression.yaml"
     script:
         "../workflow/scripts/aggregate.py"
 
@@ -50,6 +52,8 @@ rule plot:
     threads: RESOURCES.threads("plots")
     resources:
         **stage_resources("plots"),
+    conda:
+        "../envs/llm-compression.yaml"
     script:
         "../workflow/scripts/plot.py"
 
@@ -69,5 +73,7 @@ rule demo:
     threads: RESOURCES.threads("plots")
     resources:
         **stage_resources("plots"),
+    conda:
+        "../envs/llm-compression.yaml"
     script:
         "../workflow/scripts/demo.py"

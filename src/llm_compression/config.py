@@ -265,6 +265,12 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
     if plan.warnings:
         cfg.setdefault("_warnings", []).extend(plan.warnings)
     cfg["healing"] = _resolve_healing(cfg, kept, resolve)
+    from .export import ExportError, select_export_variants
+
+    try:  # report.export names variants of this grid
+        select_export_variants(cfg["report"]["export"], expand_grid(cfg))
+    except ExportError as e:
+        raise ConfigError(str(e)) from None
     _check_against_model_config(cfg, base, plan)
     return cfg
 

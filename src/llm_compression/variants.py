@@ -12,6 +12,7 @@ Path layout (relative to the results root)::
     {model}/quantized/{pruning}/{healing}/{quant}/
     {model}/metrics/{pruning}/{healing}/{quant}/{evaluation}.json
     {model}/demo/{pruning}/{healing}/{quant}.json  greedy generations of the demo prompts
+    {model}/export/{pruning}/{healing}/{quant}/    hub-ready folder: checkpoint + model card (README.md)
     demo/{model}.md                                  those generations side by side
 
 The rules take their ``output:`` patterns (:func:`pattern`) and wildcard constraints
@@ -238,6 +239,11 @@ def metrics_path(model: str, variant: Variant, evaluation: str) -> str:
     return f"{model}/metrics/{variant.pruning.segment}/{variant.healing}/{variant.quant}/{evaluation}.json"
 
 
+def export_dir(model: str, variant: Variant) -> str:
+    """Hub-ready folder of a variant: its checkpoint, metrics and model card (see :mod:`llm_compression.export`)."""
+    return f"{model}/export/{variant.pruning.segment}/{variant.healing}/{variant.quant}"
+
+
 def demo_path(model: str, variant: Variant) -> str:
     """Greedy generations of the demo prompts by one variant (JSON)."""
     return f"{model}/demo/{variant.pruning.segment}/{variant.healing}/{variant.quant}.json"
@@ -257,6 +263,7 @@ _PATTERNS = {
     "quantized": "{model}/quantized/{{pruning}}/{{healing}}/{{quant}}",
     "metrics": "{model}/metrics/{{pruning}}/{{healing}}/{{quant}}/{{evaluation}}.json",
     "demo": "{model}/demo/{{pruning}}/{{healing}}/{{quant}}.json",
+    "export": "{model}/export/{{pruning}}/{{healing}}/{{quant}}",
 }
 
 

@@ -13,6 +13,7 @@ from llm_compression.variants import (
     artifact_dir,
     demo_path,
     evaluation_kind,
+    export_dir,
     healed_dir,
     metrics_path,
     parse_perplexity_evaluation,
@@ -39,6 +40,7 @@ def test_patterns_give_the_paths_of_the_path_functions(p):
     assert _fill(pattern("quantized", "m"), **w) == artifact_dir("m", v)
     assert _fill(pattern("metrics", "m"), **w) == metrics_path("m", v, "ppl-ptb-sparsegpt")
     assert _fill(pattern("demo", "m"), **w) == demo_path("m", v)
+    assert _fill(pattern("export", "m"), **w) == export_dir("m", v)
     with pytest.raises(ValueError, match="unknown stage 'exported'"):
         pattern("exported", "m")
 

@@ -17,6 +17,8 @@ sys.path.insert(0, {src!r})
 from llm_compression.config import ConfigError, read_config_yaml, validate_config, healing_recipe
 from llm_compression.planning import Plan
 from llm_compression.variants import WILDCARD_CONSTRAINTS, FIGURE_CONSTRAINTS, pattern
+from llm_compression.io import refresh_directory_timestamp
+from llm_compression.export import base_model_info, select_export_variants
 raw = read_config_yaml({config!r})
 cfg = validate_config(raw, base_dir={root!r})
 plan = Plan(cfg)
@@ -29,6 +31,9 @@ for v in plan.variants:
         plan.evaluation_params(e)
 for f in plan.figures:
     plan.figure_inputs(f)
+select_export_variants(cfg["report"]["export"], plan.variants)
+base_model_info(cfg["model"]["source"])
+plan.checkpoint_dirs()
 print(json.dumps({{"heavy": [m for m in {heavy!r} if m in sys.modules], "targets": len(targets)}}))
 """
 
