@@ -25,31 +25,15 @@ from __future__ import annotations
 
 import torch
 
+from ...options.pruning import (  # noqa: F401  (one definition each, torch-free)
+    AGGREGATIONS,
+    ALIASES,
+    GRADIENT_IMPORTANCES,
+    IMPORTANCES,
+    canonical_importance,
+    needs_gradients,
+)
 from .groups import GroupSet, StructuredPruningError
-
-IMPORTANCES = ("element1", "element2", "vector", "l1", "l2", "random")
-ALIASES = {"taylor": "element1"}
-GRADIENT_IMPORTANCES = ("element1", "element2", "vector")
-AGGREGATIONS = ("sum", "mean", "max")
-
-
-def canonical_importance(name: str) -> str:
-    """``taylor`` -> ``element1``; other valid names unchanged.
-
-    Raises:
-        StructuredPruningError: unknown criterion.
-    """
-    name = ALIASES.get(name, name)
-    if name not in IMPORTANCES:
-        raise StructuredPruningError(
-            f"importance {name!r} is not one of {', '.join(IMPORTANCES + tuple(ALIASES))}"
-        )
-    return name
-
-
-def needs_gradients(importance: str) -> bool:
-    return canonical_importance(importance) in GRADIENT_IMPORTANCES
-
 
 def collect_gradients(model, calib_ids: torch.Tensor, names: set[str], *, second_order: bool,
                       batch_size: int = 1, device: str | None = None) -> dict[str, dict[str, torch.Tensor]]:
