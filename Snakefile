@@ -40,6 +40,7 @@ include: "rules/heal.smk"
 include: "rules/quantize.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
+include: "rules/export.smk"
 
 
 rule all:

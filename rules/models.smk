@@ -11,5 +11,7 @@ rule import_model:
     threads: RESOURCES.threads("import")
     resources:
         **stage_resources("import"),
+    conda:
+        "../envs/llm-compression.yaml"
     script:
         "../workflow/scripts/import_model.py"

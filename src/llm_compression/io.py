@@ -11,6 +11,12 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Remove what an earlier, killed write of ``path`` left next to it: the hidden temporary
     ``.<name>.tmp-*`` (file or folder) and a replaced ``.<name>.old-*`` folder. A kill (SIGKILL, out
@@ -78,6 +84,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); the result is shared like any folder
     try:
         yield tmp
         if path.exists():
@@ -99,6 +106,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private (0600); the result is shared like any file
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.replace(tmp, path)

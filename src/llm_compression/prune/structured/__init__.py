@@ -6,7 +6,7 @@ Steps (one module each): :mod:`.groups` finds the coupled structures, :mod:`.imp
 them (Taylor element1/element2/vector from calibration gradients, L1, L2, random; :mod:`.activations`:
 Minitron activation importance, ShortGPT block influence, Gromov et al. angular distance), :mod:`.apply`
 removes the lowest-scored ones and keeps module attributes and the config consistent, and
-:mod:`.reload` loads checkpoints whose layers ended with different widths.
+:func:`llm_compression.checkpoint.load_pruned` loads checkpoints whose layers ended with different widths.
 
 In the workflow, structured methods are named ``llmpruner-<importance>`` (e.g.
 ``llmpruner-element1``), so a variant's path segment stays ``{method}_{level}_{ratio}_x{repeat}``.
@@ -41,11 +41,11 @@ from .importance import (
     needs_calibration,
     needs_gradients,
 )
-from .reload import load_pruned, needs_structured_loader
+from ...checkpoint import load_pruned, needs_structured_loader  # noqa: F401  (loading lives in checkpoint)
 
-#: structured levels: the group levels of :mod:`.groups` and ``layer`` (whole decoder blocks, :mod:`.layers`)
-LEVELS = (*GROUP_LEVELS, "layer")
-METHOD_PREFIX = "llmpruner-"
+from ...options.pruning import STRUCTURED_LEVELS as LEVELS
+from ...options.pruning import STRUCTURED_PREFIX as METHOD_PREFIX
+
 METHODS = tuple(METHOD_PREFIX + i for i in IMPORTANCES)
 
 __all__ = [

@@ -46,20 +46,15 @@ import torch
 from torch import nn
 
 from ...modules import decoder_layers
+from ...options.pruning import ATTENTION_UNITS, GROUP_LEVELS, StructuredPruningError  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-LEVELS = ("block", "channel")
-ATTENTION_UNITS = ("query_head", "kv_group", "none")
+LEVELS = GROUP_LEVELS
 #: model_type values whose decoder blocks have self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj
 BLOCK_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 #: model types whose hidden dimension can be pruned (Gemma-3 is refused: see :func:`check_architecture`)
 CHANNEL_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-
-
-class StructuredPruningError(ValueError):
-    """A structured-pruning request that cannot be carried out as asked (bad option, unsupported model,
-    a ratio that is no whole number of heads when snapping is off)."""
 
 
 @dataclass(frozen=True)

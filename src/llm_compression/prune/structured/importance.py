@@ -27,59 +27,19 @@ from __future__ import annotations
 
 import torch
 
+from ...options.pruning import (  # noqa: F401  (one definition each, torch-free)
+    ACTIVATION_IMPORTANCES,
+    AGGREGATIONS,
+    ALIASES,
+    GRADIENT_IMPORTANCES,
+    IMPORTANCE_LEVELS,
+    IMPORTANCES,
+    canonical_importance,
+    check_importance_level,
+    needs_gradients,
+)
+from ...options.pruning import importance_needs_calibration as needs_calibration  # noqa: F401
 from .groups import GroupSet, StructuredPruningError
-
-IMPORTANCES = ("element1", "element2", "vector", "l1", "l2", "random", "activation", "block-influence", "angular")
-ALIASES = {"taylor": "element1", "block_influence": "block-influence", "bi": "block-influence"}
-GRADIENT_IMPORTANCES = ("element1", "element2", "vector")
-#: criteria read from calibration activations, forward passes only (:mod:`.activations`)
-ACTIVATION_IMPORTANCES = ("activation", "block-influence", "angular")
-AGGREGATIONS = ("sum", "mean", "max")
-#: levels each criterion applies to (depth criteria score whole blocks; ``activation`` scores heads/channels)
-IMPORTANCE_LEVELS = {**{i: ("block", "channel", "layer") for i in ("element1", "element2", "vector", "l1", "l2",
-                                                                    "random")},
-                     "activation": ("block", "channel"),
-                     "block-influence": ("layer",),
-                     "angular": ("layer",)}
-
-
-def canonical_importance(name: str) -> str:
-    """``taylor`` -> ``element1``; other valid names unchanged.
-
-    Raises:
-        StructuredPruningError: unknown criterion.
-    """
-    name = ALIASES.get(name, name)
-    if name not in IMPORTANCES:
-        raise StructuredPruningError(
-            f"importance {name!r} is not one of {', '.join(IMPORTANCES + tuple(ALIASES))}"
-        )
-    return name
-
-
-def needs_gradients(importance: str) -> bool:
-    return canonical_importance(importance) in GRADIENT_IMPORTANCES
-
-
-def needs_calibration(importance: str) -> bool:
-    """Whether ``importance`` reads calibration data (gradients or activations)."""
-    imp = canonical_importance(importance)
-    return imp in GRADIENT_IMPORTANCES or imp in ACTIVATION_IMPORTANCES
-
-
-def check_importance_level(importance: str, level: str) -> None:
-    """Refuse a criterion at a level it does not score (e.g. ``block-influence`` at ``block``).
-
-    Raises:
-        StructuredPruningError: unknown criterion, or ``level`` not in its :data:`IMPORTANCE_LEVELS`.
-    """
-    imp = canonical_importance(importance)
-    if level not in IMPORTANCE_LEVELS[imp]:
-        valid = [i for i, lv in IMPORTANCE_LEVELS.items() if level in lv]
-        raise StructuredPruningError(
-            f"importance {importance!r} does not apply to level {level!r} (it scores level(s) "
-            f"{', '.join(IMPORTANCE_LEVELS[imp])}); valid at {level!r}: {', '.join(valid)}")
-
 
 def collect_gradients(model, calib_ids: torch.Tensor, names: set[str], *, second_order: bool,
                       batch_size: int = 1, device: str | None = None) -> dict[str, dict[str, torch.Tensor]]:

@@ -16,7 +16,7 @@ from llm_compression.config import (
 )
 from llm_compression.variants import Pruning, pruned_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cfg(*entries, **cal):

@@ -1,4 +1,4 @@
-"""The workflow on SLURM through `snakemake --profile profiles/slurm`.
+"""The workflow on SLURM through `snakemake --profile slurm` (profiles/slurm installed as the named profile).
 
 - ``test_grid_runs_on_real_slurm`` (markers ``slurm``, ``slow``): starts a real one-node SLURM
   cluster with ``scripts/slurm-local.sh`` (root only; skipped otherwise), runs a tiny random Llama
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROFILE = ROOT / "profiles" / "slurm"
 SNAKEFILE = ROOT / "Snakefile"
 CLUSTER_SCRIPT = ROOT / "scripts" / "slurm-local.sh"
@@ -146,7 +146,15 @@ def test_grid_runs_on_real_slurm(local_slurm, tiny_model, tmp_path):
 
     # the table and one figure (the other figures need no other jobs than these, and cost CI time)
     targets = [str(results / "summary.csv"), str(results / "plots" / "perplexity_vs_nonzero.png")]
-    dry = _snakemake([*targets, "-n", "--profile", str(PROFILE), "--configfile", str(cfgfile)], cwd=tmp_path)
+    # the profile as users install it (make slurm-profile) and name it: --profile slurm
+    xdg = tmp_path / "xdg"
+    inst = subprocess.run([sys.executable, str(ROOT / "scripts" / "install_profile.py"), str(PROFILE), "--name",
+                           "slurm"], env={**os.environ, "XDG_CONFIG_HOME": str(xdg)}, capture_output=True, text=True,
+                          timeout=60)
+    assert inst.returncode == 0, inst.stdout + inst.stderr
+    env = {**os.environ, "XDG_CONFIG_HOME": str(xdg)}
+    env.pop("SNAKEMAKE_PROFILE", None)
+    dry = _snakemake([*targets, "-n", "--profile", "slurm", "--configfile", str(cfgfile)], cwd=tmp_path, env=env)
     assert dry.returncode == 0, dry.stdout + dry.stderr
     stats = dict(re.findall(r"^([a-z_]+)\s+(\d+)$", dry.stdout, re.M))
     n_jobs = int(stats.pop("total"))
@@ -154,12 +162,13 @@ def test_grid_runs_on_real_slurm(local_slurm, tiny_model, tmp_path):
 
     t0 = time.perf_counter()
     # --retries 0: a job that fails is a test failure, not a silent resubmission
-    run = _snakemake([*targets, "--profile", str(PROFILE), "--configfile", str(cfgfile), "--retries", "0"], cwd=tmp_path,
+    run = _snakemake([*targets, "--profile", "slurm", "--configfile", str(cfgfile), "--retries", "0"], cwd=tmp_path, env=env,
                      timeout=1200)
     wall = time.perf_counter() - t0
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-6000:]
-    print(f"\nsnakemake --profile profiles/slurm: {n_jobs} SLURM jobs in {wall:.1f}s")
+    assert "Using profiles slurm" in log or "Using profile slurm" in log, log[:2000]
+    print(f"\nsnakemake --profile slurm: {n_jobs} SLURM jobs in {wall:.1f}s")
 
     # (a) the jobs went through SLURM: jobcomp records, squeue (MinJobAge keeps them), per-job logs
     run_id = re.search(r"SLURM run ID: (\S+)", log).group(1)
@@ -196,7 +205,7 @@ def test_grid_runs_on_real_slurm(local_slurm, tiny_model, tmp_path):
 FAKE_SBATCH = """#!/bin/sh
 # stand-in for sbatch: record the arguments the SLURM plugin passes, then refuse the job
 printf '%s\\n' "$*" >> "$FAKE_SBATCH_LOG"
-echo "sbatch: error: stand-in sbatch of tests/test_slurm.py" >&2
+echo "sbatch: error: stand-in sbatch of tests/workflow/test_slurm.py" >&2
 exit 1
 """
 
