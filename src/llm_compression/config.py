@@ -236,6 +236,14 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
                 "applied again to an N:M-sparse model; use repeats: [1]"
             )
         methods = entry_methods(entry)
+        if structured:
+            from .options.pruning import StructuredPruningError, check_importance_level, split_path_method
+
+            for m in methods:
+                try:
+                    check_importance_level(split_path_method(m)[1], entry["level"])
+                except StructuredPruningError as e:
+                    raise ConfigError(f"{where}.importance: {e}") from None
         for m in methods:
             if (m, entry["level"]) in seen:
                 raise ConfigError(

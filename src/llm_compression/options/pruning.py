@@ -36,9 +36,17 @@ SCOPES = ("layer", "row", "global")
 HESSIAN_DTYPES = ("float32", "float64")
 
 #: structured importance criteria (LLM-Pruner Sec. 3.2) and their aliases
-IMPORTANCES = ("element1", "element2", "vector", "l1", "l2", "random")
-ALIASES = {"taylor": "element1"}
+IMPORTANCES = ("element1", "element2", "vector", "l1", "l2", "random", "activation", "block-influence", "angular")
+ALIASES = {"taylor": "element1", "block_influence": "block-influence", "bi": "block-influence"}
 GRADIENT_IMPORTANCES = ("element1", "element2", "vector")
+#: criteria read from calibration activations, forward passes only (prune.structured.activations)
+ACTIVATION_IMPORTANCES = ("activation", "block-influence", "angular")
+#: levels each criterion applies to (depth criteria score whole blocks; ``activation`` scores heads/channels)
+IMPORTANCE_LEVELS = {**{i: ("block", "channel", "layer") for i in ("element1", "element2", "vector", "l1", "l2",
+                                                                    "random")},
+                     "activation": ("block", "channel"),
+                     "block-influence": ("layer",),
+                     "angular": ("layer",)}
 AGGREGATIONS = ("sum", "mean", "max")
 ATTENTION_UNITS = ("query_head", "kv_group", "none")
 #: LLM-Pruner's default criterion: first-order element-wise Taylor
@@ -70,6 +78,26 @@ def canonical_importance(name: str) -> str:
 def needs_gradients(importance: str) -> bool:
     """Whether a structured importance criterion reads calibration gradients."""
     return canonical_importance(importance) in GRADIENT_IMPORTANCES
+
+
+def importance_needs_calibration(importance: str) -> bool:
+    """Whether a structured importance criterion reads calibration data (gradients or activations)."""
+    imp = canonical_importance(importance)
+    return imp in GRADIENT_IMPORTANCES or imp in ACTIVATION_IMPORTANCES
+
+
+def check_importance_level(importance: str, level: str) -> None:
+    """Refuse a criterion at a level it does not score (e.g. ``block-influence`` at ``block``).
+
+    Raises:
+        StructuredPruningError: unknown criterion, or ``level`` not in its :data:`IMPORTANCE_LEVELS`.
+    """
+    imp = canonical_importance(importance)
+    if level not in IMPORTANCE_LEVELS[imp]:
+        valid = [i for i, lv in IMPORTANCE_LEVELS.items() if level in lv]
+        raise StructuredPruningError(
+            f"importance {importance!r} does not apply to level {level!r} (it scores level(s) "
+            f"{', '.join(IMPORTANCE_LEVELS[imp])}); valid at {level!r}: {', '.join(valid)}")
 
 
 def parse_nm(level: str) -> tuple[int, int] | None:
@@ -296,7 +324,7 @@ register(PruningMethod("wanda", WandaOptions, UNSTRUCTURED_LEVELS, True, "llm_co
 register(PruningMethod("sparsegpt", SparseGPTOptions, UNSTRUCTURED_LEVELS, True,
                        "llm_compression.prune:run_sparsegpt"))
 register(PruningMethod(STRUCTURED_METHOD, LLMPrunerOptions, STRUCTURED_LEVELS,
-                       lambda importance: needs_gradients(importance or DEFAULT_IMPORTANCE),
+                       lambda importance: importance_needs_calibration(importance or DEFAULT_IMPORTANCE),
                        "llm_compression.prune:run_structured", structured=True))
 
 

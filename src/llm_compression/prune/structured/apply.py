@@ -68,10 +68,11 @@ def select(gs: GroupSet, scores: torch.Tensor, ratio: float, *, snap: bool = Tru
             order = torch.argsort(scores[idx], stable=True)
             keep.extend(idx[order[k:]].tolist())
         return torch.tensor(sorted(keep), dtype=torch.long)
-    unit = {"kv_group": "key/value groups", "mlp_channel": "MLP channels",
-            "hidden_channel": "hidden channels"}.get(gs.kind, gs.kind)
+    unit = {"kv_group": "key/value groups", "attention_head": "attention heads (q/k/v/o)",
+            "mlp_channel": "MLP channels", "hidden_channel": "hidden channels"}.get(gs.kind, gs.kind)
+    whole = gs.kind in ("kv_group", "attention_head")
     k = snap_count(ratio * gs.n_groups, gs.n_groups, what=unit, where=f" ({where})",
-                   snap=snap or gs.kind.endswith("channel"), log=log if gs.kind == "kv_group" else None)
+                   snap=snap or gs.kind.endswith("channel"), log=log if whole else None)
     multiple = int(gs.meta.get("keep_multiple", 1))
     if multiple > 1 and k > 0:
         keep_n = gs.n_groups - k
