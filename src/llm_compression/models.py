@@ -9,23 +9,28 @@ A *source* string names where a model comes from:
 - a local directory in Hugging Face format, or a local ``.gguf`` file;
 - a hub id such as ``HuggingFaceTB/SmolLM2-135M`` (needs network access on first use).
 
-A *checkpoint* written by :func:`save_checkpoint` is a Hugging Face directory (``config.json``,
-``model.safetensors``, tokenizer files) plus ``compression.json`` describing how it was made.
+Checkpoints (a Hugging Face directory plus ``compression.json``) are saved and loaded by
+:mod:`llm_compression.checkpoint`; :func:`load_checkpoint`, :func:`save_checkpoint` and
+:func:`read_compression` are re-exported here.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import platform
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import atomic_dir, read_json, write_json_atomic
+from .checkpoint import (  # noqa: F401  (loading and saving live in llm_compression.checkpoint)
+    COMPRESSION_FILE,
+    library_versions,
+    load_checkpoint,
+    needs_structured_loader,
+    read_compression,
+    save_checkpoint,
+)
 
-COMPRESSION_FILE = "compression.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -150,93 +155,6 @@ def load_source(source: str, *, dtype: str = "float32"):
         model.is_quantized = False
     model.eval()
     return model, tok
-
-
-def library_versions() -> dict:
-    """Versions of the libraries that shape a checkpoint's numbers."""
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "bitsandbytes", "llm-compression"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def save_checkpoint(model, tokenizer, out_dir: str | os.PathLike, compression: dict) -> None:
-    """Save a model + tokenizer + ``compression.json`` to ``out_dir`` atomically.
-
-    ``compression`` should hold the parent checkpoint, the parameters that made this one and the
-    measured result; library versions and a timestamp are added here.
-    """
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        info = dict(compression)
-        info.setdefault("library_versions", library_versions())
-        info.setdefault("created_unix", time.time())
-        write_json_atomic(Path(tmp) / COMPRESSION_FILE, info)
-
-
-def read_compression(ckpt_dir: str | os.PathLike) -> dict:
-    """The ``compression.json`` of a checkpoint ({} when absent, e.g. a foreign checkpoint)."""
-    p = Path(ckpt_dir) / COMPRESSION_FILE
-    return read_json(p) if p.exists() else {}
-
-
-def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, device: str = "cpu"):
-    """Load ``(model, tokenizer)`` from a checkpoint directory written by this project.
-
-    4-bit/8-bit checkpoints (bitsandbytes) reload through their saved ``quantization_config``; 4-bit
-    layers whose shapes bitsandbytes' AVX512-BF16 CPU kernel cannot run are routed to its generic CPU
-    path (:func:`llm_compression.modules.bnb_cpu_fallback`).
-    Structurally pruned checkpoints whose decoder layers have different widths (``compression.json``
-    ``result.structured.plain_loadable`` is false, or ``config.json`` lists ``pruned_layer_shapes``) reload
-    through :func:`llm_compression.prune.structured.load_pruned`; uniform ones through plain
-    ``from_pretrained``.
-
-    Raises:
-        FileNotFoundError: ``ckpt_dir`` has no ``config.json``.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    ckpt_dir = Path(ckpt_dir)
-    if not (ckpt_dir / "config.json").exists():
-        raise FileNotFoundError(f"{ckpt_dir} is not a checkpoint directory (no config.json)")
-    if needs_structured_loader(ckpt_dir):
-        from .prune.structured import load_pruned
-
-        return load_pruned(ckpt_dir, dtype=dtype, device=device)
-    tok = AutoTokenizer.from_pretrained(ckpt_dir)
-    kw = {}
-    if dtype is not None:
-        kw["dtype"] = getattr(torch, dtype)
-    if device != "cpu":
-        kw["device_map"] = device
-    model = AutoModelForCausalLM.from_pretrained(ckpt_dir, **kw)
-    if getattr(model.config, "quantization_config", None) is not None:
-        from .modules import bnb_cpu_fallback
-
-        bnb_cpu_fallback(model)  # 4-bit shapes bitsandbytes' AVX512-BF16 CPU kernel cannot run
-    model.eval()
-    return model, tok
-
-
-def needs_structured_loader(ckpt_dir: str | os.PathLike) -> bool:
-    """Whether a checkpoint has per-layer widths that plain ``from_pretrained`` cannot build: its
-    ``compression.json`` says ``result.structured.plain_loadable: false`` or its ``config.json`` has
-    ``pruned_layer_shapes``."""
-    import json
-
-    comp = read_compression(ckpt_dir)
-    st = (comp.get("result") or {}).get("structured") or {}
-    if st.get("plain_loadable") is False:
-        return True
-    cfg = Path(ckpt_dir) / "config.json"
-    return cfg.exists() and bool(json.loads(cfg.read_text()).get("pruned_layer_shapes"))
 
 
 def pick_device(requested: str = "auto") -> str:

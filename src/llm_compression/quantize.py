@@ -38,21 +38,29 @@ import json
 import os
 from pathlib import Path
 
-from .io import atomic_dir, write_json_atomic
-from .models import COMPRESSION_FILE, library_versions, read_compression
+from .io import atomic_dir
+from .checkpoint import (  # noqa: F401  (4-bit layer building is loading code; it lives in checkpoint)
+    COMPRESSION_FILE,
+    library_versions,
+    load_4bit_state,
+    load_pruned,
+    needs_structured_loader,
+    read_compression,
+    provenance,
+    replace_linears_4bit,
+    write_compression,
+)
+from .options.quantization import (  # noqa: F401  (one definition each, torch-free)
+    BLOCKSIZES,
+    COMPUTE_DTYPES,
+    DEFAULT_BLOCKSIZE,
+    FOUR_BIT,
+    SCHEMES,
+    check_options,
+    scheme_options,
+)
+from .results import QuantizeResult
 from .variants import NO_QUANT
-
-SCHEMES = {
-    "nf4": {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": False},
-    "nf4-dq": {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True},
-    "fp4": {"bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False},
-    "int8": {},
-}
-FOUR_BIT = ("nf4", "nf4-dq", "fp4")
-#: block sizes bitsandbytes 0.50.2's 4-bit quantizer accepts (32 checked on CPU, not available on ROCm)
-BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
-DEFAULT_BLOCKSIZE = 64
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 class NonUniformWidthsError(ValueError):
@@ -62,36 +70,6 @@ class NonUniformWidthsError(ValueError):
 
 class AlreadyQuantizedError(ValueError):
     """The input checkpoint is already quantized; re-quantizing would silently keep the old scheme."""
-
-
-def check_options(scheme: str, *, compute_dtype: str = "float32", blocksize: int = DEFAULT_BLOCKSIZE,
-                  int8_threshold: float = 6.0) -> None:
-    """Validate quantization options before any heavy work.
-
-    Raises:
-        ValueError: unknown scheme, compute dtype, block size, or a negative int8 threshold.
-    """
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown quantization {scheme!r}; valid: {NO_QUANT}, {', '.join(SCHEMES)}")
-    if compute_dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"compute_dtype {compute_dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
-    if int(blocksize) not in BLOCKSIZES:
-        raise ValueError(f"blocksize {blocksize!r} is not one of {', '.join(map(str, BLOCKSIZES))}")
-    if not float(int8_threshold) >= 0:
-        raise ValueError(f"int8_threshold {int8_threshold!r} must be >= 0 (0 disables the fp16 outlier path)")
-
-
-def scheme_options(scheme: str, quantize_cfg: dict) -> dict:
-    """The config knobs that change the output of ``scheme`` (so the workflow reruns exactly those):
-    ``compute_dtype`` and ``blocksize`` for 4-bit schemes, ``int8_threshold`` for int8.
-
-    Raises:
-        ValueError: unknown scheme.
-    """
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown quantization {scheme!r}; valid: {NO_QUANT}, {', '.join(SCHEMES)}")
-    keys = ("int8_threshold",) if scheme == "int8" else ("compute_dtype", "blocksize")
-    return {k: quantize_cfg[k] for k in keys if k in quantize_cfg}
 
 
 def bnb_config(scheme: str, *, compute_dtype: str = "float32", int8_threshold: float = 6.0):
@@ -181,8 +159,6 @@ def quantize_checkpoint(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .models import needs_structured_loader
-
     src_dir = Path(src_dir)
     check_options(scheme, compute_dtype=compute_dtype, blocksize=blocksize, int8_threshold=int8_threshold)
     if is_quantized_checkpoint(src_dir):
@@ -205,9 +181,9 @@ def quantize_checkpoint(
         with atomic_dir(out_dir) as tmp:
             n4 = _quantize_per_layer_widths(src_dir, Path(tmp), scheme, compute_dtype=compute_dtype,
                                             blocksize=int(blocksize), device=device, qcfg=cfg)
-            info = _quantize_info(src_dir, scheme, compute_dtype, blocksize, int8_threshold, device, 0, cfg)
-            info["quantization"]["per_layer_widths"] = {"layers_4bit": n4, "writer": "llm_compression.quantize"}
-            write_json_atomic(Path(tmp) / COMPRESSION_FILE, info)
+            info = _quantize_info(src_dir, scheme, compute_dtype, blocksize, int8_threshold, device, 0, cfg,
+                                  per_layer_widths={"layers_4bit": n4, "writer": "llm_compression.quantize"})
+            info = write_compression(tmp, info)
         return info
     model = AutoModelForCausalLM.from_pretrained(src_dir, quantization_config=cfg, device_map=device)
     if scheme in FOUR_BIT and int(blocksize) != DEFAULT_BLOCKSIZE:
@@ -217,27 +193,23 @@ def quantize_checkpoint(
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        write_json_atomic(Path(tmp) / COMPRESSION_FILE, info)
+        info = write_compression(tmp, info)
     return info
 
 
-def _quantize_info(src_dir, scheme, compute_dtype, blocksize, int8_threshold, device, requantized, cfg) -> dict:
-    parent = read_compression(src_dir)
-    return {
-        "stage": "quantize",
-        "parent": str(src_dir),
-        "parent_compression": parent,
-        "quantization": {
-            "scheme": scheme,
-            "compute_dtype": compute_dtype if scheme in FOUR_BIT else None,
-            "blocksize": int(blocksize) if scheme in FOUR_BIT else None,
-            "int8_threshold": float(int8_threshold) if scheme == "int8" else None,
-            "device": device,
-            "layers_requantized_for_blocksize": requantized,
-            "config": cfg.to_dict(),
-        },
-        "library_versions": library_versions(),
-    }
+def _quantize_info(src_dir, scheme, compute_dtype, blocksize, int8_threshold, device, requantized, cfg,
+                   per_layer_widths=None) -> dict:
+    result = QuantizeResult(
+        scheme=scheme,
+        compute_dtype=compute_dtype if scheme in FOUR_BIT else None,
+        blocksize=int(blocksize) if scheme in FOUR_BIT else None,
+        int8_threshold=float(int8_threshold) if scheme == "int8" else None,
+        device=device,
+        layers_requantized_for_blocksize=requantized,
+        config=cfg.to_dict(),
+        per_layer_widths=per_layer_widths,
+    )
+    return provenance("quantize", str(src_dir), quantization=result.to_dict())
 
 
 # --- structurally pruned checkpoints with per-layer widths ------------------------------------------
@@ -248,65 +220,8 @@ def _quantize_info(src_dir, scheme, compute_dtype, blocksize, int8_threshold, de
 # quantized from its full-precision weight (the same layers transformers would convert), the state
 # dict -- packed 4-bit weights plus each layer's serialized quant state, the same keys transformers
 # writes -- goes to ``model.safetensors``, and ``config.json`` keeps ``pruned_layer_shapes`` next to
-# the ``quantization_config``. :func:`llm_compression.prune.structured.load_pruned` rebuilds the
-# per-layer widths and the 4-bit layers from them (``load_checkpoint`` routes there by itself).
-
-
-def replace_linears_4bit(model, *, quant_type: str, double_quant: bool, compute_dtype: str,
-                         blocksize: int = DEFAULT_BLOCKSIZE, device: str = "cpu", quantize: bool = True) -> list[str]:
-    """Replace every ``nn.Linear`` of ``model`` except the output head with a bitsandbytes ``Linear4bit``.
-
-    Args:
-        quant_type: ``"nf4"`` or ``"fp4"``; double_quant: 8-bit absmax constants (QLoRA Sec. 3).
-        compute_dtype: dtype the 4-bit weight is dequantized to for each matmul.
-        blocksize: weights per absmax constant.
-        quantize: True quantizes each layer's current weight ``[out, in]``; False leaves empty shells
-            whose weights are set from a saved state (:func:`load_4bit_state`).
-
-    Returns:
-        the names of the replaced layers.
-    """
-    import bitsandbytes as bnb
-    import torch
-    from torch import nn
-
-    head = model.get_output_embeddings()
-    names = []
-    for name, mod in list(model.named_modules()):
-        if not isinstance(mod, nn.Linear) or mod is head or isinstance(mod, bnb.nn.Linear4bit):
-            continue
-        new = bnb.nn.Linear4bit(mod.in_features, mod.out_features, bias=mod.bias is not None,
-                                compute_dtype=getattr(torch, compute_dtype), compress_statistics=double_quant,
-                                quant_type=quant_type, device="meta")
-        if quantize:
-            new.weight = bnb.nn.Params4bit(mod.weight.data.float().contiguous(), requires_grad=False,
-                                           blocksize=int(blocksize), compress_statistics=double_quant,
-                                           quant_type=quant_type, quant_storage=torch.uint8, module=new).to(device)
-        if mod.bias is not None:
-            new.bias = nn.Parameter(mod.bias.data.to(device), requires_grad=False)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, new)
-        names.append(name)
-    return names
-
-
-def load_4bit_state(model, state: dict, names: list[str], device: str = "cpu") -> None:
-    """Set the weights of the ``Linear4bit`` layers ``names`` from a saved state dict (packed 4-bit
-    ``<name>.weight`` plus its ``<name>.weight.<quant state>`` entries), removing those keys from ``state``.
-
-    Raises:
-        RuntimeError: a layer's weight or quant state is missing from ``state``.
-    """
-    import bitsandbytes as bnb
-
-    for name in names:
-        mod = model.get_submodule(name)
-        key = f"{name}.weight"
-        stats = {k[len(key) + 1:]: state.pop(k) for k in [k for k in state if k.startswith(key + ".")]}
-        if key not in state or not stats:
-            raise RuntimeError(f"4-bit layer {name}: {key} or its quant state is missing from the checkpoint")
-        mod.weight = bnb.nn.Params4bit.from_prequantized(state.pop(key), stats, requires_grad=False,
-                                                         device=device, module=mod)
+# the ``quantization_config``. :func:`llm_compression.checkpoint.load_pruned` rebuilds the
+# per-layer widths and the 4-bit layers from them (with :func:`~llm_compression.checkpoint.replace_linears_4bit`) (``load_checkpoint`` routes there by itself).
 
 
 def _quantize_per_layer_widths(src_dir: Path, tmp: Path, scheme: str, *, compute_dtype: str, blocksize: int,
@@ -314,8 +229,6 @@ def _quantize_per_layer_widths(src_dir: Path, tmp: Path, scheme: str, *, compute
     """Quantize a per-layer-width checkpoint into ``tmp`` (see the section comment). Returns the
     number of 4-bit layers."""
     from safetensors.torch import save_file
-
-    from .prune.structured import load_pruned
 
     model, tok = load_pruned(src_dir, device="cpu")
     names = replace_linears_4bit(model, quant_type=SCHEMES[scheme]["bnb_4bit_quant_type"],

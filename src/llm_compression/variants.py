@@ -14,12 +14,19 @@ Path layout (relative to the results root)::
     {model}/demo/{pruning}/{healing}/{quant}.json  greedy generations of the demo prompts
     {model}/export/{pruning}/{healing}/{quant}/    hub-ready folder: checkpoint + model card (README.md)
     demo/{model}.md                                  those generations side by side
+
+The rules take their ``output:`` patterns (:func:`pattern`) and wildcard constraints
+(:data:`WILDCARD_CONSTRAINTS`) from here; evaluation names (``ppl-<dataset>-<preset>``, ``zeroshot``,
+``cost``, ``memory``, ``latency``) are built and parsed here too (:func:`perplexity_evaluation`,
+:func:`parse_evaluation`).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+
+from .options.pruning import STRUCTURED_METHOD, STRUCTURED_PREFIX
 
 UNSTRUCTURED_METHODS = ("magnitude", "wanda", "sparsegpt")
 #: level names as written in config -> as written in paths (":" is not path-safe everywhere)
@@ -33,6 +40,21 @@ DENSE = "dense"
 _PRUNING_RE = re.compile(
     r"^(?P<method>[a-z0-9]+(?:-[a-z0-9]+)*)_(?P<level>[a-z0-9]+)_(?P<ratio>[0-9.]+)_x(?P<repeat>[0-9]+)$"
 )
+
+#: Snakemake wildcard constraints of every path wildcard (``wildcard_constraints:`` of the workflow)
+WILDCARD_CONSTRAINTS = {
+    "pruning": r"dense|[a-z0-9-]+_[a-z0-9]+_[0-9.]+_x[0-9]+",
+    "healing": r"[a-z0-9-]+",
+    "quant": r"[a-z0-9-]+",
+    "evaluation": r"[a-z0-9-]+",
+}
+#: the constraints of the figure wildcards (``plots/{figure}.{ext}``)
+FIGURE_CONSTRAINTS = {"figure": r"[a-z0-9_]+", "ext": r"png|svg|pdf"}
+
+#: cost-type evaluations, each a config section ``evaluation.<name>`` with ``enabled`` and its knobs
+COST_EVALUATIONS = ("cost", "memory", "latency")
+ZEROSHOT_EVALUATION = "zeroshot"
+PERPLEXITY_PREFIX = "ppl-"
 
 
 def format_ratio(ratio: float) -> str:
@@ -92,6 +114,34 @@ class Pruning:
     @property
     def is_dense(self) -> bool:
         return self.method == DENSE
+
+    @property
+    def importance(self) -> str | None:
+        """The structured importance criterion (``"element1"`` for ``llmpruner-element1``), else None.
+        The path keeps it in the method name, so segments written before stay valid."""
+        if self.method.startswith(STRUCTURED_PREFIX):
+            return self.method[len(STRUCTURED_PREFIX):]
+        return None
+
+    @property
+    def config_method(self) -> str:
+        """The method as named in config: ``llm-pruner`` for every ``llmpruner-<importance>``."""
+        return STRUCTURED_METHOD if self.importance is not None else self.method
+
+    @classmethod
+    def of(cls, method: str, level: str = "unstructured", ratio: float = 0.0, repeat: int = 1, *,
+           importance: str | None = None) -> "Pruning":
+        """A pruning from its config method and fields: ``Pruning.of("llm-pruner", "block", 0.5,
+        importance="element1")`` has path method ``llmpruner-element1``.
+
+        Raises:
+            ValueError: an importance for an unstructured method.
+        """
+        if method == STRUCTURED_METHOD:
+            return cls(STRUCTURED_PREFIX + (importance or "element1"), level, float(ratio), int(repeat))
+        if importance is not None:
+            raise ValueError(f"method {method!r} takes no importance (got {importance!r})")
+        return cls(method, level, float(ratio), int(repeat))
 
     @property
     def segment(self) -> str:
@@ -202,3 +252,101 @@ def demo_path(model: str, variant: Variant) -> str:
 def demo_report_path(model: str) -> str:
     """All variants' demo generations side by side (Markdown)."""
     return f"demo/{model}.md"
+
+
+# --------------------------------------------------------------------------- rule patterns
+
+#: wildcard patterns of the artifact paths (relative to the results root), keyed by stage
+_PATTERNS = {
+    "pruned": "{model}/pruned/{{pruning}}",
+    "healed": "{model}/healed/{{pruning}}/{{healing}}",
+    "quantized": "{model}/quantized/{{pruning}}/{{healing}}/{{quant}}",
+    "metrics": "{model}/metrics/{{pruning}}/{{healing}}/{{quant}}/{{evaluation}}.json",
+    "demo": "{model}/demo/{{pruning}}/{{healing}}/{{quant}}.json",
+    "export": "{model}/export/{{pruning}}/{{healing}}/{{quant}}",
+}
+
+
+def pattern(stage: str, model: str) -> str:
+    """The Snakemake ``output:`` pattern of a stage's artifact for ``model``, e.g.
+    ``pattern("pruned", "m") == "m/pruned/{pruning}"`` (the same paths as :func:`pruned_dir` & co.).
+
+    Raises:
+        ValueError: unknown stage.
+    """
+    if stage not in _PATTERNS:
+        raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(_PATTERNS)}")
+    return _PATTERNS[stage].format(model=model)
+
+
+def variant_of(pruning: str, healing: str = NO_HEALING, quant: str = NO_QUANT) -> Variant:
+    """The variant of a rule's wildcard values (inverse of the path functions above).
+
+    Raises:
+        ValueError: a pruning segment of the wrong form.
+    """
+    return Variant(Pruning.from_segment(pruning), healing, quant)
+
+
+# --------------------------------------------------------------------------- evaluation names
+
+def perplexity_evaluation(dataset: str, preset: str) -> str:
+    """Evaluation name of a perplexity measurement: ``ppl-<dataset>-<preset>`` (dataset names have no '-')."""
+    return f"{PERPLEXITY_PREFIX}{dataset}-{preset}"
+
+
+def parse_perplexity_evaluation(name: str, default_preset: str | None = None) -> tuple[str, str]:
+    """Inverse of :func:`perplexity_evaluation` -> ``(dataset, preset)``.
+
+    The older name ``ppl-<dataset>`` is accepted when ``default_preset`` is given (the workflow passes
+    the first configured preset), so targets written before presets existed still build; the
+    metrics JSON and the table name the preset either way.
+
+    Raises:
+        ValueError: ``name`` is not of the form ``ppl-<dataset>-<preset>`` (or ``ppl-<dataset>``
+            without a default preset).
+    """
+    from .protocols import PRESETS
+
+    parts = name.split("-", 2)
+    if len(parts) == 2 and parts[0] == "ppl" and parts[1] and default_preset is not None:
+        return parts[1], default_preset
+    if len(parts) != 3 or parts[0] != "ppl" or parts[2] not in PRESETS:
+        raise ValueError(f"evaluation {name!r} is not of the form ppl-<dataset>-<preset> "
+                         f"with preset one of {', '.join(PRESETS)}")
+    return parts[1], parts[2]
+
+
+def is_perplexity_evaluation(name: str) -> bool:
+    return name.startswith(PERPLEXITY_PREFIX)
+
+
+def is_zeroshot_evaluation(name: str) -> bool:
+    return name.startswith(ZEROSHOT_EVALUATION)
+
+
+def perplexity_dataset(name: str) -> str:
+    """The dataset of a perplexity evaluation name (``ppl-<dataset>-<preset>`` or ``ppl-<dataset>``).
+
+    Raises:
+        ValueError: not a perplexity evaluation name.
+    """
+    if not is_perplexity_evaluation(name) or len(name.split("-")) < 2 or not name.split("-")[1]:
+        raise ValueError(f"evaluation {name!r} is not a perplexity evaluation (ppl-<dataset>-<preset>)")
+    return name.split("-")[1]
+
+
+def evaluation_kind(name: str) -> str:
+    """``perplexity``, ``zeroshot`` or the cost-type name of an evaluation name.
+
+    Raises:
+        ValueError: an unknown evaluation name, naming the valid forms.
+    """
+    if is_perplexity_evaluation(name):
+        return "perplexity"
+    if name == ZEROSHOT_EVALUATION:
+        return "zeroshot"
+    if name in COST_EVALUATIONS:
+        return name
+    raise ValueError(f"unknown evaluation {name!r}; valid: ppl-<dataset>-<preset>, zeroshot, "
+                     f"{', '.join(COST_EVALUATIONS)}")

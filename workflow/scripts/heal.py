@@ -2,7 +2,8 @@
 import time
 
 from llm_compression.heal import heal_model, save_healed
-from llm_compression.models import library_versions, load_checkpoint, pick_device, read_compression
+from llm_compression.checkpoint import load_checkpoint, provenance
+from llm_compression.models import pick_device
 from llm_compression.runtime import setup_job
 
 sm = snakemake  # noqa: F821
@@ -16,15 +17,12 @@ if recipe["method"] == "kd":
     teacher, _ = load_checkpoint(sm.input.teacher, device=device)
     log.info("teacher: %s", sm.input.teacher)
 result = heal_model(model, tok, recipe, teacher=teacher, device=device, log=log.info)
-save_healed(result, tok, sm.output[0], {
-    "stage": "heal",
-    "parent": sm.input.pruned,
-    "parent_compression": read_compression(sm.input.pruned),
-    "teacher": sm.input.teacher if teacher is not None else None,
-    "healing": {"name": sm.wildcards.healing, **result.recipe},
-    "result": result.info,
-    "device": device,
-    "wall_seconds": time.perf_counter() - t0,
-    "library_versions": library_versions(),
-})
+save_healed(result, tok, sm.output[0], provenance(
+    "heal", sm.input.pruned,
+    teacher=sm.input.teacher if teacher is not None else None,
+    healing={"name": sm.wildcards.healing, **result.recipe},
+    result=result.info,
+    device=device,
+    wall_seconds=time.perf_counter() - t0,
+))
 log.info("saved %s (%.1fs)", sm.output[0], time.perf_counter() - t0)

@@ -2,7 +2,8 @@
 import time
 
 from llm_compression.data import calibration_set, load_text
-from llm_compression.models import library_versions, load_checkpoint, pick_device, read_compression, save_checkpoint
+from llm_compression.checkpoint import load_checkpoint, provenance, save_checkpoint
+from llm_compression.models import pick_device
 from llm_compression.plan_checks import check_calibration_corpus, check_pruning_job
 from llm_compression.prune import needs_calibration, prune_model
 from llm_compression.runtime import setup_job
@@ -29,16 +30,11 @@ result = prune_model(model, method=p["method"], level=p["level"], ratio=p["ratio
                      batch_size=cal["batch_size"] if cal else 8, progress=True, log=log.info, **options)
 log.info("achieved sparsity %.4f over %d prunable weights (before: %.4f)",
          result["sparsity_after"], result["prunable_weights"], result["sparsity_before"])
-save_checkpoint(model, tok, sm.output[0], {
-    "stage": "prune",
-    "parent": sm.input[0],
-    "parent_compression": read_compression(sm.input[0]),
-    "pruning": {**p, **options},
-    "calibration": calib_protocol,
-    "result": {k: result[k] for k in ("sparsity_before", "sparsity_after", "prunable_weights", "zero_weights",
-                                      "per_layer_sparsity", "seconds")}
-              | ({"structured": result["structured"]} if "structured" in result else {}),
-    "device": device,
-    "wall_seconds": time.perf_counter() - t0,
-    "library_versions": library_versions(),
-})
+save_checkpoint(model, tok, sm.output[0], provenance(
+    "prune", sm.input[0],
+    pruning={**p, **options},
+    calibration=calib_protocol,
+    result=result.provenance(),
+    device=device,
+    wall_seconds=time.perf_counter() - t0,
+))

@@ -20,7 +20,7 @@ from .cost import cost_metrics, cost_notes, nm_pattern
 from .latency import measure_latency
 from .memory import measure_peak_memory
 from .perplexity import bos_rows, check_bos_fed, perplexity, with_bos  # noqa: F401 (BOS helpers, shared)
-from .protocols import PRESETS, ProtocolError, expected_windows, model_context_length, resolve_protocol
+from ..protocols import PRESETS, ProtocolError, expected_windows, model_context_length, resolve_protocol
 
 METRICS_SCHEMA = "llm-compression/metrics/v1"
 

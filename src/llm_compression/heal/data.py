@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..data import load_text, tokenize_stream
+from ..options.healing import FORMATS, LOSS_ON  # noqa: F401
 
 PROMPT_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -34,8 +35,6 @@ PROMPT_NO_INPUT = (
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Response:\n"
 )
-FORMATS = ("corpus", "alpaca")
-LOSS_ON = ("response", "full")
 
 
 class HealDataError(ValueError):

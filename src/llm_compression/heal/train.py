@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from ..modules import prunable_linears
+from ..options.healing import TRAIN_DTYPES
 
-TRAIN_DTYPES = ("float32", "bfloat16", "float16")
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -6,13 +6,18 @@ Unstructured and N:M methods (``level`` is ``"unstructured"``, ``"2:4"`` or ``"4
 - ``wanda``: |W| * ||X||, per output row, calibrated (:mod:`.wanda`);
 - ``sparsegpt``: OBS saliency with weight reconstruction, calibrated (:mod:`.sparsegpt`).
 
+Each method is registered in :mod:`llm_compression.options.pruning` with one typed options object
+(fields, defaults, units, checks); :func:`prune_model` looks the method up there and runs its
+``run_*`` function below.
+
 All of them keep already-zero weights pruned and count them, so a repeat at ratio r on an r-sparse
 model ends near ``1 - (1 - r)^2``.
 
 Structured methods (``level`` is ``"block"``, ``"channel"`` or ``"layer"``), LLM-Pruner style (:mod:`.structured`):
 
 - ``llmpruner-<importance>`` with importance ``element1``, ``element2``, ``vector`` (gradients from
-  calibration data), ``l1``, ``l2`` or ``random`` (no calibration). These remove whole heads and
+  calibration data), ``activation`` (block/channel), ``block-influence``, ``angular`` (layer; forward
+  passes over calibration data), ``l1``, ``l2`` or ``random`` (no calibration). These remove whole heads and
   channels (or whole decoder layers), so the tensors shrink; sparsity (exact zeros) stays ~0.
 """
 
@@ -24,33 +29,41 @@ from typing import Callable
 import torch
 
 from ..modules import measure_sparsity, prunable_linears
+from ..results import PruneResult
+from ..options.pruning import DEFAULT_IMPORTANCE, METHODS as REGISTRY
+from ..options.pruning import STRUCTURED_LEVELS, PruningMethod, canonical_importance, path_methods, split_path_method
+from ..options.pruning import needs_calibration  # noqa: F401  (re-exported: one definition, torch-free)
 from .calibration import sequential_prune
-from .magnitude import SCOPES, prune_global_magnitude, prune_linear_magnitude
+from .magnitude import prune_global_magnitude, prune_linear_magnitude
 from .masks import parse_nm
-from .sparsegpt import SparseGPTPruner, check_sparsegpt_options
-from .structured import METHODS as STRUCTURED_METHODS
-from .structured import LEVELS as STRUCTURED_LEVELS
-from .structured import importance_of_method, is_structured_method, needs_gradients, prune_structured
+from .sparsegpt import SparseGPTPruner
+from .structured import prune_structured
 from .wanda import WandaPruner
 
+#: path names of the built-in methods (the registry may hold more, see :func:`~llm_compression.options.pruning.register`)
+METHODS = path_methods()
+#: method -> options it accepts (anything else is an error); derived from the options dataclasses
+METHOD_OPTIONS = {name: m.options.names() for name, m in REGISTRY.items() if not m.structured}
 CALIBRATED = {"wanda": WandaPruner, "sparsegpt": SparseGPTPruner}
-#: method -> options it accepts (anything else is an error)
-METHOD_OPTIONS = {"magnitude": ("scope",), "wanda": (), "sparsegpt": ("blocksize", "percdamp", "hessian_dtype")}
-UNCALIBRATED = ("magnitude",)
-METHODS = tuple(UNCALIBRATED) + tuple(CALIBRATED) + STRUCTURED_METHODS
+UNCALIBRATED = tuple(name for name, m in REGISTRY.items() if not m.structured and not m.needs_calibration())
 
 
-def needs_calibration(method: str) -> bool:
-    """Whether ``method`` reads calibration activations.
+def resolve_method(method: str, importance: str | None = None) -> tuple[PruningMethod, str | None]:
+    """The registered method and importance of ``method``: a path name (``wanda``, ``llmpruner-l1``) or
+    a config name (``llm-pruner`` with ``importance``, default ``element1``).
 
     Raises:
-        ValueError: unknown method.
+        ValueError: unknown method, or an importance given to a method that has none.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown pruning method {method!r}; valid: {', '.join(METHODS)}")
-    if is_structured_method(method):
-        return needs_gradients(importance_of_method(method))
-    return method in CALIBRATED
+    if method in REGISTRY and REGISTRY[method].structured:
+        return REGISTRY[method], canonical_importance(importance or DEFAULT_IMPORTANCE)
+    spec, imp = split_path_method(method)
+    if importance is not None:
+        if not spec.structured:
+            raise ValueError(f"method {method!r} takes no importance (got {importance!r})")
+        if canonical_importance(importance) != imp:
+            raise ValueError(f"method {method!r} names importance {imp!r}, but importance={importance!r} was given")
+    return spec, imp
 
 
 @torch.no_grad()
@@ -65,34 +78,35 @@ def prune_model(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     share_inputs: bool = True,
+    importance: str | None = None,
     **method_options,
-) -> dict:
+) -> PruneResult:
     """Prune the decoder-block Linear layers of ``model`` in place.
 
     Args:
-        method: one of :data:`METHODS`.
+        method: a registered method's path name (:data:`METHODS`: ``magnitude``, ``wanda``, ``sparsegpt``,
+            ``llmpruner-<importance>``) or config name (``llm-pruner`` with ``importance``).
         level: ``"unstructured"`` or an N:M pattern such as ``"2:4"`` / ``"4:8"`` (then ``ratio`` is
-            ignored and the pattern fixes ``N/M`` of each group).
+            ignored and the pattern fixes ``N/M`` of each group); ``block``/``channel``/``layer`` for
+            structured methods.
         ratio: fraction of the remaining (non-zero) weights to prune, in [0, 1).
         calib_ids: LongTensor ``[n_samples, seqlen]``, required by calibrated methods.
         batch_size: calibration windows per block forward.
         share_inputs: Linears reading the same input share its statistics (see
             :func:`~.calibration.sequential_prune`); same result, less work.
-        method_options: passed to the method: ``scope`` (magnitude: ``layer``/``row``/``global``),
-            ``blocksize``, ``percdamp``, ``hessian_dtype`` (sparsegpt); see :data:`METHOD_OPTIONS`.
+        importance: structured criterion when ``method`` is the config name ``llm-pruner``.
+        method_options: the fields of the method's options dataclass
+            (:mod:`llm_compression.options.pruning`): ``scope`` (magnitude: ``layer``/``row``/``global``),
+            ``blocksize``, ``percdamp``, ``hessian_dtype`` (sparsegpt), ``aggregation``, ``attention``,
+            ``layer_range``, ``snap``, ``seed`` (llm-pruner).
 
     Returns:
-        dict with every one of these keys (all measured on the model, not taken from the request):
-
-        - ``sparsity_before``, ``sparsity_after``: fraction of zero weights over the prunable Linear
-          weights of the decoder blocks, before and after;
-        - ``prunable_weights``, ``zero_weights``: counts behind ``sparsity_after``;
-        - ``per_layer_sparsity``: ``{linear name: sparsity}`` after pruning;
-        - ``seconds``: wall time of the pruning itself (s);
-        - ``blocks``: per-block ``{"block", "seconds"}`` for calibrated unstructured/N:M methods,
-          ``[]`` otherwise;
-        - ``structured`` (structured methods only): the report of
-          :func:`~.structured.prune_structured` (parameter counts, groups, layer shapes, ``seconds``).
+        :class:`~llm_compression.results.PruneResult` (readable as a dict) with ``sparsity_before``,
+        ``sparsity_after`` (exact zeros over prunable Linear weights),
+        ``prunable_weights``, ``zero_weights`` (after), ``per_layer_sparsity`` (Linear name -> sparsity),
+        ``seconds`` (wall time of the pruning itself), ``blocks`` (per-block timings of calibrated
+        methods, else empty) and, for structured methods, ``structured`` (the report of
+        :func:`.structured.prune_structured`).
 
     Raises:
         ValueError: unknown method/level/option, ratio outside [0, 1), missing calibration data,
@@ -100,79 +114,92 @@ def prune_model(
             ``in_features`` (all checked before any weight changes); non-finite (NaN/inf)
             calibration activations reaching a Linear (SparseGPT, Wanda; the message names it).
     """
-    calibrated = needs_calibration(method)
-    if is_structured_method(method):
-        return _prune_structured(model, method=method, level=level, ratio=ratio, calib_ids=calib_ids,
-                                 batch_size=batch_size, log=log, **method_options)
-    nm = parse_nm(level)
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"sparsity ratio {ratio!r} is outside [0, 1)")
-    bad = sorted(set(method_options) - set(METHOD_OPTIONS[method]))
-    if bad:
-        raise ValueError(f"method {method!r} does not take option(s) {bad}; valid: {list(METHOD_OPTIONS[method])}")
-    scope = method_options.get("scope", "layer")
-    if method == "magnitude":
-        if scope not in SCOPES:
-            raise ValueError(f"magnitude scope {scope!r} is not one of {list(SCOPES)}")
-        if scope == "global" and nm is not None:
-            raise ValueError(f"magnitude scope 'global' is for unstructured pruning, not level {level!r}")
-    if method == "sparsegpt":
-        check_sparsegpt_options(method_options.get("blocksize", 128), method_options.get("percdamp", 0.01), nm)
-    if calibrated and calib_ids is None:
-        raise ValueError(f"method {method!r} needs calibration data (calib_ids)")
-    if nm is not None:
-        bad_layers = [f"{n} (in_features={m.in_features})" for n, m in prunable_linears(model).items()
-                      if m.in_features % nm[1]]
-        if bad_layers:
-            raise ValueError(f"level {level!r} needs in_features divisible by {nm[1]}; not: {', '.join(bad_layers[:5])}")
+    spec, importance = resolve_method(method, importance)
+    if spec.structured:
+        if level not in STRUCTURED_LEVELS:
+            raise ValueError(f"structured method {method!r} needs level one of {', '.join(STRUCTURED_LEVELS)}, "
+                             f"got {level!r}")
+        nm = None
+    else:
+        nm = parse_nm(level)
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(f"sparsity ratio {ratio!r} is outside [0, 1)")
+    options = spec.options.from_mapping(method_options, level=level)
+    if not spec.structured:
+        if spec.needs_calibration(importance) and calib_ids is None:
+            raise ValueError(f"method {method!r} needs calibration data (calib_ids)")
+        if nm is not None:
+            bad_layers = [f"{n} (in_features={m.in_features})" for n, m in prunable_linears(model).items()
+                          if m.in_features % nm[1]]
+            if bad_layers:
+                raise ValueError(f"level {level!r} needs in_features divisible by {nm[1]}; not: "
+                                 f"{', '.join(bad_layers[:5])}")
+    run = spec.load_runner()
     before = measure_sparsity(model)
     t0 = time.perf_counter()
-    blocks = []
-    if calibrated:
-        cls = CALIBRATED[method]
-        blocks = sequential_prune(
-            model,
-            calib_ids,
-            lambda name, lin: cls(lin, ratio, nm=nm, **method_options),
-            batch_size=batch_size,
-            share_inputs=share_inputs,
-            progress=progress,
-            log=log,
-        )
-    elif scope == "global":
+    out = run(model, level=level, nm=nm, ratio=ratio, importance=importance, calib_ids=calib_ids,
+              batch_size=batch_size, options=options, share_inputs=share_inputs, progress=progress, log=log)
+    seconds = out.pop("seconds", None)
+    seconds = time.perf_counter() - t0 if seconds is None else seconds
+    after = measure_sparsity(model)
+    if log and not spec.structured:
+        log(f"{method} {level} ratio={ratio}: sparsity {before['sparsity']:.4f} -> {after['sparsity']:.4f} in {seconds:.1f}s")
+    return _result(before, after, seconds, out.pop("blocks", []), **out)
+
+
+def run_magnitude(model, *, ratio, nm, options, **_) -> dict:
+    """Magnitude pruning (:mod:`.magnitude`) of every prunable Linear, per layer/row or globally."""
+    if options.scope == "global":
         prune_global_magnitude(prunable_linears(model).values(), ratio)
     else:
         for lin in prunable_linears(model).values():
-            prune_linear_magnitude(lin, ratio, nm=nm, **method_options)
-    seconds = time.perf_counter() - t0
-    after = measure_sparsity(model)
-    if log:
-        log(f"{method} {level} ratio={ratio}: sparsity {before['sparsity']:.4f} -> {after['sparsity']:.4f} in {seconds:.1f}s")
-    return _result(before, after, seconds, blocks)
+            prune_linear_magnitude(lin, ratio, nm=nm, **options.as_kwargs())
+    return {}
 
 
-def _prune_structured(model, *, method, level, ratio, calib_ids, batch_size, log, **options) -> dict:
-    """Structured branch of :func:`prune_model` (see :func:`.structured.prune_structured`)."""
-    if level not in STRUCTURED_LEVELS:
-        raise ValueError(f"structured method {method!r} needs level one of {', '.join(STRUCTURED_LEVELS)}, "
-                         f"got {level!r}")
+def _run_calibrated(cls, model, *, ratio, nm, options, calib_ids, batch_size, share_inputs, progress, log,
+                    **_) -> dict:
+    """Layer-by-layer calibrated pruning (:func:`~.calibration.sequential_prune`) with pruner ``cls``."""
+    kwargs = options.as_kwargs()
+    blocks = sequential_prune(
+        model,
+        calib_ids,
+        lambda name, lin: cls(lin, ratio, nm=nm, **kwargs),
+        batch_size=batch_size,
+        share_inputs=share_inputs,
+        progress=progress,
+        log=log,
+    )
+    return {"blocks": blocks}
+
+
+def run_wanda(model, **kw) -> dict:
+    """Wanda (Sun et al. 2024, Eq. 1), see :mod:`.wanda`."""
+    return _run_calibrated(WandaPruner, model, **kw)
+
+
+def run_sparsegpt(model, **kw) -> dict:
+    """SparseGPT (Frantar & Alistarh 2023, Alg. 1), see :mod:`.sparsegpt`."""
+    return _run_calibrated(SparseGPTPruner, model, **kw)
+
+
+def run_structured(model, *, level, ratio, importance, calib_ids, batch_size, options, log, **_) -> dict:
+    """Structured pruning, LLM-Pruner style (see :func:`.structured.prune_structured`)."""
     with torch.enable_grad():
-        before = measure_sparsity(model)
-        res = prune_structured(model, level=level, ratio=ratio, importance=importance_of_method(method),
-                               calib_ids=calib_ids, batch_size=batch_size, log=log, **options)
-    after = measure_sparsity(model)
-    return _result(before, after, res["seconds"], [], structured=res)
+        res = prune_structured(model, level=level, ratio=ratio, importance=importance, calib_ids=calib_ids,
+                               batch_size=batch_size, log=log, **options.as_kwargs())
+    return {"seconds": res["seconds"], "structured": res}
 
 
-def _result(before: dict, after: dict, seconds: float, blocks: list, **extra) -> dict:
+def _result(before: dict, after: dict, seconds: float, blocks: list, **extra) -> PruneResult:
     """The report of :func:`prune_model` from two :func:`measure_sparsity` readings."""
-    return {
-        "sparsity_before": before["sparsity"],
-        "sparsity_after": after["sparsity"],
-        "prunable_weights": after["prunable_weights"],
-        "zero_weights": after["zero_weights"],
-        "per_layer_sparsity": after["per_layer"],
-        "seconds": seconds,
-        "blocks": blocks,
+    return PruneResult(
+        sparsity_before=before["sparsity"],
+        sparsity_after=after["sparsity"],
+        prunable_weights=after["prunable_weights"],
+        zero_weights=after["zero_weights"],
+        per_layer_sparsity=after["per_layer"],
+        seconds=seconds,
+        blocks=blocks,
         **extra,
-    }
+    )

@@ -16,9 +16,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..options.pruning import SCOPES  # noqa: F401  (one definition, torch-free)
 from .masks import _check_ratio, nm_mask, unstructured_mask
-
-SCOPES = ("layer", "row", "global")
 
 
 def magnitude_score(weight: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from ..options.pruning import parse_nm  # noqa: F401  (one definition, torch-free)
+
 
 def _check_ratio(ratio: float) -> None:
     if not 0.0 <= ratio < 1.0:
@@ -119,18 +121,3 @@ def nm_mask(score: torch.Tensor, n: int, m: int, *, pruned: torch.Tensor | None 
     return mask | pruned if pruned is not None else mask
 
 
-def parse_nm(level: str) -> tuple[int, int] | None:
-    """``"2:4" -> (2, 4)``; ``"unstructured" -> None``.
-
-    Raises:
-        ValueError: a level that is neither ``unstructured`` nor ``N:M``.
-    """
-    if level == "unstructured":
-        return None
-    try:
-        n, m = (int(x) for x in level.split(":"))
-    except ValueError:
-        raise ValueError(f"sparsity level {level!r} is not 'unstructured' nor 'N:M' like '2:4'") from None
-    if not 0 < n < m:
-        raise ValueError(f"N:M level {level!r} needs 0 < N < M")
-    return n, m

@@ -37,11 +37,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..options.pruning import HESSIAN_DTYPES, SparseGPTOptions
 from .masks import nm_mask, unstructured_mask
 
-DEFAULT_BLOCKSIZE = 128
-DEFAULT_PERCDAMP = 0.01
-_HESSIAN_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DEFAULT_BLOCKSIZE = SparseGPTOptions.blocksize
+DEFAULT_PERCDAMP = SparseGPTOptions.percdamp
+_HESSIAN_DTYPES = {name: getattr(torch, name) for name in HESSIAN_DTYPES}
 
 
 def check_sparsegpt_options(blocksize: int, percdamp: float, nm: tuple[int, int] | None = None) -> None:
@@ -51,14 +52,8 @@ def check_sparsegpt_options(blocksize: int, percdamp: float, nm: tuple[int, int]
         ValueError: ``blocksize < 1``, ``percdamp`` not in (0, 1], or an N:M ``m`` that does not
             divide ``blocksize`` (an N:M group must not straddle two blocks).
     """
-    if not isinstance(blocksize, int) or blocksize < 1:
-        raise ValueError(f"SparseGPT blocksize {blocksize!r} must be a positive integer (default {DEFAULT_BLOCKSIZE})")
-    if not (isinstance(percdamp, (int, float)) and 0.0 < float(percdamp) <= 1.0):
-        raise ValueError(f"SparseGPT percdamp {percdamp!r} must be in (0, 1] (default {DEFAULT_PERCDAMP})")
-    if nm is not None and blocksize % nm[1]:
-        raise ValueError(
-            f"SparseGPT blocksize {blocksize} must be a multiple of M={nm[1]} for the {nm[0]}:{nm[1]} pattern"
-        )
+    level = "unstructured" if nm is None else f"{nm[0]}:{nm[1]}"
+    SparseGPTOptions(blocksize=blocksize, percdamp=percdamp).validate(level)
 
 
 def check_finite_hessian(hessian: torch.Tensor) -> None:

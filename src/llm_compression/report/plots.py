@@ -18,7 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..variants import format_ratio  # noqa: E402
+from ..planning import PER_DATASET, figure_evaluations, figure_names  # noqa: E402,F401  (re-exported)
+from ..variants import cumulative_ratio, format_ratio  # noqa: E402
 
 METHOD_COLORS = {"dense": "black", "magnitude": "tab:red", "wanda": "tab:blue", "sparsegpt": "tab:green",
                  "llm-pruner": "tab:purple", "random": "tab:gray"}
@@ -181,7 +182,8 @@ def _require(w: pd.DataFrame, cols: list[str], figure: str) -> None:
 
 
 def _cumulative_ratio(r) -> float:
-    return 1 - (1 - float(r["ratio"])) ** max(int(r["repeat"]), 1)
+    """Cumulative sparsity of a table row's pruning (repeat 0 = dense counts as one step at ratio 0)."""
+    return cumulative_ratio(float(r["ratio"]), max(int(r["repeat"]), 1))
 
 
 # --------------------------------------------------------------------------- figures
@@ -403,6 +405,8 @@ def pareto(df: pd.DataFrame, out_path) -> None:
     _save(fig, out_path)
 
 
+#: figure name -> drawing function; which figures a run draws, and what each reads, is planned in
+#: :mod:`llm_compression.planning` (torch- and matplotlib-free, so the DAG builds without this module)
 FIGURES = {
     "perplexity_vs_nonzero": perplexity_vs_nonzero,
     "quantization_effect": quantization_effect,
@@ -410,48 +414,6 @@ FIGURES = {
     "cost_vs_ratio": cost_vs_ratio,
     "pareto": pareto,
 }
-PER_DATASET = "perplexity_vs_parameters_"
-
-
-def _ppl_datasets(evaluations: list[str]) -> list[str]:
-    """Datasets of the perplexity evaluations (``ppl-<dataset>-<preset>`` or ``ppl-<dataset>``), in order."""
-    return list(dict.fromkeys(e.split("-")[1] for e in evaluations if e.startswith("ppl-")))
-
-
-def figure_names(evaluations: list[str]) -> list[str]:
-    """Figures a run with these evaluations can draw (one per-dataset figure per perplexity dataset)."""
-    datasets = _ppl_datasets(evaluations)
-    has_cost = "cost" in evaluations
-    names = []
-    if datasets and has_cost:
-        names += ["perplexity_vs_nonzero"] + [PER_DATASET + d for d in datasets]
-        names += ["quantization_effect", "pareto"]
-    if datasets:
-        names.append("perplexity_vs_ratio")
-    if has_cost:
-        names.append("cost_vs_ratio")
-    return names
-
-
-def figure_evaluations(figure: str, evaluations: list[str]) -> list[str]:
-    """The evaluations a figure reads (its metrics files are its only inputs).
-
-    Raises:
-        ValueError: unknown figure name, naming the valid ones.
-    """
-    valid = figure_names(evaluations)
-    if figure not in valid:
-        raise ValueError(f"unknown figure {figure!r}; valid for this config: {', '.join(valid)}")
-    ppl = [e for e in evaluations if e.startswith("ppl-")]
-    zeroshot = [e for e in evaluations if e.startswith("zeroshot")]
-    cost = [e for e in evaluations if not e.startswith(("ppl-", "zeroshot", "demo"))]
-    if figure.startswith(PER_DATASET):
-        ds = figure[len(PER_DATASET):]
-        return [e for e in ppl if e.split("-")[1] == ds] + cost
-    return {"perplexity_vs_ratio": ppl + zeroshot + (["cost"] if "cost" in cost else []),
-            "cost_vs_ratio": cost}.get(figure, ppl + cost)
-
-
 def draw(figure: str, df: pd.DataFrame, out_path) -> None:
     """Draw a registered figure from the tidy table to ``out_path`` (format from the suffix).
 

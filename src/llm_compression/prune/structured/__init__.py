@@ -3,9 +3,10 @@ MLP channels or hidden dimensions, so the model becomes physically smaller and f
 
 Levels: ``block`` and ``channel`` (:mod:`.groups`), ``layer`` (whole decoder blocks, :mod:`.layers`).
 Steps (one module each): :mod:`.groups` finds the coupled structures, :mod:`.importance` scores
-them (Taylor element1/element2/vector from calibration gradients, L1, L2, random), :mod:`.apply`
+them (Taylor element1/element2/vector from calibration gradients, L1, L2, random; :mod:`.activations`:
+Minitron activation importance, ShortGPT block influence, Gromov et al. angular distance), :mod:`.apply`
 removes the lowest-scored ones and keeps module attributes and the config consistent, and
-:mod:`.reload` loads checkpoints whose layers ended with different widths.
+:func:`llm_compression.checkpoint.load_pruned` loads checkpoints whose layers ended with different widths.
 
 In the workflow, structured methods are named ``llmpruner-<importance>`` (e.g.
 ``llmpruner-element1``), so a variant's path segment stays ``{method}_{level}_{ratio}_x{repeat}``.
@@ -27,25 +28,30 @@ from .groups import (
     check_architecture,
     resolve_layer_range,
 )
+from .activations import activation_group_importance
 from .importance import (
     AGGREGATIONS,
     ALIASES,
+    IMPORTANCE_LEVELS,
     IMPORTANCES,
     canonical_importance,
+    check_importance_level,
     collect_gradients,
     group_importance,
+    needs_calibration,
     needs_gradients,
 )
-from .reload import load_pruned, needs_structured_loader
+from ...checkpoint import load_pruned, needs_structured_loader  # noqa: F401  (loading lives in checkpoint)
 
-#: structured levels: the group levels of :mod:`.groups` and ``layer`` (whole decoder blocks, :mod:`.layers`)
-LEVELS = (*GROUP_LEVELS, "layer")
-METHOD_PREFIX = "llmpruner-"
+from ...options.pruning import STRUCTURED_LEVELS as LEVELS
+from ...options.pruning import STRUCTURED_PREFIX as METHOD_PREFIX
+
 METHODS = tuple(METHOD_PREFIX + i for i in IMPORTANCES)
 
 __all__ = [
-    "AGGREGATIONS", "ATTENTION_UNITS", "IMPORTANCES", "LEVELS", "LAYER_SHAPES_KEY", "METHODS", "METHOD_PREFIX",
-    "StructuredPruningError", "build_groups", "canonical_importance", "check_architecture", "count_parameters",
+    "AGGREGATIONS", "ATTENTION_UNITS", "IMPORTANCE_LEVELS", "IMPORTANCES", "LEVELS", "LAYER_SHAPES_KEY", "METHODS", "METHOD_PREFIX",
+    "StructuredPruningError", "build_groups", "canonical_importance", "check_architecture", "check_importance_level",
+    "count_parameters", "needs_calibration",
     "importance_of_method", "is_structured_method", "layer_shapes", "load_pruned", "needs_structured_loader",
     "prune_structured", "resolve_layer_range",
 ]
@@ -96,14 +102,17 @@ def prune_structured(
         ratio: fraction of the groups of each group set to remove, in [0, 1): heads are whole
             (snapped to the nearest count, ties pruning less), channels are rounded.
         importance: ``element1`` (= ``taylor``), ``element2``, ``vector``, ``l1``, ``l2``, ``random``
-            (see :mod:`.importance`).
+            (see :mod:`.importance`); ``activation`` (Minitron; block, channel), ``block-influence``
+            (ShortGPT; layer), ``angular`` (Gromov et al.; layer; removes the run of consecutive blocks
+            with the smallest angular distance), see :mod:`.activations`.
         aggregation: ``sum`` (LLM-Pruner's default), ``mean`` or ``max`` over a group's tensors.
         layer_range: ``[start, end)`` of decoder layers for ``block`` and ``layer``; None = all but the
             first and last.
-        attention: ``query_head`` (query heads, equal numbers per key/value head; k/v kept),
+        attention: ``query_head`` (query heads, equal numbers per key/value head, k/v kept; on a
+            multi-head layer, as many key/value heads as query heads, a head goes with its k/v slices),
             ``kv_group`` (a key/value head with all its query heads) or ``none`` (MLP only).
         snap: round a head ratio that is no whole number of heads (logged); False raises instead.
-        calib_ids: LongTensor ``[samples, seqlen]``; required by the gradient criteria.
+        calib_ids: LongTensor ``[samples, seqlen]``; required by the gradient and activation criteria.
         batch_size: samples per backward pass (``element2`` always uses 1).
         seed: seed of ``random`` importance.
 
@@ -111,7 +120,8 @@ def prune_structured(
         dict with ``parameters_before``/``parameters_after`` (distinct tensors' elements),
         ``parameter_ratio`` (achieved fraction of parameters removed, which differs from ``ratio``),
         ``groups`` (per group set: kind, layer, groups before/after), ``layer_shapes`` (per layer),
-        ``hidden_size``, ``uniform`` (all decoder layers equally wide), ``plain_loadable`` (True when
+        ``hidden_size``, ``calibration_budget`` (samples, seqlen, tokens, passes; None when the criterion
+        reads no calibration), ``uniform`` (all decoder layers equally wide), ``plain_loadable`` (True when
         plain ``from_pretrained`` reloads the saved model; else ``loader`` names :func:`load_pruned`),
         ``seconds``.
 
@@ -126,7 +136,10 @@ def prune_structured(
     if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
         raise StructuredPruningError(f"ratio {ratio!r} is outside [0, 1)")
     ratio = float(ratio)
-    if needs_gradients(importance) and calib_ids is None:
+    if level not in LEVELS:
+        raise StructuredPruningError(f"structured level {level!r} is not one of {', '.join(LEVELS)}")
+    check_importance_level(importance, level)
+    if needs_calibration(importance) and calib_ids is None:
         raise StructuredPruningError(f"importance {importance!r} needs calibration data (calib_ids)")
     if level == "layer":
         return _prune_layers(model, ratio=ratio, importance=importance, aggregation=aggregation,
@@ -144,7 +157,11 @@ def prune_structured(
         grads = collect_gradients(model, calib_ids, names, second_order=importance == "element2",
                                   batch_size=batch_size)
         t_grad = time.perf_counter() - tg
-    if ratio > 0:
+    if ratio > 0 and importance == "activation":
+        tg = time.perf_counter()
+        scores = activation_group_importance(groupsets, model, calib_ids, batch_size=batch_size)
+        t_grad = time.perf_counter() - tg
+    elif ratio > 0:
         scores = group_importance(groupsets, model, importance, aggregation=aggregation, grads=grads, seed=seed)
     else:  # nothing is removed: no scores needed (and no gradients were taken)
         scores = [torch.zeros(gs.n_groups, dtype=torch.float64) for gs in groupsets]
@@ -161,6 +178,9 @@ def prune_structured(
     groups = [{"kind": gs.kind, "layer": gs.layer, "before": gs.n_groups, "after": int(k.numel()),
                "removed": sorted(set(range(gs.n_groups)) - set(k.tolist()))}
               for gs, k in zip(groupsets, keeps)]
+    if log:
+        for line in removal_lines(groups):
+            log(line)
     result = {
         "level": level,
         "ratio": ratio,
@@ -170,7 +190,8 @@ def prune_structured(
         "layer_range": list(resolve_layer_range(len(shapes_before), layer_range)) if level == "block" else None,
         **_shape_report(model, before, shapes_before),
         "groups": groups,
-        "gradient_seconds": t_grad,
+        "calibration_budget": calibration_budget(importance, calib_ids, batch_size) if ratio > 0 else None,
+        "gradient_seconds": t_grad,  # seconds spent reading calibration (gradients or activations)
         "seconds": time.perf_counter() - t0,
     }
     if log:
@@ -179,6 +200,39 @@ def prune_structured(
             f"uniform widths: {result['uniform']}, "
             f"reload with {result['loader']}")
     return result
+
+
+#: how the log names the units of each group kind
+_UNIT_NAMES = {"attention_head": "attention heads (q/k/v/o slices, each with its own key/value head)",
+               "query_head": "query heads (q/o slices; key/value heads kept)",
+               "kv_group": "key/value groups (k/v head with its query heads)",
+               "mlp_channel": "MLP channels (gate/up rows, down columns)",
+               "hidden_channel": "hidden channels (whole model)"}
+
+
+def removal_lines(groups: list[dict]) -> list[str]:
+    """One log line per pruned group set (``groups`` entries of :func:`prune_structured`'s result): the
+    layer, the unit, the count before -> after and, for heads, the indices removed."""
+    out = []
+    for g in groups:
+        where = f"layer {g['layer']}" if g["layer"] is not None else "model"
+        unit = _UNIT_NAMES.get(g["kind"], g["kind"])
+        line = f"{where}: {unit} {g['before']} -> {g['after']}"
+        if g["kind"] in ("attention_head", "query_head", "kv_group"):
+            line += f", removed {g['removed']}"
+        else:
+            line += f" ({g['before'] - g['after']} removed)"
+        out.append(line)
+    return out
+
+
+def calibration_budget(importance: str, calib_ids, batch_size: int) -> dict | None:
+    """What the criterion read: samples, tokens per sample, tokens, passes (None without calibration)."""
+    if not needs_calibration(importance) or calib_ids is None:
+        return None
+    n, t = (int(x) for x in calib_ids.shape)
+    return {"samples": n, "seqlen": t, "tokens": n * t, "batch_size": int(batch_size),
+            "passes": "forward and backward" if needs_gradients(importance) else "forward only"}
 
 
 def _shape_report(model, before: int, shapes_before: list[dict]) -> dict:
@@ -202,6 +256,7 @@ def _prune_layers(model, *, ratio, importance, aggregation, layer_range, snap, c
                   log, t0) -> dict:
     """The ``layer`` level of :func:`prune_structured` (see :mod:`.layers`)."""
     from .apply import snap_count, sync_metadata
+    from .activations import angular_distances, block_influence
     from .layers import drop_layers, layer_importance, layer_parameter_names
 
     check_architecture(model, "block")
@@ -215,6 +270,7 @@ def _prune_layers(model, *, ratio, importance, aggregation, layer_range, snap, c
     t_grad = 0.0
     removed: list[int] = []
     scores = None
+    candidates_scored = candidates
     if k > 0:
         grads = None
         if needs_gradients(importance):
@@ -222,10 +278,27 @@ def _prune_layers(model, *, ratio, importance, aggregation, layer_range, snap, c
             grads = collect_gradients(model, calib_ids, layer_parameter_names(model, candidates),
                                       second_order=importance == "element2", batch_size=batch_size)
             t_grad = time.perf_counter() - tg
-        scores = layer_importance(model, candidates, importance, aggregation=aggregation, grads=grads, seed=seed)
+        if importance == "angular":  # the run of k consecutive blocks whose input and output are closest
+            tg = time.perf_counter()
+            dist = angular_distances(model, calib_ids, k, batch_size=batch_size)
+            t_grad = time.perf_counter() - tg
+            starts = list(range(start, end - k + 1))
+            scores = dist[starts]
+            best = min(range(len(starts)), key=lambda j: (float(scores[j]), starts[j]))
+            removed = list(range(starts[best], starts[best] + k))
+            candidates_scored = starts
+        else:
+            if importance == "block-influence":
+                tg = time.perf_counter()
+                scores = block_influence(model, calib_ids, batch_size=batch_size)[candidates]
+                t_grad = time.perf_counter() - tg
+            else:
+                scores = layer_importance(model, candidates, importance, aggregation=aggregation, grads=grads,
+                                          seed=seed)
+            order = sorted(range(len(candidates)), key=lambda j: (float(scores[j]), candidates[j]))
+            removed = sorted(candidates[j] for j in order[:k])
+            candidates_scored = candidates
         del grads
-        order = sorted(range(len(candidates)), key=lambda j: (float(scores[j]), candidates[j]))
-        removed = sorted(candidates[j] for j in order[:k])
         drop_layers(model, removed)
         sync_metadata(model)
     result = {
@@ -238,9 +311,13 @@ def _prune_layers(model, *, ratio, importance, aggregation, layer_range, snap, c
         **_shape_report(model, before, shapes_before),
         "groups": [{"kind": "layer", "layer": None, "before": len(candidates), "after": len(candidates) - k,
                     "removed": removed,
-                    "scores": {str(c): float(s) for c, s in zip(candidates, scores)} if scores is not None else {}}],
+                    "scores": ({str(c): float(s) for c, s in zip(candidates_scored, scores)}
+                               if scores is not None else {}),
+                    "scores_of": ("first block of a run of the removed length (angular distance)"
+                                  if importance == "angular" else "decoder layer")}],
         "layers_removed": removed,
-        "gradient_seconds": t_grad,
+        "calibration_budget": calibration_budget(importance, calib_ids, batch_size) if k > 0 else None,
+        "gradient_seconds": t_grad,  # seconds spent reading calibration (gradients or activations)
         "seconds": time.perf_counter() - t0,
     }
     if log:

@@ -6,7 +6,7 @@ that transformers reads (``num_attention_heads``, ``num_key_value_heads``, ``hea
 ``intermediate_size``, ``hidden_size``), so that forward and cached generation work on the
 smaller tensors. Where the decoder layers end with different widths (block pruning outside the
 first/last layers), the per-layer shapes go to ``config.pruned_layer_shapes`` and the checkpoint
-reloads with :func:`llm_compression.prune.structured.reload.load_pruned`.
+reloads with :func:`llm_compression.checkpoint.load_pruned`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ...checkpoint import LAYER_SHAPES_KEY  # noqa: F401  (config key of per-layer widths; one definition)
 from ...modules import decoder_layers
 from .groups import GroupSet, StructuredPruningError, attention_shape
-
-#: config key with the per-layer widths of a checkpoint whose decoder layers differ
-LAYER_SHAPES_KEY = "pruned_layer_shapes"
 
 
 def snap_count(x: float, n: int, *, what: str, snap: bool, log: Callable[[str], None] | None,
@@ -70,10 +68,11 @@ def select(gs: GroupSet, scores: torch.Tensor, ratio: float, *, snap: bool = Tru
             order = torch.argsort(scores[idx], stable=True)
             keep.extend(idx[order[k:]].tolist())
         return torch.tensor(sorted(keep), dtype=torch.long)
-    unit = {"kv_group": "key/value groups", "mlp_channel": "MLP channels",
-            "hidden_channel": "hidden channels"}.get(gs.kind, gs.kind)
+    unit = {"kv_group": "key/value groups", "attention_head": "attention heads (q/k/v/o)",
+            "mlp_channel": "MLP channels", "hidden_channel": "hidden channels"}.get(gs.kind, gs.kind)
+    whole = gs.kind in ("kv_group", "attention_head")
     k = snap_count(ratio * gs.n_groups, gs.n_groups, what=unit, where=f" ({where})",
-                   snap=snap or gs.kind.endswith("channel"), log=log if gs.kind == "kv_group" else None)
+                   snap=snap or gs.kind.endswith("channel"), log=log if whole else None)
     multiple = int(gs.meta.get("keep_multiple", 1))
     if multiple > 1 and k > 0:
         keep_n = gs.n_groups - k
@@ -134,7 +133,7 @@ def sync_metadata(model) -> None:
     ``num_key_value_heads``, ``intermediate_size`` (plain ``from_pretrained`` reloads), or -- when the
     layers differ, or the config class rejects the uniform numbers (LlamaConfig needs ``hidden_size %
     num_attention_heads == 0``) -- the previous, valid global numbers plus ``config.pruned_layer_shapes``
-    with every layer's widths (:func:`.reload.load_pruned` reloads).
+    with every layer's widths (:func:`llm_compression.checkpoint.load_pruned` reloads).
 
     Raises:
         StructuredPruningError: the config class rejects the new hidden size.

@@ -13,6 +13,13 @@ Kinds (``GroupSet.kind``):
   (``n_q = n_rep * n_kv``), query head ``h`` reads key/value head ``h // n_rep``; so that every
   key/value head keeps the same number of query heads (transformers' ``repeat_kv`` needs it),
   query heads are pruned in equal numbers inside each key/value group (``GroupSet.partition``).
+- ``"attention_head"`` (one multi-head attention layer, ``n_q == n_kv``; chosen automatically for
+  ``attention="query_head"`` when every query head has its own key/value head): head ``h`` = rows
+  ``[h*d, (h+1)*d)`` of ``q_proj``, ``k_proj``, ``v_proj`` (and biases) and columns of ``o_proj``.
+  A query head cannot be removed without its key/value head here (one key/value head per query
+  head must remain), so LLM-Pruner's MHA grouping applies: the whole head goes. With multi-query
+  attention (``n_kv == 1``) the ``"query_head"`` kind prunes query heads from one pool, the single
+  key/value head kept.
 - ``"kv_group"`` (one attention layer): key/value group ``g`` = key/value head ``g`` (rows of
   ``k_proj``/``v_proj``) plus its ``n_rep`` query heads (a contiguous run of ``q_proj`` rows and
   ``o_proj`` columns).
@@ -39,20 +46,15 @@ import torch
 from torch import nn
 
 from ...modules import decoder_layers
+from ...options.pruning import ATTENTION_UNITS, GROUP_LEVELS, StructuredPruningError  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-LEVELS = ("block", "channel")
-ATTENTION_UNITS = ("query_head", "kv_group", "none")
+LEVELS = GROUP_LEVELS
 #: model_type values whose decoder blocks have self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj
 BLOCK_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 #: model types whose hidden dimension can be pruned (Gemma-3 is refused: see :func:`check_architecture`)
 CHANNEL_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-
-
-class StructuredPruningError(ValueError):
-    """A structured-pruning request that cannot be carried out as asked (bad option, unsupported model,
-    a ratio that is no whole number of heads when snapping is off)."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,10 @@ def block_groups(model, *, layer_range=None, attention: str = "query_head", mlp:
     """Group sets of the ``block`` level: per decoder layer in ``layer_range``, attention heads
     (``attention`` = ``"query_head"``, ``"kv_group"`` or ``"none"``) and MLP channels.
 
+    ``"query_head"`` yields kind ``"attention_head"`` (q, k, v and o slices of a head) on a
+    multi-head layer (as many key/value heads as query heads), ``"query_head"`` otherwise (GQA,
+    MQA: query heads only, equal numbers per key/value head).
+
     Raises:
         StructuredPruningError: unknown ``attention`` unit or bad ``layer_range``.
     """
@@ -181,7 +187,14 @@ def block_groups(model, *, layer_range=None, attention: str = "query_head", mlp:
         d, n_q, n_kv = s["head_dim"], s["n_q"], s["n_kv"]
         rep = n_q // n_kv
         q, k, v, o = (names[id(getattr(attn, p))] for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
-        if attention == "query_head":
+        if attention == "query_head" and n_q == n_kv and n_q > 1:  # MHA: a head is q + its own k, v
+            mem = [Member(f"{q}.weight", 0, d), Member(f"{o}.weight", 1, d),
+                   Member(f"{k}.weight", 0, d), Member(f"{v}.weight", 0, d)]
+            for lin, nm in ((attn.q_proj, q), (attn.k_proj, k), (attn.v_proj, v)):
+                if lin.bias is not None:
+                    mem.append(Member(f"{nm}.bias", 0, d))
+            out.append(GroupSet("attention_head", i, n_q, mem, meta=dict(s)))
+        elif attention == "query_head":
             mem = [Member(f"{q}.weight", 0, d), Member(f"{o}.weight", 1, d)]
             if attn.q_proj.bias is not None:
                 mem.append(Member(f"{q}.bias", 0, d))

@@ -16,6 +16,8 @@ negative log-likelihood, averaged over the calibration samples):
   ``--taylor param_first`` setting); canonicalized by :func:`canonical_importance`.
 - ``l1`` / ``l2`` -- magnitude of the slice (``sum |W|``, ``sqrt(sum W^2)``); no calibration.
 - ``random`` -- uniform random score per group from a seeded generator; no calibration.
+- ``activation`` (block, channel), ``block-influence`` and ``angular`` (layer) -- from calibration
+  activations, no gradients: see :mod:`.activations`.
 
 Group aggregation: the per-member scores of a group (one per tensor slice it owns) are combined
 by ``sum`` (LLM-Pruner's default ``grouping_strategy``), ``mean`` or ``max``.
@@ -25,31 +27,19 @@ from __future__ import annotations
 
 import torch
 
+from ...options.pruning import (  # noqa: F401  (one definition each, torch-free)
+    ACTIVATION_IMPORTANCES,
+    AGGREGATIONS,
+    ALIASES,
+    GRADIENT_IMPORTANCES,
+    IMPORTANCE_LEVELS,
+    IMPORTANCES,
+    canonical_importance,
+    check_importance_level,
+    needs_gradients,
+)
+from ...options.pruning import importance_needs_calibration as needs_calibration  # noqa: F401
 from .groups import GroupSet, StructuredPruningError
-
-IMPORTANCES = ("element1", "element2", "vector", "l1", "l2", "random")
-ALIASES = {"taylor": "element1"}
-GRADIENT_IMPORTANCES = ("element1", "element2", "vector")
-AGGREGATIONS = ("sum", "mean", "max")
-
-
-def canonical_importance(name: str) -> str:
-    """``taylor`` -> ``element1``; other valid names unchanged.
-
-    Raises:
-        StructuredPruningError: unknown criterion.
-    """
-    name = ALIASES.get(name, name)
-    if name not in IMPORTANCES:
-        raise StructuredPruningError(
-            f"importance {name!r} is not one of {', '.join(IMPORTANCES + tuple(ALIASES))}"
-        )
-    return name
-
-
-def needs_gradients(importance: str) -> bool:
-    return canonical_importance(importance) in GRADIENT_IMPORTANCES
-
 
 def collect_gradients(model, calib_ids: torch.Tensor, names: set[str], *, second_order: bool,
                       batch_size: int = 1, device: str | None = None) -> dict[str, dict[str, torch.Tensor]]:

@@ -23,7 +23,7 @@ from llm_compression.prune.structured import (
 )
 from llm_compression.prune.structured.importance import group_importance
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def llama(n_q=8, n_kv=2, *, head_dim=8, hidden=64, inter=96, layers=4, tied=True, seed=0):
@@ -299,6 +299,7 @@ _RELOAD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # > 20 s on 2 loaded cores (--durations)
 def test_reload_in_fresh_process_gives_identical_logits(tmp_path):
     x = ids(2, 10, seed=5)
     cases = {
@@ -418,6 +419,7 @@ def gemma(layers=4):
     return AutoModelForCausalLM.from_config(cfg).eval()
 
 
+@pytest.mark.slow  # > 20 s on 2 loaded cores (--durations)
 def test_gemma3_block_level_works_and_reloads(tmp_path):
     m = gemma()
     assert m.config.model_type == "gemma3_text"
@@ -448,6 +450,7 @@ def _identity_layer(m, i):
 
 
 @pytest.mark.parametrize("imp", ["element1", "element2", "vector", "l1", "l2"])
+@pytest.mark.slow  # > 20 s on 2 loaded cores (--durations)
 def test_layer_level_removes_the_planted_identity_layer(imp):
     m = llama(8, 2, layers=6)
     _identity_layer(m, 3)
@@ -463,6 +466,7 @@ def test_layer_level_removes_the_planted_identity_layer(imp):
         assert torch.allclose(m(x).logits, want, atol=1e-5)  # removing an identity block changes nothing
 
 
+@pytest.mark.slow  # > 20 s on 2 loaded cores (--durations)
 def test_layer_level_reloads_with_from_pretrained_and_generates(tmp_path):
     m = llama(8, 2, layers=6)
     r = prune_structured(m, level="layer", ratio=0.5, importance="random", seed=1, layer_range=[0, 6])

@@ -10,7 +10,7 @@ import yaml
 
 from llm_compression.config import ConfigError, expand_grid, load_config_file, validate_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -89,6 +89,7 @@ def test_malformed_yaml(tmp_path):
         load_config_file(f)
 
 
+@pytest.mark.slow  # > 20 s on 2 loaded cores (--durations)
 def test_snakemake_refuses_bad_config_before_any_job(tmp_path, cfg):
     """The workflow validates the config while parsing the Snakefile: exit 1, message, nothing run."""
     cfg["grid"]["pruning"][0]["method"] = "obs"
@@ -110,6 +111,7 @@ def test_duplicate_key_is_refused_with_both_lines(tmp_path):
         load_config_file(f)
 
 
+@pytest.mark.slow  # > 20 s on 2 loaded cores (--durations)
 def test_snakemake_refuses_duplicate_key_before_any_job(tmp_path, cfg):
     cfg["results"] = str(tmp_path / "results")
     text = yaml.safe_dump(cfg, sort_keys=False) + "results: elsewhere\n"   # 'results' given twice

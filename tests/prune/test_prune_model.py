@@ -31,13 +31,56 @@ def test_prune_model_reaches_ratio_and_repeat(method):
     assert r2["sparsity_after"] == pytest.approx(0.75, abs=0.01)  # 1 - (1 - 0.5)^2
 
 
+def _block1_masks(model) -> dict[str, torch.Tensor]:
+    return {n: (m.weight == 0).clone() for n, m in prunable_linears(model).items() if ".layers.1." in n}
+
+
+class _Keep:
+    """A pruner that leaves its layer as it is (so a block is passed through unpruned)."""
+
+    def __init__(self, linear):
+        pass
+
+    def add_batch(self, inp, out=None):
+        pass
+
+    def prune(self):
+        pass
+
+
+def _prune_only_block1(m, ids):
+    """Wanda on block 1 alone, fed by whatever block 0 currently computes."""
+    from llm_compression.prune.calibration import sequential_prune
+    from llm_compression.prune.wanda import WandaPruner
+
+    sequential_prune(m, ids, lambda name, lin: WandaPruner(lin, 0.5) if ".layers.1." in name else _Keep(lin),
+                     batch_size=8)
+
+
 def test_wanda_sequential_uses_pruned_activations():
-    """Block 1 of a sequentially pruned model sees the outputs of the *pruned* block 0: pruning block 0
-    alone changes the statistics Wanda collects for block 1, hence (generically) its mask."""
-    m = tiny_llama(seed=3)
+    """Block 1 of a sequentially pruned model sees the outputs of the *pruned* block 0: its masks equal
+    those of a run where block 1 is pruned on pruned-block-0 outputs, and differ from those of a run fed
+    unpruned block-0 outputs."""
     ids = calib()
-    prune_model(m, method="wanda", ratio=0.5, calib_ids=ids)
-    assert torch.isfinite(m(ids).logits).all()
+    sequential = tiny_llama(seed=3)
+    prune_model(sequential, method="wanda", ratio=0.5, calib_ids=ids)
+
+    unpruned_inputs = tiny_llama(seed=3)  # block 0 stays dense while block 1 is pruned
+    _prune_only_block1(unpruned_inputs, ids)
+
+    pruned_inputs = tiny_llama(seed=3)  # block 0 pruned first (as in the sequential run), then block 1
+    from llm_compression.prune.calibration import sequential_prune
+    from llm_compression.prune.wanda import WandaPruner
+
+    sequential_prune(pruned_inputs, ids, lambda name, lin: WandaPruner(lin, 0.5) if ".layers.0." in name else _Keep(lin),
+                     batch_size=8)
+    _prune_only_block1(pruned_inputs, ids)
+
+    seq, dense_fed, pruned_fed = (_block1_masks(x) for x in (sequential, unpruned_inputs, pruned_inputs))
+    assert seq.keys() == dense_fed.keys() == pruned_fed.keys() and len(seq) == 7
+    assert all(torch.equal(seq[n], pruned_fed[n]) for n in seq)
+    differing = [n for n in seq if not torch.equal(seq[n], dense_fed[n])]
+    assert differing, "block-1 masks do not depend on whether block 0 was pruned"
 
 
 def test_prune_model_errors(model):
@@ -86,3 +129,4 @@ def test_prune_model_docstring_lists_every_returned_key(method, level):
     listed = set(re.findall(r"``(\w+)``", doc))
     r = prune_model(tiny_llama(), method=method, level=level, ratio=0.25, calib_ids=calib())
     assert set(r) <= listed, f"not in the docstring: {sorted(set(r) - listed)}"
+

@@ -145,6 +145,7 @@ def test_repeat_prunes_again(method):
     assert r2["sparsity_after"] == pytest.approx(1 - (1 - 0.5) ** 2, abs=0.01)
 
 
+@pytest.mark.slow  # > 20 s on 2 loaded cores (--durations)
 def test_sequential_sparsegpt_tiny_llama_gqa_reaches_target():
     model = tiny_llama(seed=3)
     ids = calib(seed=3, n=16)

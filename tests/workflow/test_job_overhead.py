@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bench():
@@ -25,7 +25,7 @@ def test_setup_job_writes_start_and_end_timing(tmp_path):
     text = log.read_text()
     (start,), (end,) = bench._START.findall(text), bench._END.findall(text)
     assert 0.0 < float(start) < float(end)
-    assert float(end) - float(start) >= 0.3
+    assert float(end) - float(start) >= 0.3 - 0.002  # both printed to the millisecond
 
 
 def test_overhead_table_from_benchmark_and_log_files(tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STUDY = ROOT / "config" / "study.yaml"
 
 # Variants: dense + SparseGPT 9 ratios x 2 repeats (18) + LLM-Pruner 4 block + 4 channel, each without and

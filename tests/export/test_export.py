@@ -22,7 +22,7 @@ from llm_compression.models import save_checkpoint
 from llm_compression.prune import prune_model
 from llm_compression.variants import Pruning, Variant, export_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SRC = str(ROOT / "src")
 MODEL = "tiny"
 WANDA = Variant(Pruning("magnitude", "unstructured", 0.5, 1))

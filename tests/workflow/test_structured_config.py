@@ -16,7 +16,7 @@ from llm_compression.config import (
 )
 from llm_compression.variants import Pruning, pruned_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cfg(*entries, **cal):
@@ -55,6 +55,10 @@ def test_structured_entry_expands_one_variant_per_importance_and_round_trips():
     ({"method": "wanda", "importance": "l1"}, "apply only to method 'llm-pruner'"),
     ({"method": "llm-pruner", "level": "channel", "importance": "hessian"}, "importance"),
     ({"method": "llm-pruner", "level": "block", "aggregation": "prod"}, "aggregation"),
+    ({"method": "llm-pruner", "level": "block", "importance": "block-influence"},
+     "importance 'block-influence' does not apply to level 'block'"),
+    ({"method": "llm-pruner", "level": "layer", "importance": ["random", "activation"]},
+     "importance 'activation' does not apply to level 'layer'"),
 ])
 def test_bad_structured_entries_are_refused(entry, match):
     with pytest.raises(ConfigError, match=match):
@@ -77,9 +81,28 @@ def test_structured_calibration_on_evaluated_corpus_is_refused():
     validate_config(cfg(e), check_model=False)
 
 
+def test_activation_criteria_expand_and_need_calibration():
+    c = validate_config(cfg({"method": "llm-pruner", "level": "layer", "ratios": [0.25],
+                             "importance": ["block-influence", "angular"]},
+                            {"method": "llm-pruner", "level": "channel", "ratios": [0.2], "importance": "activation"}),
+                        check_model=False)
+    segs = [v.pruning.segment for v in expand_grid(c)]
+    assert segs == ["llmpruner-block-influence_layer_0.25_x1", "llmpruner-angular_layer_0.25_x1",
+                    "llmpruner-activation_channel_0.2_x1"]
+    from llm_compression.prune import needs_calibration
+
+    assert all(needs_calibration(Pruning.from_segment(seg).method) for seg in segs)  # forward passes over it
+    assert not needs_calibration("llmpruner-random") and not needs_calibration("llmpruner-l2")
+    # and so the evaluated corpus is refused as their calibration corpus
+    e = {"method": "llm-pruner", "level": "layer", "importance": "angular", "calibration": {"corpus": "ptb"}}
+    with pytest.raises(ConfigError, match="also an evaluation dataset"):
+        validate_config(cfg(e), check_model=False)
+
+
 def test_structured_study_config_validates():
     c = load_config_file(ROOT / "config" / "structured.yaml", check_model=False)
     segs = {v.pruning.segment for v in expand_grid(c)}
     assert "llmpruner-element1_block_0.5_x1" in segs and "llmpruner-random_channel_0.3_x1" in segs
     assert "llmpruner-element1_layer_0.25_x1" in segs
-    assert len(segs) == 21  # dense + (block, channel) x 4 ratios x 2 importances + layer x 2 ratios x 2
+    assert "llmpruner-activation_channel_0.2_x1" in segs and "llmpruner-angular_layer_0.5_x1" in segs
+    assert len(segs) == 33  # dense + (block, channel) x 4 ratios x 3 importances + layer x 2 ratios x 4

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "install_profile.py"
 
 needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")

@@ -15,7 +15,7 @@ from llm_compression.report.plots import FIGURES, draw, figure_evaluations, figu
 from llm_compression.report.table import build_table
 from llm_compression.variants import Pruning, Variant, metrics_path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = [Variant(Pruning("dense")), Variant(Pruning("dense"), quant="nf4-dq")] + [
     Variant(Pruning(m, "unstructured", r, rep), quant=q)
     for m in ("magnitude", "wanda") for r in (0.3, 0.5) for rep in (1, 2) for q in ("none", "nf4-dq")

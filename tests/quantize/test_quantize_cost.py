@@ -196,6 +196,7 @@ def test_blocksize_is_applied_saved_and_reloaded(tmp_path):
         assert torch.equal(m256(IDS).logits, m256b(IDS).logits)
 
 
+@pytest.mark.slow  # > 20 s on 2 loaded cores (--durations)
 def test_shapes_the_avx512_cpu_kernel_cannot_run_still_run(tmp_path):
     """k_proj 64 -> 16 (not a multiple of 32) and blocksize 128 > input width 64 would crash bitsandbytes'
     AVX512-BF16 CPU kernel at the first no-grad forward; load_checkpoint routes them to the generic path."""
@@ -300,6 +301,7 @@ def test_macs_read_pruned_head_counts_from_modules():
 
 # ---------------------------------------------------------------------------------- cost, memory, latency
 
+@pytest.mark.slow  # > 20 s on 2 loaded cores (--durations)
 def test_cost_record_dense_vs_unstructured_vs_nf4(tmp_path):
     save_tiny(tmp_path / "dense")
     save_tiny(tmp_path / "sparse", sparsity=0.5)
@@ -334,6 +336,7 @@ def test_nm_pattern_note():
     assert nm_pattern(model) == "2:4"
 
 
+@pytest.mark.slow  # > 20 s on 2 loaded cores (--durations)
 def test_memory_probe_fresh_process(tmp_path):
     save_tiny(tmp_path / "m")
     r = evaluate_memory(tmp_path / "m", seqlen=32, threads=1)["metrics"]
@@ -342,6 +345,7 @@ def test_memory_probe_fresh_process(tmp_path):
     assert r["peak_memory_bytes"] >= r["rss_after_load_bytes"] * 0.9
 
 
+@pytest.mark.slow  # > 20 s on 2 loaded cores (--durations)
 def test_latency_protocol(tmp_path):
     save_tiny(tmp_path / "m")
     r = evaluate_latency(tmp_path / "m", prompt_tokens=16, new_tokens=4, repeats=3, warmup=1)["metrics"]

@@ -35,6 +35,7 @@ def test_perplexity_matches_hand_computation_on_uneven_stream(model):
     assert r["perplexity"] == pytest.approx(ref, rel=1e-5)
 
 
+@pytest.mark.slow  # > 20 s on 2 loaded cores (--durations)
 def test_keep_last_window_and_bos(model):
     torch.manual_seed(2)
     ids = torch.randint(3, 256, (103,))

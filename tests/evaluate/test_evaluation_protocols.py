@@ -115,6 +115,7 @@ def test_preset_resolution_and_conflicts():
     assert expected_windows(10**6, 512, max_windows=256) == 256
 
 
+@pytest.mark.slow  # > 20 s on 2 loaded cores (--durations)
 def test_presets_give_documented_window_counts(ptb_dir, tmp_path, tiny_model, byte_tokenizer):
     valid_bytes = nbytes("\n\n".join(f"sentence number {i:03d} is here ok" for i in range(12)))
     r = perplexity_of_model(tiny_model, byte_tokenizer, dataset="ptb", preset="llm-pruner", path=str(ptb_dir),
@@ -142,6 +143,7 @@ def test_presets_give_documented_window_counts(ptb_dir, tmp_path, tiny_model, by
     assert r["protocol"]["stream_tokens"] == 256 * 8 and r["protocol"]["split_tokens"] == 1100 * 13 + 1099
 
 
+@pytest.mark.slow  # > 20 s on 2 loaded cores (--durations)
 def test_batch_size_does_not_change_value(tiny_model):
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, 250, (600,), generator=g)

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW_FILES = ("Snakefile", "rules", "workflow", "schemas", "src", "profiles", "envs")  # envs: the rules' conda: files
 PRUNED = "results/tiny/pruned/magnitude_unstructured_0.5_x1"
 

@@ -13,7 +13,7 @@ import yaml
 from llm_compression.config import ConfigError, default_results_dir, expand_grid, validate_config
 from llm_compression.variants import Pruning, canonical_ratio, format_ratio
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def fake_checkpoint(d: Path, **cfg) -> Path:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROFILE = ROOT / "profiles" / "slurm"
 SNAKEFILE = ROOT / "Snakefile"
 CLUSTER_SCRIPT = ROOT / "scripts" / "slurm-local.sh"
@@ -205,7 +205,7 @@ def test_grid_runs_on_real_slurm(local_slurm, tiny_model, tmp_path):
 FAKE_SBATCH = """#!/bin/sh
 # stand-in for sbatch: record the arguments the SLURM plugin passes, then refuse the job
 printf '%s\\n' "$*" >> "$FAKE_SBATCH_LOG"
-echo "sbatch: error: stand-in sbatch of tests/test_slurm.py" >&2
+echo "sbatch: error: stand-in sbatch of tests/workflow/test_slurm.py" >&2
 exit 1
 """
 

@@ -1,0 +1,388 @@
+"""Planning of the workflow: from a validated config to jobs, their inputs, params and resources.
+
+This is the workflow layer's one planning module: grid expansion (:func:`expand_grid`), the
+per-rule params (:meth:`Plan.prune_params`, :meth:`Plan.heal_inputs`, :meth:`Plan.quantize_params`,
+:meth:`Plan.evaluation_params`), the evaluation names of a config (:func:`evaluations`), the figures a
+run draws and the evaluations each one reads (:func:`figure_names`, :func:`figure_evaluations`), and
+the resource plan of every stage (:class:`~llm_compression.resources.ResourcePlan`). Paths and names
+come from :mod:`llm_compression.variants`; method facts from :mod:`llm_compression.options`.
+
+Nothing imported here imports torch, transformers, peft, bitsandbytes, lm-eval or datasets, so
+``snakemake -n`` never pays for them (``tests/workflow/test_planning_imports.py`` checks it).
+"""
+
+from __future__ import annotations
+
+from .options.pruning import (
+    DEFAULT_IMPORTANCE,
+    METHODS,
+    STRUCTURED_METHOD,
+    canonical_importance,
+    needs_calibration,
+)
+from .options.quantization import scheme_options
+from .resources import ResourcePlan
+from .variants import (
+    COST_EVALUATIONS,
+    DENSE,
+    NO_HEALING,
+    ZEROSHOT_EVALUATION,
+    Pruning,
+    Variant,
+    artifact_dir,
+    base_dir,
+    cumulative_ratio,
+    demo_path,
+    demo_report_path,
+    evaluation_kind,
+    healed_dir,
+    is_perplexity_evaluation,
+    is_zeroshot_evaluation,
+    metrics_path,
+    parse_perplexity_evaluation,
+    perplexity_dataset,
+    perplexity_evaluation,
+    pruned_dir,
+    variant_of,
+)
+
+# --------------------------------------------------------------------------- the grid
+
+
+def entry_methods(entry: dict) -> list[str]:
+    """Method names (as in paths) of one ``grid.pruning`` entry: ``["wanda"]``, or for ``llm-pruner``
+    one ``llmpruner-<importance>`` per listed importance (``taylor`` canonicalized to ``element1``)."""
+    spec = METHODS.get(entry["method"])
+    if spec is None or not spec.structured:
+        return [entry["method"]]
+    imps = entry.get("importance", DEFAULT_IMPORTANCE)
+    imps = [imps] if isinstance(imps, str) else list(imps)
+    out = []
+    for imp in imps:
+        m = spec.path_name(canonical_importance(imp))
+        if m not in out:
+            out.append(m)
+    return out
+
+
+def _entry_of(cfg: dict, pruning: Pruning) -> dict | None:
+    """The first ``grid.pruning`` entry that yields ``pruning``'s method and level."""
+    for entry in cfg["grid"]["pruning"]:
+        if pruning.method in entry_methods(entry) and entry["level"] == pruning.level:
+            return entry
+    return None
+
+
+def healing_names(cfg: dict, pruning: Pruning | None = None) -> list[str]:
+    """Healing names of one pruning step: its entry's ``healing`` list when it has one, else
+    ``grid.healing``. Without ``pruning``: every name used anywhere in the grid."""
+    if pruning is None:
+        names = list(cfg["grid"]["healing"])
+        for entry in cfg["grid"]["pruning"]:
+            names += [n for n in entry.get("healing", []) if n not in names]
+        return names
+    if pruning.is_dense:
+        return [NO_HEALING]
+    for entry in cfg["grid"]["pruning"]:
+        if pruning.method in entry_methods(entry) and entry["level"] == pruning.level and "healing" in entry:
+            return list(entry["healing"])
+    return list(cfg["grid"]["healing"])
+
+
+def expand_grid(cfg: dict) -> list[Variant]:
+    """All variants of a validated config, dense first, in config order, without duplicates.
+
+    An entry with ``oneshot_equivalent: true`` also yields, for every repeat ``n > 1`` at ratio
+    ``r``, a one-shot variant (``x1``) at the cumulative ratio ``1 - (1 - r)^n`` (rounded as in
+    :func:`~llm_compression.variants.format_ratio`), right after the repeated one.
+    """
+    prunings: list[Pruning] = []
+    if cfg["grid"]["dense"]:
+        prunings.append(Pruning(DENSE))
+    for entry in cfg["grid"]["pruning"]:
+        for ratio in entry["ratios"]:
+            for repeat in entry["repeats"]:
+                for method in entry_methods(entry):
+                    prunings.append(Pruning(method, entry["level"], float(ratio), int(repeat)))
+                    if entry.get("oneshot_equivalent") and repeat > 1:
+                        cum = cumulative_ratio(float(ratio), int(repeat))  # canonicalized by Pruning
+                        prunings.append(Pruning(method, entry["level"], cum, 1))
+    prunings = list(dict.fromkeys(prunings))
+    out: list[Variant] = []
+    for p in prunings:
+        for healing in healing_names(cfg, p):
+            if p.is_dense and healing != NO_HEALING:
+                continue
+            for quant in cfg["grid"]["quantization"]:
+                v = Variant(p, healing, quant)
+                if v not in out:
+                    out.append(v)
+    return out
+
+
+# --------------------------------------------------------------------------- per-step options
+
+
+def pruning_options(cfg: dict, pruning: Pruning) -> dict:
+    """The config entry options that shape one pruning step, for ``params:``.
+
+    The options the entry sets and the defaults its method's options dataclass marks ``in_params``
+    (see :mod:`llm_compression.options.pruning`): ``scope`` (magnitude), ``blocksize`` and ``percdamp``
+    (sparsegpt, defaults filled in); for structured methods ``aggregation``, ``attention``,
+    ``layer_range``, ``snap`` (defaults filled in) and ``seed`` (of random importance, the calibration
+    seed). The first entry with the same method and level supplies them.
+    """
+    spec, _ = _method(pruning)
+    entry = _entry_of(cfg, pruning)
+    opts = spec.options.params(entry or {})
+    if spec.structured:
+        opts["seed"] = pruning_calibration(cfg, pruning)["seed"]
+    return opts
+
+
+def _method(pruning: Pruning):
+    from .options.pruning import split_path_method
+
+    return split_path_method(pruning.method)
+
+
+def pruning_calibration(cfg: dict, pruning: Pruning) -> dict:
+    """The calibration block of one pruning step: the top-level ``calibration`` with the entry's
+    ``calibration`` overrides (structured methods) applied."""
+    out = dict(cfg["calibration"])
+    for entry in cfg["grid"]["pruning"]:
+        if pruning.method in entry_methods(entry) and entry["level"] == pruning.level:
+            out.update(entry.get("calibration") or {})
+    # defaults are left unnamed, so runs made before these options existed stay current
+    if out.get("sampler") == "torch":
+        del out["sampler"]
+    if "join" in out and out["join"] is None:
+        del out["join"]
+    return out
+
+
+def prune_params(cfg: dict, pruning: Pruning) -> dict:
+    """``params.prune`` of one pruning step: method (path name), level, ratio, repeat, its options, and
+    the calibration block only for calibrated methods (so only they rerun when calibration changes)."""
+    params = {"method": pruning.method, "level": pruning.level, "ratio": pruning.ratio, "repeat": pruning.repeat,
+              **pruning_options(cfg, pruning)}
+    if needs_calibration(pruning.method):
+        params["calibration"] = pruning_calibration(cfg, pruning)
+    return params
+
+
+# --------------------------------------------------------------------------- evaluations
+
+
+def evaluations(cfg: dict) -> list[str]:
+    """Evaluation names of a validated config: ``ppl-<dataset>-<preset>`` for each dataset and preset,
+    ``zeroshot`` when zero-shot tasks are configured, then the enabled ones of ``cost``, ``memory``,
+    ``latency``."""
+    ppl = cfg["evaluation"]["perplexity"]
+    names = [perplexity_evaluation(d, p) for p in ppl["presets"] for d in ppl["datasets"]]
+    if cfg["evaluation"].get("zeroshot", {}).get("tasks"):
+        names.append(ZEROSHOT_EVALUATION)
+    names += [k for k in COST_EVALUATIONS if cfg["evaluation"][k]["enabled"]]
+    return names
+
+
+def evaluation_options(cfg: dict, name: str) -> dict:
+    """The knobs of a cost-type evaluation (``cost``, ``memory``, ``latency``) for ``params:``.
+
+    Raises:
+        ValueError: ``name`` is not a cost-type evaluation.
+    """
+    if name not in COST_EVALUATIONS:
+        raise ValueError(f"{name!r} is not one of {', '.join(COST_EVALUATIONS)}")
+    return {k: v for k, v in cfg["evaluation"][name].items() if k != "enabled"}
+
+
+def evaluation_params(cfg: dict, name: str) -> dict:
+    """``params.evaluation`` of one evaluation: everything that changes a metric's value, so a config
+    change reruns exactly it. ``kind`` is ``perplexity``, ``zeroshot`` or the cost-type name.
+
+    Raises:
+        ValueError: unknown evaluation name, or a perplexity dataset/preset that is not configured.
+    """
+    kind = evaluation_kind(name)
+    if kind == "perplexity":
+        ppl = cfg["evaluation"]["perplexity"]
+        ds, preset = parse_perplexity_evaluation(name, default_preset=ppl["presets"][0])
+        if ds not in ppl["datasets"] or preset not in ppl["presets"]:
+            raise ValueError(f"evaluation {name!r}: dataset {ds!r} / preset {preset!r} is not configured; "
+                             f"datasets: {list(ppl['datasets'])}, presets: {ppl['presets']}")
+        opts = {k: v for k, v in ppl.items() if k not in ("datasets", "presets")}
+        d = {k: v for k, v in ppl["datasets"][ds].items() if k != "skip_if_missing"}
+        return {"kind": "perplexity", "dataset": ds, "preset": preset, **d, **opts}
+    if kind == "zeroshot":
+        return {"kind": "zeroshot", **cfg["evaluation"]["zeroshot"]}
+    return {"kind": kind, **evaluation_options(cfg, kind)}
+
+
+# --------------------------------------------------------------------------- figures
+
+#: figures drawn when the run has perplexity and cost evaluations (see :mod:`llm_compression.report.plots`)
+FIGURES = ("perplexity_vs_nonzero", "quantization_effect", "perplexity_vs_ratio", "cost_vs_ratio", "pareto")
+#: prefix of the per-dataset figure ``perplexity_vs_parameters_<dataset>``
+PER_DATASET = "perplexity_vs_parameters_"
+
+
+def _ppl_datasets(evaluations: list[str]) -> list[str]:
+    """Datasets of the perplexity evaluations (``ppl-<dataset>-<preset>`` or ``ppl-<dataset>``), in order."""
+    return list(dict.fromkeys(perplexity_dataset(e) for e in evaluations if is_perplexity_evaluation(e)))
+
+
+def figure_names(evaluations: list[str]) -> list[str]:
+    """Figures a run with these evaluations can draw (one per-dataset figure per perplexity dataset)."""
+    datasets = _ppl_datasets(evaluations)
+    has_cost = "cost" in evaluations
+    names = []
+    if datasets and has_cost:
+        names += ["perplexity_vs_nonzero"] + [PER_DATASET + d for d in datasets]
+        names += ["quantization_effect", "pareto"]
+    if datasets:
+        names.append("perplexity_vs_ratio")
+    if has_cost:
+        names.append("cost_vs_ratio")
+    return names
+
+
+def figure_evaluations(figure: str, evaluations: list[str]) -> list[str]:
+    """The evaluations a figure reads (its metrics files are its only inputs).
+
+    Raises:
+        ValueError: unknown figure name, naming the valid ones.
+    """
+    valid = figure_names(evaluations)
+    if figure not in valid:
+        raise ValueError(f"unknown figure {figure!r}; valid for this config: {', '.join(valid)}")
+    ppl = [e for e in evaluations if is_perplexity_evaluation(e)]
+    zeroshot = [e for e in evaluations if is_zeroshot_evaluation(e)]
+    cost = [e for e in evaluations if not (is_perplexity_evaluation(e) or is_zeroshot_evaluation(e)
+                                           or e.startswith("demo"))]
+    if figure.startswith(PER_DATASET):
+        ds = figure[len(PER_DATASET):]
+        return [e for e in ppl if perplexity_dataset(e) == ds] + cost
+    return {"perplexity_vs_ratio": ppl + zeroshot + (["cost"] if "cost" in cost else []),
+            "cost_vs_ratio": cost}.get(figure, ppl + cost)
+
+
+# --------------------------------------------------------------------------- the plan of one run
+
+
+class Plan:
+    """Every job of one validated config: targets, inputs, params and resources, as paths under
+    ``cfg["results"]``. The rules in ``rules/*.smk`` call these methods with their wildcards.
+
+    Args:
+        cfg: a config validated by :func:`llm_compression.config.validate_config`.
+    """
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.results = cfg["results"]
+        self.model = cfg["model"]["name"]
+        self.variants = expand_grid(cfg)
+        self.evaluations = evaluations(cfg)
+        self.figures = figure_names(self.evaluations)
+        #: runtime / mem_mb / cpus_per_task / gpu per stage, scaled with the model (config ``resources:``)
+        self.resources = ResourcePlan(cfg)
+
+    def path(self, rel: str) -> str:
+        """A path under the results root."""
+        return f"{self.results}/{rel}"
+
+    # targets
+    def metrics_files(self) -> list[str]:
+        return [self.path(metrics_path(self.model, v, e)) for v in self.variants for e in self.evaluations]
+
+    def demo_files(self) -> list[str]:
+        return [self.path(demo_path(self.model, v)) for v in self.variants]
+
+    def demo_targets(self) -> list[str]:
+        """The side-by-side generation demo, when prompts are configured."""
+        return [self.path(demo_report_path(self.model))] if self.cfg["report"]["demo"]["prompts"] else []
+
+    def figure_targets(self) -> list[str]:
+        return [self.path(f"plots/{name}.{ext}") for name in self.figures for ext in self.cfg["report"]["plot_formats"]]
+
+    def final_targets(self) -> list[str]:
+        return (self.metrics_files() + [self.path("summary.csv"), self.path("summary.md")] + self.figure_targets()
+                + self.demo_targets())
+
+    def checkpoint_dirs(self) -> list[str]:
+        """Every checkpoint folder of the plan (base, each pruning with its repeat chain, healed, quantized)."""
+        dirs = {self.path(base_dir(self.model))}
+        for v in self.variants:
+            p = v.pruning
+            while p is not None and not p.is_dense:
+                dirs.add(self.path(pruned_dir(self.model, p)))
+                p = p.parent()
+            dirs.add(self.path(healed_dir(self.model, v.pruning, v.healing)))
+            dirs.add(self.path(artifact_dir(self.model, v)))
+        return sorted(dirs)
+
+    # prune
+    def prune_input(self, pruning: str) -> str:
+        """The checkpoint a pruning step starts from: the previous repeat, or the base model."""
+        parent = Pruning.from_segment(pruning).parent()
+        return self.path(pruned_dir(self.model, parent) if parent else base_dir(self.model))
+
+    def prune_params(self, pruning: str) -> dict:
+        return prune_params(self.cfg, Pruning.from_segment(pruning))
+
+    # heal
+    def healing_recipe(self, healing: str) -> dict:
+        """The complete recipe of a healing name (filled in by the config validation).
+
+        Raises:
+            KeyError: ``healing`` has no recipe.
+        """
+        return self.cfg["healing"][healing]
+
+    def heal_inputs(self, pruning: str, healing: str) -> dict:
+        recipe = self.healing_recipe(healing)
+        inputs = {"pruned": self.path(pruned_dir(self.model, Pruning.from_segment(pruning)))}
+        if recipe["method"] == "kd":
+            teacher = recipe["kd"]["teacher"]
+            inputs["teacher"] = self.path(base_dir(self.model)) if teacher == "base" else teacher
+        if recipe["data"]["path"]:
+            inputs["data"] = recipe["data"]["path"]
+        return inputs
+
+    # quantize
+    def quantize_input(self, pruning: str, healing: str) -> str:
+        return self.path(healed_dir(self.model, Pruning.from_segment(pruning), healing))
+
+    def quantize_params(self, quant: str) -> dict:
+        return scheme_options(quant, self.cfg["quantize"])
+
+    # evaluate
+    def evaluation_input(self, pruning: str, healing: str, quant: str) -> str:
+        return self.path(artifact_dir(self.model, variant_of(pruning, healing, quant)))
+
+    def evaluation_params(self, evaluation: str) -> dict:
+        return evaluation_params(self.cfg, evaluation)
+
+    def evaluation_threads(self, evaluation: str) -> int:
+        """Latency is measured with the configured thread count (recorded in its JSON); others use the stage's."""
+        if evaluation == "latency":
+            return self.cfg["evaluation"]["latency"]["threads"]
+        return self.resources.threads("evaluate")
+
+    # report
+    def figure_inputs(self, figure: str) -> list[str]:
+        """Only the metrics files this figure reads, so asking for one figure builds only its ancestors.
+
+        Raises:
+            ValueError: unknown figure.
+        """
+        evals = figure_evaluations(figure, self.evaluations)
+        return [self.path(metrics_path(self.model, v, e)) for v in self.variants for e in evals]
+
+
+__all__ = [
+    "FIGURES", "PER_DATASET", "Plan", "STRUCTURED_METHOD", "entry_methods", "evaluation_options",
+    "evaluation_params", "evaluations", "expand_grid", "figure_evaluations", "figure_names", "healing_names",
+    "prune_params", "pruning_calibration", "pruning_options",
+]

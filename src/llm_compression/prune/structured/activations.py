@@ -1,0 +1,253 @@
+"""Importance from calibration activations (forward passes only, no gradients).
+
+Depth (``layer`` level), one score per decoder block or run of blocks, from the hidden states
+entering and leaving the decoder blocks (the residual stream ``h_i`` = input of block ``i``,
+``h_{i+1}`` = its output; ``h_0`` = token embeddings; no final norm):
+
+- ``block-influence`` -- ShortGPT (Men et al. 2024, Sec. 3.1, Eq. 2):
+  ``BI_i = 1 - (1/|X|) sum_{x,t} cos(h_{i,t}, h_{i+1,t})``, the mean over every calibration token
+  ``t`` of every sample ``x``. Blocks with the lowest BI change the stream least and go first.
+- ``angular`` -- Gromov et al. 2024 ("The Unreasonable Ineffectiveness of the Deeper Layers",
+  Sec. 3.2, Eq. 7): for a run of ``n`` consecutive blocks starting at ``l``,
+  ``d(h_l, h_{l+n}) = (1/pi) arccos(cos(h_{l,T}, h_{l+n,T}))``; the run of ``n`` blocks with the
+  smallest distance is removed. The paper uses the last token ``T`` of each sample; with the small
+  calibration budgets of this study (10 samples) that is 10 numbers, so here the distance is averaged
+  over *every* calibration token (``(1/|X|) sum_{x,t} d(h_{l,t}, h_{l+n,t})``), as ShortGPT averages
+  its cosine. ``token="last"`` gives the paper's variant.
+
+Width (``block`` and ``channel`` levels), ``activation`` -- Minitron (Muralidharan et al. 2024,
+Sec. 2.2 "Importance Analysis", Eq. 1-3), per calibration sample ``x`` of ``T`` tokens:
+
+- attention head ``i`` of a layer: ``||a_{x,t,i}||_2``, the L2 norm over ``head_dim`` of the head's
+  attention output (the ``o_proj`` input slice of the head, before ``o_proj``);
+- MLP channel ``i``: ``|m_{x,t,i}|``, the intermediate activation (``act(gate) * up``, the input
+  of ``down_proj``);
+- embedding (hidden) channel ``i``: ``sum_N |LN_N(h)_{x,t,i}|`` over every hidden-size
+  LayerNorm/RMSNorm ``N`` of the model (inputs of attention and MLP, final norm);
+
+aggregated over the sequence by the mean over tokens, then over the batch (the calibration
+samples) by the L2 norm: ``F_i = sqrt(sum_x (mean_t f_{x,t,i})^2)`` (Minitron's batch=L2,
+sequence=mean pairing). Heads of a key/value group add up their query heads' scores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...modules import decoder_layers
+from .groups import GroupSet, StructuredPruningError, hidden_norms
+
+#: depth criteria (``layer`` level only) and width criteria (``block``/``channel`` only) read from activations
+DEPTH_IMPORTANCES = ("block-influence", "angular")
+WIDTH_ACTIVATION_IMPORTANCES = ("activation",)
+
+
+def _check_calib(calib_ids) -> None:
+    if not (isinstance(calib_ids, torch.Tensor) and calib_ids.dim() == 2 and calib_ids.numel() > 0):
+        raise StructuredPruningError("activation importance needs calib_ids, a LongTensor [samples, seqlen]")
+
+
+def _batches(calib_ids: torch.Tensor, batch_size: int):
+    for s in range(0, calib_ids.shape[0], max(1, int(batch_size))):
+        yield calib_ids[s:s + max(1, int(batch_size))]
+
+
+def _hidden_of(args, kwargs):
+    h = kwargs.get("hidden_states") if kwargs else None
+    return h if h is not None else args[0]
+
+
+@torch.no_grad()
+def residual_states(model, ids: torch.Tensor) -> list[torch.Tensor]:
+    """The residual stream at every decoder-block boundary for one batch.
+
+    Args:
+        ids: LongTensor ``[B, T]``.
+
+    Returns:
+        ``n_layers + 1`` float64 tensors ``[B, T, hidden]``: entry ``i`` is the input of decoder block
+        ``i``, entry ``n_layers`` the output of the last block (before the final norm).
+    """
+    layers = decoder_layers(model)
+    states: list[torch.Tensor | None] = [None] * (len(layers) + 1)
+    hooks = []
+
+    def pre(i):
+        def f(_mod, args, kwargs):
+            states[i] = _hidden_of(args, kwargs).detach().double().cpu()
+        return f
+
+    def post(i):
+        def f(_mod, _args, out):
+            h = out[0] if isinstance(out, (tuple, list)) else out
+            states[i + 1] = h.detach().double().cpu()
+        return f
+
+    try:
+        for i, blk in enumerate(layers):
+            hooks.append(blk.register_forward_pre_hook(pre(i), with_kwargs=True))
+            hooks.append(blk.register_forward_hook(post(i)))
+        model(input_ids=ids.to(next(model.parameters()).device), use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return states  # type: ignore[return-value]
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity over the last dimension (``[..., H]`` -> ``[...]``), float64, 0 for a zero vector."""
+    a, b = a.double(), b.double()
+    den = a.norm(dim=-1) * b.norm(dim=-1)
+    return torch.where(den > 0, (a * b).sum(-1) / den.clamp_min(1e-300), torch.zeros_like(den))
+
+
+def angular_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``arccos(cos(a, b)) / pi`` over the last dimension, in [0, 1] (Gromov et al. 2024, Eq. 7)."""
+    return torch.arccos(cosine(a, b).clamp(-1.0, 1.0)) / math.pi
+
+
+@torch.no_grad()
+def block_influence(model, calib_ids: torch.Tensor, *, batch_size: int = 1) -> torch.Tensor:
+    """ShortGPT block influence ``[n_layers]`` (float64) of every decoder block: ``1 - mean cos(h_i, h_{i+1})``
+    over all calibration tokens (Men et al. 2024, Eq. 2). Higher = the block changes the stream more = keep.
+
+    Raises:
+        StructuredPruningError: ``calib_ids`` is not a non-empty 2-D LongTensor.
+    """
+    _check_calib(calib_ids)
+    n = len(decoder_layers(model))
+    total = torch.zeros(n, dtype=torch.float64)
+    count = 0
+    for ids in _batches(calib_ids, batch_size):
+        h = residual_states(model, ids)
+        for i in range(n):
+            total[i] += cosine(h[i], h[i + 1]).sum()
+        count += ids.numel()
+    return 1.0 - total / count
+
+
+@torch.no_grad()
+def angular_distances(model, calib_ids: torch.Tensor, n: int, *, batch_size: int = 1,
+                      token: str = "all") -> torch.Tensor:
+    """Angular distance ``[n_layers - n + 1]`` (float64) between the input of block ``l`` and the output of
+    block ``l + n - 1`` (``d(h_l, h_{l+n})``, Gromov et al. 2024, Eq. 7), averaged over all calibration
+    tokens (``token="all"``) or over the last token of each sample (``token="last"``, as the paper).
+
+    Raises:
+        StructuredPruningError: ``n`` outside ``[1, n_layers]``, bad ``token``, bad ``calib_ids``.
+    """
+    _check_calib(calib_ids)
+    layers = len(decoder_layers(model))
+    if not 1 <= int(n) <= layers:
+        raise StructuredPruningError(f"angular distance over n={n} blocks needs 1 <= n <= {layers}")
+    if token not in ("all", "last"):
+        raise StructuredPruningError(f"angular distance token {token!r} is not 'all' or 'last'")
+    total = torch.zeros(layers - n + 1, dtype=torch.float64)
+    count = 0
+    for ids in _batches(calib_ids, batch_size):
+        h = residual_states(model, ids)
+        if token == "last":
+            h = [x[:, -1:] for x in h]
+        for l in range(layers - n + 1):
+            total[l] += angular_distance(h[l], h[l + n]).sum()
+        count += h[0].shape[0] * h[0].shape[1]
+    return total / count
+
+
+@torch.no_grad()
+def activation_statistics(model, calib_ids: torch.Tensor, *, layers: list[int] | None = None,
+                          hidden: bool = False, batch_size: int = 1) -> dict:
+    """Minitron activation statistics (module docstring): per decoder layer in ``layers`` the head scores
+    ``[n_q]`` and MLP channel scores ``[intermediate]``, and with ``hidden`` the embedding channel scores
+    ``[hidden]``; each ``sqrt(sum_x (mean_t f_{x,t})^2)`` over calibration samples ``x``, float64.
+
+    Returns:
+        ``{"heads": {layer: Tensor}, "mlp": {layer: Tensor}, "hidden": Tensor | None}``.
+
+    Raises:
+        StructuredPruningError: ``calib_ids`` is not a non-empty 2-D LongTensor.
+    """
+    _check_calib(calib_ids)
+    blocks = decoder_layers(model)
+    layers = list(range(len(blocks))) if layers is None else list(layers)
+    acc_heads = {i: None for i in layers}
+    acc_mlp = {i: None for i in layers}
+    acc_hidden = [None]
+    hooks = []
+
+    def add(store, key, per_sample):  # per_sample [B, units]: sequence-mean values; accumulate sum of squares
+        sq = (per_sample.double() ** 2).sum(0).cpu()
+        store[key] = sq if store[key] is None else store[key] + sq
+
+    def head_hook(i, d):
+        def f(_mod, args):
+            x = args[0]  # [B, T, n_q * d], the attention output before o_proj
+            b, t, _ = x.shape
+            add(acc_heads, i, x.double().reshape(b, t, -1, d).norm(dim=-1).mean(1))
+        return f
+
+    def mlp_hook(i):
+        def f(_mod, args):
+            add(acc_mlp, i, args[0].double().abs().mean(1))
+        return f
+
+    cur = {}
+
+    def norm_hook(_mod, _args, out):
+        v = out.double().abs()
+        cur["h"] = v if "h" not in cur else cur["h"] + v
+
+    try:
+        for i in layers:
+            attn = blocks[i].self_attn
+            hooks.append(attn.o_proj.register_forward_pre_hook(head_hook(i, int(attn.head_dim))))
+            hooks.append(blocks[i].mlp.down_proj.register_forward_pre_hook(mlp_hook(i)))
+        if hidden:
+            for _, m in hidden_norms(model):
+                hooks.append(m.register_forward_hook(norm_hook))
+        dev = next(model.parameters()).device
+        for ids in _batches(calib_ids, batch_size):
+            cur.clear()
+            model(input_ids=ids.to(dev), use_cache=False)
+            if hidden:
+                add(acc_hidden, 0, cur["h"].mean(1))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {"heads": {i: v.sqrt() for i, v in acc_heads.items()},
+            "mlp": {i: v.sqrt() for i, v in acc_mlp.items()},
+            "hidden": acc_hidden[0].sqrt() if hidden else None}
+
+
+def activation_group_importance(groupsets: list[GroupSet], model, calib_ids: torch.Tensor, *,
+                                batch_size: int = 1) -> list[torch.Tensor]:
+    """Minitron importance ``[n_groups]`` (float64) of every group set of :mod:`.groups`; higher = keep.
+
+    ``query_head``/``attention_head``: the head's score; ``kv_group``: the sum over its query heads;
+    ``mlp_channel``: the channel's score; ``hidden_channel``: the embedding channel's score.
+
+    Raises:
+        StructuredPruningError: a group kind without an activation score, bad ``calib_ids``.
+    """
+    layers = sorted({gs.layer for gs in groupsets if gs.layer is not None})
+    stats = activation_statistics(model, calib_ids, layers=layers,
+                                  hidden=any(gs.kind == "hidden_channel" for gs in groupsets),
+                                  batch_size=batch_size)
+    out = []
+    for gs in groupsets:
+        if gs.kind in ("query_head", "attention_head"):
+            s = stats["heads"][gs.layer]
+        elif gs.kind == "kv_group":
+            s = stats["heads"][gs.layer].reshape(gs.n_groups, -1).sum(1)
+        elif gs.kind == "mlp_channel":
+            s = stats["mlp"][gs.layer]
+        elif gs.kind == "hidden_channel":
+            s = stats["hidden"]
+        else:
+            raise StructuredPruningError(f"no activation importance for group kind {gs.kind!r}")
+        if s.numel() != gs.n_groups:
+            raise StructuredPruningError(f"{gs.kind} of layer {gs.layer}: {s.numel()} scores for {gs.n_groups} groups")
+        out.append(s)
+    return out
