@@ -139,7 +139,7 @@ def test_shipped_config_list_is_exhaustive():
 
 
 def test_calibration_sampler_is_a_param_only_when_not_default(cfg):
-    from llm_compression.config import pruning_calibration
+    from llm_compression.planning import pruning_calibration
 
     for sampler, named in ((None, None), ("torch", None), ("reference", "reference")):
         c = copy.deepcopy(cfg)
