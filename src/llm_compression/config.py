@@ -194,6 +194,11 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
     if cal["path"] is not None and not Path(cal["path"]).exists():
         raise ConfigError(f"calibration.path: {cal['path']!r} does not exist")
     _check_split(cal["corpus"], cal["split"], "calibration.split")
+    from .data import JOINS
+
+    if cal.get("join") is not None and cal["join"] not in JOINS[cal["corpus"]]:
+        raise ConfigError(f"calibration.join: {cal['join']!r} is not a join of corpus {cal['corpus']!r}; "
+                          f"valid: {', '.join(JOINS[cal['corpus']])} (or null for the default)")
 
     #: options a grid.pruning entry may set for some unstructured method -> the methods that take it
     users: dict[str, list[str]] = {}

@@ -309,32 +309,110 @@ def _read_text(p: Path) -> str:
 
 # --- token streams and calibration --------------------------------------------------------------
 
-def tokenize_stream(tokenizer, text: str, *, max_tokens: int | None = None):
-    """Tokenize ``text`` as one stream without special tokens -> LongTensor ``[n_tokens]``.
+def tokenize_stream(tokenizer, text: str, *, max_tokens: int | None = None, add_special_tokens: bool = False):
+    """Tokenize ``text`` as one stream -> LongTensor ``[n_tokens]``; without special tokens unless
+    ``add_special_tokens`` (then whatever the tokenizer's template adds, e.g. a leading BOS).
 
     ``max_tokens`` truncates the stream (to cap evaluation cost); ``None`` keeps all of it.
     """
     import torch
 
-    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=add_special_tokens, return_attention_mask=False)["input_ids"]
     ids = torch.tensor(ids, dtype=torch.long)
     return ids[:max_tokens] if max_tokens is not None else ids
 
 
-def sample_calibration(tokenizer, text: str, *, samples: int, seqlen: int, seed: int):
-    """Random windows of a token stream for calibration -> LongTensor ``[samples, seqlen]``.
+#: calibration samplers (see :func:`calibration_windows`); the first is the default
+SAMPLERS = ("torch", "reference")
 
-    Window starts are drawn uniformly (with a seeded ``torch.Generator``) from
-    ``[0, n_tokens - seqlen]``, as in the SparseGPT/Wanda calibration loaders.
+
+def calibration_windows(tokenizer, text: str, *, samples: int, seqlen: int, seed: int,
+                        sampler: str = "torch") -> tuple:
+    """Random windows of a token stream for calibration -> ``(ids, starts)``.
+
+    ``ids`` is a LongTensor ``[samples, seqlen]``; ``starts`` the list of window start indices into
+    the stream (row ``k`` is ``stream[starts[k] : starts[k] + seqlen]``). The text is tokenized once
+    as one stream (:func:`tokenize_stream`). Samplers (:data:`SAMPLERS`):
+
+    - ``torch`` (default): the stream without special tokens; starts drawn at once with a seeded
+      ``torch.Generator``, ``torch.randint(0, n_tokens - seqlen, (samples,))``.
+    - ``reference``: the loop of the SparseGPT (Frantar & Alistarh 2023, ``datautils.py``) and Wanda
+      (Sun et al. 2024, ``lib/data.py``) calibration loaders, draw for draw: the stream tokenized as
+      they do, ``tokenizer(text)`` with the tokenizer's own special tokens (a LLaMA tokenizer puts one
+      BOS at index 0, SmolLM2's adds nothing), ``random.seed(seed)``, then per sample
+      ``i = random.randint(0, n_tokens - seqlen - 1)`` and the window ``ids[i : i + seqlen]``.
+      Python's global ``random`` state is saved and restored around it.
+
+    Both draw starts uniformly from ``[0, n_tokens - seqlen - 1]``; only the random stream differs.
 
     Raises:
-        CorpusError: the corpus has fewer than ``seqlen + 1`` tokens.
+        CorpusError: the corpus has fewer than ``seqlen + 1`` tokens, or an unknown ``sampler``.
     """
     import torch
 
-    ids = tokenize_stream(tokenizer, text)
-    if ids.numel() <= seqlen:
-        raise CorpusError(f"calibration corpus has {ids.numel()} tokens, fewer than seqlen+1 = {seqlen + 1}")
-    g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, ids.numel() - seqlen, (samples,), generator=g)
-    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
+    if sampler not in SAMPLERS:
+        raise CorpusError(f"calibration sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
+    ids = tokenize_stream(tokenizer, text, add_special_tokens=sampler == "reference")
+    n = int(ids.numel())
+    if n <= seqlen:
+        raise CorpusError(f"calibration corpus has {n} tokens, fewer than seqlen+1 = {seqlen + 1}")
+    if sampler == "reference":
+        starts = reference_starts(n, samples=samples, seqlen=seqlen, seed=seed)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        starts = torch.randint(0, n - seqlen, (samples,), generator=g).tolist()
+    return torch.stack([ids[s : s + seqlen] for s in starts]), starts
+
+
+def reference_starts(n_tokens: int, *, samples: int, seqlen: int, seed: int) -> list[int]:
+    """Window starts of the SparseGPT/Wanda loaders: ``random.seed(seed)``, then ``samples`` draws of
+    ``random.randint(0, n_tokens - seqlen - 1)``. The caller's global ``random`` state is kept."""
+    import random
+
+    state = random.getstate()
+    try:
+        random.seed(seed)
+        return [random.randint(0, n_tokens - seqlen - 1) for _ in range(samples)]
+    finally:
+        random.setstate(state)
+
+
+def windows_sha256(ids) -> str:
+    """SHA-256 of calibration windows ``[samples, seqlen]`` (as little-endian int64), hex: two runs
+    calibrated on the very same tokens have the same hash."""
+    import hashlib
+
+    import numpy as np
+
+    return hashlib.sha256(np.ascontiguousarray(ids.cpu().numpy().astype("<i8")).tobytes()).hexdigest()
+
+
+def sample_calibration(tokenizer, text: str, *, samples: int, seqlen: int, seed: int, sampler: str = "torch"):
+    """Calibration windows only -> LongTensor ``[samples, seqlen]``; see :func:`calibration_windows`.
+
+    Raises:
+        CorpusError: the corpus has fewer than ``seqlen + 1`` tokens, or an unknown ``sampler``.
+    """
+    return calibration_windows(tokenizer, text, samples=samples, seqlen=seqlen, seed=seed, sampler=sampler)[0]
+
+
+def calibration_set(tokenizer, corpus: CorpusText, calibration: dict) -> tuple:
+    """Calibration windows of a loaded corpus as a validated ``calibration`` config block says, and
+    their record -> ``(ids [samples, seqlen], protocol dict)``.
+
+    ``calibration`` holds ``samples``, ``seqlen``, ``seed``, ``batch_size`` and optionally ``sampler``
+    (default ``torch``). The protocol (stored in the checkpoint's ``compression.json``) is the corpus
+    protocol plus those settings, the ``sampler``, the window ``starts`` (token indices into the
+    stream) and ``windows_sha256`` (:func:`windows_sha256`), so two checkpoints can be checked to have
+    seen the same calibration tokens.
+
+    Raises:
+        CorpusError: see :func:`calibration_windows`.
+    """
+    sampler = calibration.get("sampler", SAMPLERS[0])
+    ids, starts = calibration_windows(tokenizer, corpus.text, samples=calibration["samples"],
+                                      seqlen=calibration["seqlen"], seed=calibration["seed"], sampler=sampler)
+    protocol = {**corpus.protocol, **{k: calibration[k] for k in ("samples", "seqlen", "seed", "batch_size")},
+                "sampler": sampler, "stream_special_tokens": sampler == "reference", "starts": starts,
+                "windows_sha256": windows_sha256(ids)}
+    return ids, protocol

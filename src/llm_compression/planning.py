@@ -153,6 +153,11 @@ def pruning_calibration(cfg: dict, pruning: Pruning) -> dict:
     for entry in cfg["grid"]["pruning"]:
         if pruning.method in entry_methods(entry) and entry["level"] == pruning.level:
             out.update(entry.get("calibration") or {})
+    # defaults are left unnamed, so runs made before these options existed stay current
+    if out.get("sampler") == "torch":
+        del out["sampler"]
+    if "join" in out and out["join"] is None:
+        del out["join"]
     return out
 
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from llm_compression.data import CorpusError, load_text, sample_calibration, tokenize_stream
+from llm_compression.data import (CorpusError, CorpusText, calibration_set, calibration_windows, load_text,
+                                  sample_calibration, tokenize_stream)
 
 from conftest import WIKITEXT_DIR, needs_shared
 
@@ -57,3 +58,75 @@ def test_calibration_sampling_is_seeded(tokenizer):
     assert any(ids[s:s + 16].tolist() == row for s in range(ids.numel() - 15))
     with pytest.raises(CorpusError, match="fewer than seqlen"):
         sample_calibration(tokenizer, "w3 w4", samples=1, seqlen=16, seed=0)
+
+
+def _reference_loop(ids: torch.Tensor, nsamples: int, seqlen: int, seed: int):
+    """The calibration loop of SparseGPT's ``datautils.get_ptb`` / Wanda's ``get_c4``, written out by hand."""
+    import random
+
+    random.seed(seed)
+    starts, windows = [], []
+    for _ in range(nsamples):
+        i = random.randint(0, ids.shape[0] - seqlen - 1)
+        j = i + seqlen
+        starts.append(i)
+        windows.append(ids[i:j])
+    return starts, torch.stack(windows)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_reference_sampler_is_the_reference_loop(tokenizer, seed):
+    import random
+
+    text = " ".join(f"w{i % 200 + 3}" for i in range(300))
+    ids = tokenize_stream(tokenizer, text)
+    want_starts, want = _reference_loop(ids, 40, 16, seed)
+    random.seed(12345)
+    outside = random.getstate()
+    got, starts = calibration_windows(tokenizer, text, samples=40, seqlen=16, seed=seed, sampler="reference")
+    assert starts == want_starts and torch.equal(got, want)
+    assert random.getstate() == outside  # the caller's random stream is left alone
+    # the draws reach the last valid start, n - seqlen - 1, and no further
+    assert max(_reference_loop(ids, 2000, 16, seed)[0]) == ids.numel() - 17
+    # the default sampler is unchanged: its windows are still the seeded torch.Generator draws
+    g = torch.Generator().manual_seed(seed)
+    torch_starts = torch.randint(0, ids.numel() - 16, (40,), generator=g).tolist()
+    dflt, dstarts = calibration_windows(tokenizer, text, samples=40, seqlen=16, seed=seed)
+    assert dstarts == torch_starts and torch.equal(dflt, sample_calibration(tokenizer, text, samples=40, seqlen=16, seed=seed))
+    assert dstarts != starts
+    with pytest.raises(CorpusError, match=r"calibration sampler 'python' is not one of torch, reference"):
+        calibration_windows(tokenizer, text, samples=1, seqlen=16, seed=0, sampler="python")
+
+
+def test_calibration_record_names_sampler_and_windows(tokenizer):
+    text = " ".join(f"w{i % 200 + 3}" for i in range(300))
+    corpus = CorpusText(text, {"dataset": "x", "split": "train"})
+    cal = {"samples": 5, "seqlen": 16, "seed": 0, "batch_size": 2, "sampler": "reference"}
+    ids, rec = calibration_set(tokenizer, corpus, cal)
+    stream = tokenize_stream(tokenizer, text)
+    assert rec["sampler"] == "reference" and len(rec["starts"]) == 5
+    assert all(torch.equal(ids[k], stream[s:s + 16]) for k, s in enumerate(rec["starts"]))
+    assert len(rec["windows_sha256"]) == 64
+    ids2, rec2 = calibration_set(tokenizer, corpus, {**cal, "sampler": "torch"})
+    assert rec2["sampler"] == "torch" and rec2["windows_sha256"] != rec["windows_sha256"]
+    assert calibration_set(tokenizer, corpus, {k: v for k, v in cal.items() if k != "sampler"})[1] == rec2
+
+
+def test_reference_sampler_tokenizes_like_the_reference_loader(byte_tokenizer):
+    """The reference loaders call ``tokenizer(text)``: a template BOS is part of their stream (and shifts
+    every window by one); the default sampler's stream has no special tokens."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    tok = copy.deepcopy(byte_tokenizer)
+    bos = tok.bos_token_id
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    text = "the quick brown fox jumps over the lazy dog " * 10
+    ref_stream = torch.tensor(tok(text)["input_ids"])
+    assert ref_stream[0] == bos and ref_stream.numel() == len(text) + 1
+    want_starts, want = _reference_loop(ref_stream, 30, 16, 0)
+    got, starts = calibration_windows(tok, text, samples=30, seqlen=16, seed=0, sampler="reference")
+    assert starts == want_starts and torch.equal(got, want)
+    plain, _ = calibration_windows(tok, text, samples=30, seqlen=16, seed=0)
+    assert (plain != bos).all()

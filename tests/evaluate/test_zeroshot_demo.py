@@ -100,3 +100,69 @@ def test_generation_demo_is_greedy_and_side_by_side(tiny_model, byte_tokenizer):
         demo_markdown([{"variant": "a", "generations": g1}, {"variant": "b", "generations": g1[:1]}])
     with pytest.raises(ValueError):
         generate_greedy(tiny_model, byte_tokenizer, [], max_new_tokens=4)
+
+
+def tiny_gemma3(vocab_size: int):
+    """A tiny random Gemma-3 text model (``model_type`` gemma3_text: needs BOS, see needs_bos)."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+                           sliding_window=64, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+                           pad_token_id=vocab_size - 1)
+    return Gemma3ForCausalLM(cfg).eval()
+
+
+@pytest.mark.slow
+@needs_offline
+def test_zeroshot_bos_is_fed_to_a_gemma3_whose_tokenizer_adds_none(byte_tokenizer):
+    """Gemma-3-style model, tokenizer that adds no BOS: every request row the model sees starts with
+    exactly one BOS, and the record says so because it was checked."""
+    from llm_compression.evaluate.zeroshot import zeroshot_of_model
+
+    tok = byte_tokenizer
+    assert tok("ab")["input_ids"][0] != tok.bos_token_id  # the template adds no BOS
+    model = tiny_gemma3(len(tok))
+    seen = []
+    h = model.register_forward_pre_hook(lambda m, args, kw: seen.append((args[0] if args else kw["input_ids"]).clone()),
+                                        with_kwargs=True)
+    try:
+        r = zeroshot_of_model(model, tok, tasks=["piqa"], limit=3, batch_size=4, source="offline", device="cpu")
+    finally:
+        h.remove()
+    rows = [row for x in seen for row in x.tolist()]
+    assert len(rows) == 6  # 3 documents x 2 choices
+    bos = tok.bos_token_id
+    assert all(row[0] == bos and row[1] != bos for row in rows)
+    p = r["protocol"]
+    assert p["add_bos_token"] is True and p["bos_requested"] is True
+    assert p["model_input_rows"] == p["rows_starting_with_one_bos"] == 6
+
+
+@pytest.mark.slow
+@needs_offline
+def test_zeroshot_record_says_no_bos_when_none_was_fed(tiny_model, byte_tokenizer):
+    from llm_compression.evaluate.zeroshot import zeroshot_of_model
+
+    r = zeroshot_of_model(tiny_model, byte_tokenizer, tasks=["piqa"], limit=2, batch_size=4, source="offline")
+    p = r["protocol"]
+    assert p["add_bos_token"] is False and p["bos_requested"] is False
+    assert p["model_input_rows"] == 4 and p["rows_starting_with_one_bos"] == 0
+
+
+def test_bos_helpers_check_what_was_fed():
+    import torch
+
+    from llm_compression.evaluate import bos_rows, check_bos_fed, with_bos
+
+    assert with_bos([5, 6], 1) == [1, 5, 6] and with_bos([1, 1, 5], 1) == [1, 5] and with_bos([], 1) == [1]
+    x = torch.tensor([[1, 5, 6], [1, 1, 6], [5, 6, 7]])
+    assert bos_rows(x, 1) == (3, 1, 1) and bos_rows(x, None) == (3, 0, 0)
+    with pytest.raises(RuntimeError, match=r"BOS was requested, but only 1 of 3 model input rows .*\(1 with several\)"):
+        check_bos_fed(*bos_rows(x, 1), wanted=True, what="t")
+    with pytest.raises(RuntimeError, match=r"BOS was not requested, but 2 of 3"):
+        check_bos_fed(*bos_rows(x, 1), wanted=False, what="t")
+    check_bos_fed(3, 3, 0, wanted=True, what="t")
+    check_bos_fed(3, 0, 0, wanted=False, what="t")

@@ -90,3 +90,43 @@ def test_prune_model_errors(model):
         prune_model(model, method="wanda", ratio=0.5)
     with pytest.raises(ValueError, match=r"outside \[0, 1\)"):
         prune_model(model, method="magnitude", ratio=1.5)
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
+def test_non_finite_activations_are_named_not_blamed_on_damping(method):
+    """NaN/inf calibration activations: the error says so and names the Linear; no advice to raise percdamp."""
+    m = tiny_llama(seed=1)
+    with torch.no_grad():
+        m.model.layers[0].mlp.up_proj.weight[0, 0] = float("inf")  # -> inf/NaN inputs of down_proj
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.down_proj: .*(NaN|infinite|inf).*not finite") as e:
+        prune_model(m, method=method, ratio=0.5, calib_ids=calib())
+    assert "percdamp" not in str(e.value).split("no percdamp can help")[-1]
+    assert "larger percdamp" not in str(e.value)
+
+
+def test_sparsegpt_hessian_with_nan_says_so():
+    from llm_compression.prune.sparsegpt import SparseGPTPruner, sparsegpt_prune_weight
+
+    lin = torch.nn.Linear(8, 4)
+    p = SparseGPTPruner(lin, 0.5)
+    x = torch.randn(16, 8)
+    x[3, 2] = float("nan")
+    p.add_batch(x)
+    with pytest.raises(ValueError, match=r"Hessian \[8x8\] has 15 NaN and 0 infinite entries: .*not finite"):
+        p.prune()
+    h = torch.eye(8)
+    h[1, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"has 0 NaN and 1 infinite entries"):
+        sparsegpt_prune_weight(torch.randn(4, 8), h, 0.5)
+
+
+@pytest.mark.parametrize("method,level", [("magnitude", "unstructured"), ("wanda", "2:4"), ("sparsegpt", "unstructured"),
+                                          ("llmpruner-l2", "channel")])
+def test_prune_model_docstring_lists_every_returned_key(method, level):
+    import re
+
+    doc = prune_model.__doc__.split("Returns:")[1].split("Raises:")[0]
+    listed = set(re.findall(r"``(\w+)``", doc))
+    r = prune_model(tiny_llama(), method=method, level=level, ratio=0.25, calib_ids=calib())
+    assert set(r) <= listed, f"not in the docstring: {sorted(set(r) - listed)}"
+

@@ -285,3 +285,57 @@ def test_shared_input_statistics_give_identical_result(method):
         h.remove()
     assert feeder.leader_of == {"self_attn.k_proj": "self_attn.q_proj", "self_attn.v_proj": "self_attn.q_proj",
                                 "mlp.up_proj": "mlp.gate_proj"}
+
+
+def _reference_wanda(model, ids, ratio, nm=None):
+    """A hand-written copy of the arithmetic of the Wanda code (locuslab/wanda ``prune_wanda`` with its
+    ``WrappedGPT.scaler_row``; llm-compressor 0.14's ``WandaPruningModifier`` uses the same): per block,
+    the running mean over *samples* of the squared input norms in float32, metric ``|W| * sqrt(scaler)``,
+    per row the first ``int(cols * ratio)`` of a stable sort (N:M: the N smallest of every M), then the
+    pruned block's outputs feed the next block. Samples go through one at a time."""
+    from llm_compression.modules import decoder_layers, is_linear
+    from llm_compression.prune.calibration import capture_block_inputs
+
+    hidden, call_args = capture_block_inputs(model, ids, 1)
+    for i, block in enumerate(decoder_layers(model)):
+        lins = {n: m for n, m in block.named_modules() if is_linear(m)}
+        scaler = {n: torch.zeros(m.in_features) for n, m in lins.items()}
+        count = dict.fromkeys(lins, 0)
+
+        def hook(name):
+            def f(mod, inp, out):
+                x = inp[0].reshape(-1, inp[0].shape[-1]).t().float()
+                scaler[name] *= count[name] / (count[name] + 1)
+                count[name] += 1
+                scaler[name] += torch.norm(x, p=2, dim=1) ** 2 / count[name]
+            return f
+
+        hs = [m.register_forward_hook(hook(n)) for n, m in lins.items()]
+        for h, (a, k) in zip(hidden, call_args[i]):
+            block(h, *a, **k)
+        for h in hs:
+            h.remove()
+        for n, m in lins.items():
+            metric = m.weight.abs() * torch.sqrt(scaler[n].reshape(1, -1))
+            mask = torch.zeros_like(metric, dtype=torch.bool)
+            if nm is None:
+                idx = torch.sort(metric, dim=-1, stable=True)[1][:, : int(metric.shape[1] * ratio)]
+                mask.scatter_(1, idx, True)
+            else:
+                for c in range(0, metric.shape[1], nm[1]):
+                    mask.scatter_(1, c + torch.topk(metric[:, c:c + nm[1]], nm[0], dim=1, largest=False)[1], True)
+            m.weight.data[mask] = 0
+        out = [block(h, *a, **k) for h, (a, k) in zip(hidden, call_args[i])]
+        hidden = [o[0] if isinstance(o, (tuple, list)) else o for o in out]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("level,nm", [("unstructured", None), ("2:4", (2, 4)), ("4:8", (4, 8))])
+def test_wanda_equals_the_reference_code_arithmetic(level, nm):
+    """Same masks as the Wanda reference arithmetic on a whole tiny model (sequential, per-row groups, N:M)."""
+    ours, ref = tiny_llama(seed=2), tiny_llama(seed=2)
+    ids = calib(seed=4)
+    prune_model(ours, method="wanda", level=level, ratio=0.5, calib_ids=ids, batch_size=8)
+    _reference_wanda(ref, ids, 0.5, nm)
+    for (name, a), b in zip(prunable_linears(ours).items(), prunable_linears(ref).values()):
+        assert torch.equal(a.weight == 0, b.weight == 0), name

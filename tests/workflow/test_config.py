@@ -62,7 +62,8 @@ def _bad(cfg, path, value):
     (("calibration",), {"corpus": "ptb", "split": "train"}, r"calibration\.corpus: 'ptb' is also an evaluation dataset"),
     (("calibration",), {"corpus": "lambada", "split": "train"}, r"calibration\.split: dataset 'lambada' has no split 'train'; valid: test"),
     (("grid", "pruning", 0), {"method": "wanda", "level": "2:4", "repeats": [2]}, r"N:M pattern cannot be applied again"),
-    (("grid", "pruning", 0, "colour"), "red", r"Additional properties are not allowed \('colour' was unexpected\)"),
+    (("grid", "pruning", 0, "colour"), "red", r"Additional properties are not allowed \('colour' was unexpected\)"),    (("calibration",), {"join": "newline"}, r"calibration\.join: 'newline' is not a join of corpus 'lambada'; valid: documents-blank-line"),
+    (("calibration",), {"sampler": "python"}, r"calibration\.sampler: 'python' is not one of \['torch', 'reference'\]"),
 ])
 def test_bad_values_are_named(cfg, path, value, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -135,3 +136,24 @@ def test_shipped_config_list_is_exhaustive():
     shipped = {"config.yaml"} | {f"config/{p.name}" for p in (ROOT / "config").glob("*.yaml")}
     listed = set(test_every_shipped_config_is_complete_and_valid.pytestmark[0].args[1])
     assert shipped == listed
+
+
+def test_calibration_sampler_is_a_param_only_when_not_default(cfg):
+    from llm_compression.planning import pruning_calibration
+
+    for sampler, named in ((None, None), ("torch", None), ("reference", "reference")):
+        c = copy.deepcopy(cfg)
+        if sampler:
+            c["calibration"] = {"sampler": sampler}
+        out = validate_config(c)
+        assert out["calibration"]["sampler"] == (sampler or "torch")
+        pruning = next(v.pruning for v in expand_grid(out) if not v.pruning.is_dense)
+        # the default stays out of the prune rule's params, so runs made before the option stay current
+        assert pruning_calibration(out, pruning).get("sampler") == named
+        assert "join" not in pruning_calibration(out, pruning)
+    c = copy.deepcopy(cfg)
+    c["calibration"] = {"corpus": "ptb", "split": "train", "join": "space", "sampler": "reference",
+                        "allow_evaluation_corpus": True}
+    out = validate_config(c)
+    pruning = next(v.pruning for v in expand_grid(out) if not v.pruning.is_dense)
+    assert {k: pruning_calibration(out, pruning)[k] for k in ("join", "sampler")} == {"join": "space", "sampler": "reference"}

@@ -1,7 +1,7 @@
 """Prune a checkpoint (the base model, or the previous repeat) and save the pruned checkpoint."""
 import time
 
-from llm_compression.data import load_text, sample_calibration
+from llm_compression.data import calibration_set, load_text
 from llm_compression.checkpoint import load_checkpoint, provenance, save_checkpoint
 from llm_compression.models import pick_device
 from llm_compression.plan_checks import check_calibration_corpus, check_pruning_job
@@ -19,12 +19,12 @@ model, tok = load_checkpoint(sm.input[0], device=device)
 calib_ids = None
 calib_protocol = None
 if needs_calibration(p["method"]):
-    corpus = load_text(cal["corpus"], cal["split"], path=cal["path"])
+    corpus = load_text(cal["corpus"], cal["split"], path=cal["path"], join=cal.get("join"))
     check_calibration_corpus(cal["samples"], cal["seqlen"], len(corpus.text.encode()), "calibration.samples",
                              f"{cal['corpus']}/{cal['split']}")
-    calib_ids = sample_calibration(tok, corpus.text, samples=cal["samples"], seqlen=cal["seqlen"], seed=cal["seed"])
-    calib_protocol = {**corpus.protocol, **{k: cal[k] for k in ("samples", "seqlen", "seed", "batch_size")}}
-    log.info("calibration: %d x %d tokens from %s/%s", *calib_ids.shape, cal["corpus"], cal["split"])
+    calib_ids, calib_protocol = calibration_set(tok, corpus, cal)
+    log.info("calibration: %d x %d tokens from %s/%s, sampler %s, windows sha256 %s", *calib_ids.shape,
+             cal["corpus"], cal["split"], calib_protocol["sampler"], calib_protocol["windows_sha256"])
 options = {k: v for k, v in p.items() if k not in ("method", "level", "ratio", "repeat")}
 result = prune_model(model, method=p["method"], level=p["level"], ratio=p["ratio"], calib_ids=calib_ids,
                      batch_size=cal["batch_size"] if cal else 8, progress=True, log=log.info, **options)

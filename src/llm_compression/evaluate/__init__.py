@@ -19,7 +19,7 @@ from ..models import load_checkpoint, read_compression
 from .cost import cost_metrics, cost_notes, nm_pattern
 from .latency import measure_latency
 from .memory import measure_peak_memory
-from .perplexity import perplexity
+from .perplexity import bos_rows, check_bos_fed, perplexity, with_bos  # noqa: F401 (BOS helpers, shared)
 from ..protocols import PRESETS, ProtocolError, expected_windows, model_context_length, resolve_protocol
 
 METRICS_SCHEMA = "llm-compression/metrics/v1"

@@ -22,6 +22,43 @@ import torch
 import torch.nn.functional as F
 
 
+def with_bos(ids: list[int], bos_token_id: int) -> list[int]:
+    """Token ids with exactly one BOS in front: ``bos_token_id`` is prepended unless ``ids`` already
+    starts with it (a tokenizer whose template adds BOS itself), and repeated leading BOS are merged."""
+    i = 0
+    while i < len(ids) and ids[i] == bos_token_id:
+        i += 1
+    return [bos_token_id, *ids[i:]]
+
+
+def bos_rows(x: torch.Tensor, bos_token_id: int | None) -> tuple[int, int, int]:
+    """What the model was fed, per row of ``x`` ``[batch, seq]`` (unpadded at the left):
+    ``(rows, rows starting with exactly one BOS, rows starting with two or more)``; ``(rows, 0, 0)``
+    when the tokenizer has no BOS."""
+    rows = int(x.shape[0])
+    if bos_token_id is None or x.numel() == 0:
+        return rows, 0, 0
+    first = x[:, 0] == bos_token_id
+    second = x[:, 1] == bos_token_id if x.shape[1] > 1 else torch.zeros_like(first)
+    return rows, int((first & ~second).sum()), int((first & second).sum())
+
+
+def check_bos_fed(rows: int, one_bos: int, more_bos: int, *, wanted: bool, what: str) -> None:
+    """Check that the inputs a record will describe are what the protocol says: with ``wanted`` every
+    one of ``rows`` starts with exactly one BOS, without it none does.
+
+    Raises:
+        RuntimeError: naming how many rows broke the rule (the record would otherwise claim more
+            than happened).
+    """
+    if wanted and (one_bos != rows or more_bos):
+        raise RuntimeError(f"{what}: BOS was requested, but only {one_bos} of {rows} model input rows started "
+                           f"with exactly one BOS ({more_bos} with several)")
+    if not wanted and (one_bos or more_bos):
+        raise RuntimeError(f"{what}: BOS was not requested, but {one_bos + more_bos} of {rows} model input rows "
+                           "started with it")
+
+
 def window_stream(ids: torch.Tensor, seqlen: int, last_window: str = "drop") -> list[torch.Tensor]:
     """Split a 1-D token stream ``[N]`` into non-overlapping windows of ``seqlen`` tokens.
 
@@ -91,6 +128,8 @@ def perplexity(
         x = torch.stack(group)
         if bos_token_id is not None:
             x = torch.cat([torch.full((x.shape[0], 1), bos_token_id, dtype=x.dtype), x], dim=1)
+        # the record's "bos" is checked against what is fed
+        check_bos_fed(*bos_rows(x, bos_token_id), wanted=bos_token_id is not None, what="perplexity")
         x = x.to(device)
         logits = model(input_ids=x, use_cache=False).logits
         # predict token t+1 from position t; with BOS every stream token is a target

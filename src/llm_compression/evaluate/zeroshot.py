@@ -18,7 +18,8 @@ The model is evaluated through lm-eval's ``HFLM`` wrapping the already-loaded mo
 structurally pruned and 4-bit checkpoints are scored exactly as loaded. Metrics: ``acc`` and
 ``acc_norm`` (length-normalised, where lm-eval defines it; WinoGrande and BoolQ have ``acc`` only)
 with lm-eval's standard errors, and their unweighted means over tasks. Models that need BOS (Gemma,
-see :func:`llm_compression.evaluate.needs_bos`) get it in front of every request.
+see :func:`llm_compression.evaluate.needs_bos`) get exactly one in front of every request, whatever
+their tokenizer's template adds; the rows fed to the model are counted and checked against it.
 """
 
 from __future__ import annotations
@@ -140,6 +141,39 @@ def task_specs(tasks, source: str, workdir: str | os.PathLike) -> tuple[list[str
     return specs, proto
 
 
+def _bos_hflm(hflm_cls):
+    """A subclass of lm-eval's ``HFLM`` that (1) puts exactly one BOS in front of every request it
+    encodes with special tokens when ``bos_token_id`` is given: lm-eval's ``add_bos_token`` only asks the
+    tokenizer for its special tokens, and a tokenizer whose template adds no BOS (Gemma-3-style ones
+    can be set up so) then feeds none; and (2) counts, at the model call, the rows fed and those
+    starting with exactly one / several BOS (``fed``), so the record can be checked against them."""
+    from .perplexity import bos_rows, with_bos
+
+    class BosCheckedHFLM(hflm_cls):
+        def __init__(self, *args, bos_token_id: int | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._bos_id = bos_token_id
+            self._fed = [0, 0, 0]
+
+        @property
+        def fed(self) -> tuple[int, int, int]:
+            return tuple(self._fed)
+
+        def tok_encode(self, string, add_special_tokens=None, left_truncate_len=None, **kwargs):
+            enc = super().tok_encode(string, add_special_tokens=add_special_tokens, **kwargs)
+            if self._bos_id is not None and add_special_tokens is not False:
+                enc = with_bos(enc, self._bos_id)
+            return enc[-left_truncate_len:] if left_truncate_len else enc
+
+        def _model_call(self, inps, attn_mask=None, labels=None):
+            # causal requests are right-padded, so column 0 is every row's first token
+            counts = bos_rows(inps, self.tokenizer.bos_token_id)
+            self._fed = [a + b for a, b in zip(self._fed, counts)]
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+
+    return BosCheckedHFLM
+
+
 def _num(x):
     try:
         x = float(x)
@@ -149,7 +183,8 @@ def _num(x):
 
 
 def zeroshot_of_model(model, tokenizer, *, tasks=TASKS, limit: int | float | None = None, batch_size: int = 8,
-                      source: str = "auto", device: str | None = None, seed: int = 0) -> dict:
+                      source: str = "auto", device: str | None = None, seed: int = 0,
+                      bos: str | bool = "auto") -> dict:
     """Zero-shot accuracy of an already-loaded causal LM on lm-eval tasks.
 
     Args:
@@ -160,6 +195,10 @@ def zeroshot_of_model(model, tokenizer, *, tasks=TASKS, limit: int | float | Non
         batch_size: lm-eval batch size (does not change the scores beyond float rounding).
         source: ``auto``, ``hub`` or ``offline`` (module docstring).
         seed: lm-eval's random/numpy/torch seeds (zero-shot scoring itself draws nothing).
+        bos: ``"auto"`` (exactly one BOS in front of every request for models that need it, e.g. Gemma,
+            whatever the tokenizer's template adds), True or False (the tokenizer's own default), as
+            for perplexity (:func:`~llm_compression.evaluate.resolve_bos`). The model inputs are
+            checked: the record's ``add_bos_token`` is what every fed row carried.
 
     Returns:
         ``{"metrics": {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"} (means over tasks; stderr of a
@@ -168,6 +207,8 @@ def zeroshot_of_model(model, tokenizer, *, tasks=TASKS, limit: int | float | Non
 
     Raises:
         ZeroShotError: unknown task/source, lm-eval or the offline files missing, a bad ``limit``.
+        ValueError: BOS requested but the tokenizer has none.
+        RuntimeError: the fed rows contradict the BOS setting (some without the requested BOS).
     """
     check_tasks(tasks)
     if limit is not None and (limit <= 0 or (isinstance(limit, float) and limit >= 1 and not limit.is_integer())):
@@ -181,12 +222,13 @@ def zeroshot_of_model(model, tokenizer, *, tasks=TASKS, limit: int | float | Non
 
     import torch
 
-    from . import needs_bos
+    from . import resolve_bos
+    from .perplexity import check_bos_fed
 
     dev = device or str(next(model.parameters()).device)
-    # BOS before every request for models that need it (Gemma); otherwise the tokenizer's default
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=dev,
-              add_bos_token=True if needs_bos(model) else None)
+    bos_id = resolve_bos(model, tokenizer, bos)
+    lm = _bos_hflm(HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=dev,
+                         add_bos_token=True if bos_id is not None else None, bos_token_id=bos_id)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="llmc-zeroshot-") as work:
         specs, task_proto = task_specs(tasks, src, work)
@@ -194,6 +236,11 @@ def zeroshot_of_model(model, tokenizer, *, tasks=TASKS, limit: int | float | Non
                               log_samples=False, random_seed=seed, numpy_random_seed=seed,
                               torch_random_seed=seed, fewshot_random_seed=seed)
     seconds = time.perf_counter() - t0
+    rows, one_bos, more_bos = lm.fed
+    # the record states what was fed: with BOS requested every row must carry exactly one; without,
+    # the tokenizer's own template decides, and all rows must agree
+    check_bos_fed(rows, one_bos, more_bos, wanted=bos_id is not None or (rows > 0 and one_bos == rows),
+                  what="zero-shot")
     per_task = {}
     for t in tasks:
         r = out["results"][t]
@@ -224,7 +271,10 @@ def zeroshot_of_model(model, tokenizer, *, tasks=TASKS, limit: int | float | Non
             "average": "unweighted mean over tasks that define the metric (acc_norm: not boolq, winogrande)",
             "batch_size": batch_size,
             "seed": seed,
-            "add_bos_token": bool(getattr(lm, "add_bos_token", False)),
+            "add_bos_token": rows > 0 and one_bos == rows,
+            "bos_requested": bos_id is not None,
+            "model_input_rows": rows,
+            "rows_starting_with_one_bos": one_bos,
         },
         "runtime": {"device": dev, "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
                     "torch_threads": torch.get_num_threads(), "seconds": seconds},

@@ -111,7 +111,8 @@ def prune_model(
     Raises:
         ValueError: unknown method/level/option, ratio outside [0, 1), missing calibration data,
             ``scope="global"`` with an N:M level, or an N:M ``m`` that does not divide some layer's
-            ``in_features`` (all checked before any weight changes).
+            ``in_features`` (all checked before any weight changes); non-finite (NaN/inf)
+            calibration activations reaching a Linear (SparseGPT, Wanda; the message names it).
     """
     spec, importance = resolve_method(method, importance)
     if spec.structured:

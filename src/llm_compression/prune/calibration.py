@@ -195,8 +195,11 @@ def sequential_prune(
             for hd in handles:
                 hd.remove()
         feeder.finish()
-        for p in pruners.values():
-            p.prune()
+        for n, p in pruners.items():
+            try:
+                p.prune()
+            except ValueError as e:  # say which Linear; the weights of earlier blocks are already pruned
+                raise ValueError(f"{prefix}.{i}.{n}: {e}") from e
         del pruners
         hidden = [_block_output(block(h, *args, **kwargs)) for h, (args, kwargs) in zip(hidden, call_args[i])]
         secs = time.perf_counter() - t0

@@ -56,6 +56,24 @@ def check_sparsegpt_options(blocksize: int, percdamp: float, nm: tuple[int, int]
     SparseGPTOptions(blocksize=blocksize, percdamp=percdamp).validate(level)
 
 
+def check_finite_hessian(hessian: torch.Tensor) -> None:
+    """Refuse a Hessian with NaN/inf entries: no damping makes it usable, its inputs are the fault.
+
+    Raises:
+        ValueError: naming how many entries are NaN and how many infinite.
+    """
+    finite = torch.isfinite(hessian)
+    if not bool(finite.all()):
+        nan = int(torch.isnan(hessian).sum())
+        inf = int((~finite).sum()) - nan
+        cols = hessian.shape[0]
+        raise ValueError(
+            f"SparseGPT: Hessian [{cols}x{cols}] has {nan} NaN and {inf} infinite entries: the layer's "
+            "calibration inputs (activations) are not finite, so no percdamp can help; look for an overflow "
+            "(e.g. float16 activations: load the model in float32/bfloat16) or NaN/inf weights upstream"
+        )
+
+
 @torch.no_grad()
 def upper_cholesky_of_inverse(hessian: torch.Tensor, percdamp: float = DEFAULT_PERCDAMP) -> torch.Tensor:
     """Dampen ``hessian`` in place and return the upper Cholesky factor of its inverse.
@@ -69,9 +87,11 @@ def upper_cholesky_of_inverse(hessian: torch.Tensor, percdamp: float = DEFAULT_P
         ``U`` upper triangular ``[cols, cols]`` with ``U^T U = (H + damp I)^-1``.
 
     Raises:
-        ValueError: the dampened Hessian is not positive definite (raise ``percdamp``).
+        ValueError: the Hessian has NaN/inf entries (non-finite activations; damping cannot help), or
+            the dampened Hessian is not positive definite (raise ``percdamp``).
     """
     cols = hessian.shape[0]
+    check_finite_hessian(hessian)
     damp = percdamp * torch.mean(torch.diag(hessian))
     idx = torch.arange(cols, device=hessian.device)
     hessian[idx, idx] += damp
@@ -121,8 +141,9 @@ def sparsegpt_prune_weight(
         ``new_weight[mask]`` is exactly 0.
 
     Raises:
-        ValueError: bad ratio/options, shape mismatch, ``cols`` not a multiple of ``m``, or a
-            Hessian that is not positive definite after damping.
+        ValueError: bad ratio/options, shape mismatch, ``cols`` not a multiple of ``m``, a Hessian
+            with NaN/inf entries (non-finite activations), or one that is not positive definite
+            after damping.
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"sparsity ratio {ratio!r} is outside [0, 1)")
@@ -139,6 +160,7 @@ def sparsegpt_prune_weight(
         already_zero = W == 0
     already_zero = already_zero.to(W.device)
 
+    check_finite_hessian(H)
     dead = torch.diag(H) == 0
     if dead.any():
         H[dead, dead] = 1.0
@@ -258,7 +280,8 @@ class SparseGPTPruner:
 
         Raises:
             RuntimeError: no calibration batch was added.
-            ValueError: the Hessian is not positive definite after damping.
+            ValueError: the Hessian has NaN/inf entries (non-finite activations), or is not positive
+                definite after damping.
         """
         if self.tokens == 0:
             raise RuntimeError("SparseGPT needs calibration inputs; add_batch was never called")

@@ -54,9 +54,17 @@ class WandaPruner:
 
         Raises:
             RuntimeError: no calibration batch was added.
+            ValueError: the input norms are NaN/inf (non-finite activations): no ranking is possible.
         """
         if self.tokens == 0:
             raise RuntimeError("Wanda needs calibration inputs; add_batch was never called")
+        bad = ~torch.isfinite(self.sq_norm)
+        if bool(bad.any()):
+            raise ValueError(
+                f"Wanda: the input norm ||X_j||_2 of {int(bad.sum())} of {bad.numel()} input features is NaN/inf: "
+                "the layer's calibration inputs (activations) are not finite; look for an overflow (e.g. float16 "
+                "activations: load the model in float32/bfloat16) or NaN/inf weights upstream"
+            )
         w = self.linear.weight
         pruned = w == 0
         if self.nm is not None:
