@@ -121,6 +121,7 @@ def test_base_model_info(tmp_path):
     assert base_model_info(str(local)) == {"base_model": "up/stream", "license": "mit"}
 
 
+@pytest.mark.slow  # loads the saved folder in a fresh Python process
 def test_export_card_front_matter_and_fresh_process_logits(pruned_checkpoint, tmp_path):
     from huggingface_hub import ModelCard, metadata_load
 
@@ -202,6 +203,7 @@ def test_export_refuses_foreign_metrics_and_keeps_existing(pruned_checkpoint, tm
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
+@pytest.mark.slow  # loads the saved folder in a fresh Python process
 def test_export_per_layer_widths_card_and_reload(tmp_path):
     """A structurally pruned checkpoint with per-layer widths: the card says load_checkpoint (from_pretrained
     cannot build it), and load_checkpoint in a fresh process gives identical logits."""

@@ -52,6 +52,7 @@ def test_mha_keeps_the_planted_heads_and_removes_the_dead_one():
     assert g["removed"] == [5]
 
 
+@pytest.mark.slow  # loads the saved folder in a fresh Python process
 def test_mha_reload_fresh_process_and_cached_generation(tmp_path):
     x = ids(2, 10, seed=5)
     want, dirs = {}, []
