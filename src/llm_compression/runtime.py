@@ -15,10 +15,23 @@ TIMING_PREFIX = "job timing:"
 
 def _seconds_since_process_start() -> float:
     """Wall seconds since this process started (interpreter start-up, Snakemake's script preamble and
-    imports included), from the OS process table."""
-    import psutil
+    imports included).
 
-    return time.time() - psutil.Process().create_time()
+    On Linux both ends are read relative to boot (``/proc/uptime`` and the start time in clock ticks of
+    ``/proc/self/stat``), to 10 ms; psutil's ``create_time`` adds the boot time, which the kernel gives
+    in whole seconds, so it can be off by up to a second. Elsewhere psutil is used.
+    """
+    try:
+        with open("/proc/self/stat") as fh:
+            stat = fh.read()
+        start_ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22: starttime
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
 
 
 #: lines of a failed job's traceback repeated on the console (the whole traceback is in the log)
