@@ -15,6 +15,8 @@ import json
 import os
 from pathlib import Path
 
+from .options.pruning import parse_nm
+
 #: bytes per activation value held by the layer-by-layer calibration driver (fp32)
 ACTIVATION_BYTES = 4
 #: methods calibrated block by block (:func:`llm_compression.prune.calibration.sequential_prune`)
@@ -63,7 +65,7 @@ def check_ratios(cfg: dict) -> None:
                 )
         level = entry.get("level", "unstructured")
         if ":" in level:
-            n, m = (int(x) for x in level.split(":"))
+            n, m = parse_nm(level)
             if [float(r) for r in ratios] != [n / m]:
                 raise _error(
                     f"grid.pruning[{i}].ratios: {list(ratios)} with level {level!r}: an N:M level prunes exactly "
