@@ -352,6 +352,11 @@ def test_latency_protocol(tmp_path):
     assert r["prefill_seconds_min"] <= r["prefill_seconds_median"] <= r["prefill_seconds_max"]
     assert r["decode_tokens_per_second_min"] <= r["decode_tokens_per_second_median"] <= r["decode_tokens_per_second_max"]
     assert r["repeats"] == 3 and r["threads"] == torch.get_num_threads() and r["device"] == "cpu"
+    # every timed repeat is kept, and the summaries are of exactly those values
+    assert len(r["prefill_seconds_repeats"]) == len(r["decode_tokens_per_second_repeats"]) == 3
+    assert min(r["decode_tokens_per_second_repeats"]) == r["decode_tokens_per_second_min"]
+    assert max(r["prefill_seconds_repeats"]) == r["prefill_seconds_max"]
+    assert sorted(r["prefill_seconds_repeats"])[1] == r["prefill_seconds_median"]
     with pytest.raises(ValueError, match="repeats 0"):
         evaluate_latency(tmp_path / "m", repeats=0)
 

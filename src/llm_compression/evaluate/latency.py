@@ -8,7 +8,9 @@ Protocol (one repeat):
    (argmax) token of the previous step, timed together; throughput = ``new_tokens / seconds``.
 
 ``warmup`` untimed repeats come first (allocator, kernel selection, caches), then ``repeats`` timed
-ones; the median is reported with the min and max. On CUDA every timed region ends with
+ones; the median is reported with the min and max, and every timed repeat is kept
+(``prefill_seconds_repeats``, ``decode_tokens_per_second_repeats``, in run order) so a figure or a
+reader can judge the spread; the aggregate table keeps only the scalar summaries. On CUDA every timed region ends with
 ``torch.cuda.synchronize()``. The prompt is ``prompt_tokens`` ids drawn with a fixed seed: the dense
 kernels' cost does not depend on which tokens they are. The device and torch's thread count are
 recorded with the numbers; they are meaningless without them.
@@ -35,6 +37,8 @@ def measure_latency(model, *, prompt_tokens: int = 128, new_tokens: int = 32, re
     Returns:
         dict with ``prefill_seconds_median|min|max``, ``prefill_tokens_per_second_median``,
         ``decode_tokens_per_second_median|min|max``, ``decode_seconds_per_token_median``,
+        ``prefill_seconds_repeats`` and ``decode_tokens_per_second_repeats`` (lists of ``repeats``
+        values, seconds and tokens/s, one per timed repeat in run order),
         ``prompt_tokens``, ``new_tokens``, ``repeats``, ``warmup``, ``threads``, ``device``.
 
     Raises:
@@ -77,6 +81,8 @@ def measure_latency(model, *, prompt_tokens: int = 128, new_tokens: int = 32, re
         "decode_tokens_per_second_min": min(decode),
         "decode_tokens_per_second_max": max(decode),
         "decode_seconds_per_token_median": 1.0 / dm,
+        "prefill_seconds_repeats": list(prefill),
+        "decode_tokens_per_second_repeats": list(decode),
         "prompt_tokens": int(prompt_tokens),
         "new_tokens": int(new_tokens),
         "repeats": int(repeats),
