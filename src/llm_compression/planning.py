@@ -247,8 +247,23 @@ def figure_names(evaluations: list[str]) -> list[str]:
     return names
 
 
+#: evaluation kinds each figure draws from (``perplexity``: every perplexity evaluation; ``perplexity:first``:
+#: only the first PTB one, else the first one; ``perplexity:dataset``: those of the figure's dataset). A figure's
+#: inputs are the metrics files of these kinds that the config enables, and nothing else, so asking for one
+#: figure never runs a measurement it does not draw (``tests/report/test_figures.py`` checks both sides).
+FIGURE_READS = {
+    "perplexity_vs_nonzero": ("perplexity", "cost"),  # y, x = non-zero parameters
+    PER_DATASET: ("perplexity:dataset", "cost"),  # y, x = non-zero parameters, bubble area = GMACs
+    "quantization_effect": ("perplexity", "cost", "memory"),  # bars; weight memory (cost), peak memory
+    "perplexity_vs_ratio": ("perplexity", "zeroshot", "cost"),  # y; x = measured sparsity (cost)
+    "cost_vs_ratio": ("cost", "memory", "latency"),  # panels; x = measured sparsity (cost)
+    "pareto": ("perplexity:first", "cost", "memory", "latency"),  # y; x = memory, latency
+}
+
+
 def figure_evaluations(figure: str, evaluations: list[str]) -> list[str]:
-    """The evaluations a figure reads (its metrics files are its only inputs).
+    """The evaluations a figure reads (their metrics files are its only inputs), in config order;
+    see :data:`FIGURE_READS`.
 
     Raises:
         ValueError: unknown figure name, naming the valid ones.
@@ -256,15 +271,21 @@ def figure_evaluations(figure: str, evaluations: list[str]) -> list[str]:
     valid = figure_names(evaluations)
     if figure not in valid:
         raise ValueError(f"unknown figure {figure!r}; valid for this config: {', '.join(valid)}")
+    reads = FIGURE_READS[PER_DATASET if figure.startswith(PER_DATASET) else figure]
     ppl = [e for e in evaluations if is_perplexity_evaluation(e)]
-    zeroshot = [e for e in evaluations if is_zeroshot_evaluation(e)]
-    cost = [e for e in evaluations if not (is_perplexity_evaluation(e) or is_zeroshot_evaluation(e)
-                                           or e.startswith("demo"))]
-    if figure.startswith(PER_DATASET):
-        ds = figure[len(PER_DATASET):]
-        return [e for e in ppl if perplexity_dataset(e) == ds] + cost
-    return {"perplexity_vs_ratio": ppl + zeroshot + (["cost"] if "cost" in cost else []),
-            "cost_vs_ratio": cost}.get(figure, ppl + cost)
+    wanted: list[str] = []
+    for kind in reads:
+        if kind == "perplexity":
+            wanted += ppl
+        elif kind == "perplexity:dataset":
+            wanted += [e for e in ppl if perplexity_dataset(e) == figure[len(PER_DATASET):]]
+        elif kind == "perplexity:first":
+            wanted += [next((e for e in ppl if perplexity_dataset(e) == "ptb"), ppl[0])] if ppl else []
+        elif kind == "zeroshot":
+            wanted += [e for e in evaluations if is_zeroshot_evaluation(e)]
+        else:
+            wanted += [e for e in evaluations if e == kind]
+    return [e for e in evaluations if e in wanted]
 
 
 # --------------------------------------------------------------------------- the plan of one run
@@ -382,7 +403,7 @@ class Plan:
 
 
 __all__ = [
-    "FIGURES", "PER_DATASET", "Plan", "STRUCTURED_METHOD", "entry_methods", "evaluation_options",
+    "FIGURES", "FIGURE_READS", "PER_DATASET", "Plan", "STRUCTURED_METHOD", "entry_methods", "evaluation_options",
     "evaluation_params", "evaluations", "expand_grid", "figure_evaluations", "figure_names", "healing_names",
     "prune_params", "pruning_calibration", "pruning_options",
 ]

@@ -108,7 +108,9 @@ def test_one_figure_schedules_only_its_ancestors(tmp_path, tiny_checkpoint):
         "model": {"name": "tiny", "source": str(tiny_checkpoint)},
         "grid": {"pruning": [{"method": "magnitude", "ratios": [0.5]}], "quantization": ["none", "nf4-dq"]},
         "evaluation": {"perplexity": {"seqlen": 128,  # the tiny model's context is 256 tokens
-                                      "datasets": {"ptb": {}, "c4": {"split": "validation", "path": str(tiny_checkpoint)}}}},
+                                      "datasets": {"ptb": {}, "c4": {"split": "validation", "path": str(tiny_checkpoint)}}},
+                       # enabled, but the bubble plot does not draw them: they must not be planned for it
+                       "memory": {"enabled": True, "seqlen": 64}, "latency": {"enabled": True, "prompt_tokens": 16}},
     }
     f = tmp_path / "c.yaml"
     f.write_text(yaml.safe_dump(cfg))
@@ -117,6 +119,6 @@ def test_one_figure_schedules_only_its_ancestors(tmp_path, tiny_checkpoint):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     counts = job_counts(p.stdout + p.stderr)
-    # 4 variants x (ppl-ptb + cost): no c4 perplexity, no aggregate, no other figure
+    # 4 variants x (ppl-ptb + cost): no c4 perplexity, no memory or latency, no aggregate, no other figure
     assert counts == {"import_model": 1, "prune": 1, "quantize": 2, "evaluate": 8, "plot": 1}, counts
-    assert "ppl-c4" not in p.stdout
+    assert "ppl-c4" not in p.stdout and "latency.json" not in p.stdout and "memory.json" not in p.stdout
