@@ -1,6 +1,23 @@
-"""Figures from the tidy table (matplotlib, headless). One function per figure, registered in
-:data:`FIGURES`; :func:`figure_evaluations` says which evaluations each figure reads, so the workflow
-schedules only those metrics for a requested figure.
+"""Figures from the tidy table (matplotlib, headless). One builder per figure, registered in
+:data:`FIGURES`; each returns a :class:`matplotlib.figure.Figure` (:func:`build`) that :func:`draw`
+saves. Which evaluations each figure reads is planned in :mod:`llm_compression.planning`
+(:data:`~llm_compression.planning.FIGURE_READS`), so the workflow schedules only those metrics.
+
+Conventions shared by every figure:
+
+- one colour per *method family* (:func:`family_of`: dense, magnitude, Wanda, SparseGPT, LLM-Pruner
+  block / channel / layer, an N:M level or a non-default structured criterion as a family of its own);
+  one marker per quantization scheme (:data:`QUANT_MARKERS`); healed variants carry a thick outline and
+  a hatch (:data:`HEALING_HATCHES`);
+- *measured sparsity* (:func:`measured_sparsity`) is the fraction of the dense model's prunable decoder
+  Linear weights that are removed (structured) or exactly zero (unstructured), read from the cost
+  metrics of the artifact, so repeated pruning sits at the sparsity it reached, not at the one asked for;
+- perplexity axes are logarithmic when the drawn values span more than a factor 10 (:data:`LOG_SPAN`);
+  non-finite perplexities are not drawn but named in a note; cost axes start at 0;
+- point labels are placed by a small deterministic repel (:func:`place_labels`): never over another
+  label, never outside the axes, with a leader line when moved away from their point;
+- timings are drawn as the median with a min-max bar over the timed repeats; a variant is called
+  faster or slower than the dense model only when the two ranges do not overlap (:func:`timing_verdicts`).
 
 Metrics are looked up by name with fallbacks (e.g. memory: peak forward memory if measured, else
 weight memory, else bytes on disk); the axis label always names the metric actually used.
@@ -10,26 +27,55 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.legend import Legend  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 
+from ..planning import FIGURES as FIGURE_NAMES  # noqa: E402
 from ..planning import PER_DATASET, figure_evaluations, figure_names  # noqa: E402,F401  (re-exported)
 from ..variants import cumulative_ratio, format_ratio  # noqa: E402
 
+#: colour of each method family (:func:`family_of`); families not listed get :data:`EXTRA_COLORS` in order
+FAMILY_COLORS = {"dense": "black", "magnitude": "tab:red", "Wanda": "tab:blue", "SparseGPT": "tab:green",
+                 "LLM-Pruner block": "tab:purple", "LLM-Pruner channel": "tab:orange",
+                 "LLM-Pruner layer": "tab:brown"}
+EXTRA_COLORS = ["tab:pink", "tab:olive", "tab:cyan", "tab:gray", "gold", "teal", "navy", "lime", "maroon"]
+#: kept for callers that colour by path method
 METHOD_COLORS = {"dense": "black", "magnitude": "tab:red", "wanda": "tab:blue", "sparsegpt": "tab:green",
                  "llm-pruner": "tab:purple", "random": "tab:gray"}
 QUANT_MARKERS = {"none": "o", "nf4": "s", "nf4-dq": "D", "fp4": "^", "int8": "v"}
+QUANT_NAMES = {"none": "unquantized", "nf4": "NF4", "nf4-dq": "NF4 + double quant.", "fp4": "FP4", "int8": "int8"}
+QUANT_SHORT = {"none": "", "nf4": "NF4", "nf4-dq": "NF4-DQ", "fp4": "FP4", "int8": "int8"}
+QUANT_BAR_COLORS = {"none": "tab:blue", "nf4": "tab:cyan", "nf4-dq": "tab:orange", "fp4": "tab:olive",
+                    "int8": "tab:pink"}
 LEVEL_MARKERS = {"": "*", "unstructured": "o", "2:4": "s", "4:8": "D", "block": "^", "channel": "v", "layer": "P"}
+#: hatch of healed variants per healing name (any other healing: "....")
+HEALING_HATCHES = {"lora": "////", "kd": "xxxx"}
+#: the default structured criterion (first-order Taylor); other criteria are families of their own
+DEFAULT_IMPORTANCE = "element1"
+METHOD_NAMES = {"dense": "dense", "magnitude": "magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
 ID_COLUMNS = ["model", "variant", "method", "level", "ratio", "repeat", "healing", "quant"]
+#: a perplexity axis is logarithmic when max/min of its drawn values exceeds this
+LOG_SPAN = 10.0
+#: area (points^2) of the largest bubble of a bubble plot; areas are proportional to GMACs
+MAX_BUBBLE_AREA = 520.0
 
 #: metric name -> (candidates in order of preference, axis label, scale to display units)
 METRIC_CHOICES = {
     "memory": (["peak_memory_bytes", "weight_memory_bytes", "weight_bytes_in_memory", "disk_bytes"], None, 1e-6),
+    "weight_memory": (["weight_bytes_in_memory", "weight_memory_bytes", "disk_bytes"], None, 1e-6),
+    "peak_memory": (["peak_memory_bytes"], None, 1e-6),
     "gmacs": (["gmacs"], "GMACs per forward", 1.0),
     "tokens_per_second": (["decode_tokens_per_second_median", "decode_tokens_per_second", "tokens_per_second"],
                           "decode tokens/s", 1.0),
@@ -37,6 +83,11 @@ METRIC_CHOICES = {
 }
 MEMORY_LABELS = {"peak_memory_bytes": "peak forward memory (MB)", "weight_memory_bytes": "weight memory (MB)",
                  "weight_bytes_in_memory": "weight memory (MB)", "disk_bytes": "weights on disk (MB)"}
+#: timing medians -> their (min, max) columns over the timed repeats
+SPREAD_COLUMNS = {
+    "decode_tokens_per_second_median": ("decode_tokens_per_second_min", "decode_tokens_per_second_max"),
+    "prefill_seconds_median": ("prefill_seconds_min", "prefill_seconds_max"),
+}
 
 
 # --------------------------------------------------------------------------- data shaping
@@ -54,12 +105,102 @@ def _ppl_groups(df: pd.DataFrame) -> dict[str, tuple[str, str]]:
     return out
 
 
+def family_of(method: str, level: str, importance: str = "") -> str:
+    """The method family a variant is coloured by: ``dense``, ``magnitude``, ``Wanda``, ``SparseGPT``
+    (``SparseGPT 2:4`` for an N:M level), ``LLM-Pruner block`` / ``channel`` / ``layer`` (with the
+    criterion appended when it is not the default first-order Taylor ``element1``, e.g.
+    ``LLM-Pruner block (random)``)."""
+    if method.startswith("llmpruner-") or method == "llm-pruner":
+        imp = importance or (method.split("-", 1)[1] if "-" in method else "")
+        name = f"LLM-Pruner {level}"
+        return name if imp in ("", DEFAULT_IMPORTANCE) else f"{name} ({imp})"
+    name = METHOD_NAMES.get(method, method)
+    return name if level in ("", "unstructured") else f"{name} {level}"
+
+
+def family_colors(families) -> dict[str, str]:
+    """Colour of each family present: :data:`FAMILY_COLORS`, else the next of :data:`EXTRA_COLORS` in
+    sorted order of the remaining names (deterministic for a given table)."""
+    out = {f: FAMILY_COLORS[f] for f in families if f in FAMILY_COLORS}
+    rest = sorted(f for f in set(families) if f not in FAMILY_COLORS)
+    for i, f in enumerate(rest):
+        out[f] = EXTRA_COLORS[i % len(EXTRA_COLORS)]
+    return out
+
+
+def _pct(ratio: float) -> str:
+    return f"{100 * ratio:.4g}%"
+
+
+def short_label(r) -> str:
+    """Point label that the colour (family) and marker (quantization) complete: ``50%``, ``50% x2``,
+    ``25% +lora``, ``dense``."""
+    if r["method"] == "dense":
+        return "dense"
+    text = _pct(float(r["ratio"]))
+    if int(r["repeat"]) > 1:
+        text += f" x{int(r['repeat'])}"
+    if r["healing"] != "none":
+        text += f" +{r['healing']}"
+    return text
+
+
+def display_name(r, quant: bool = True) -> str:
+    """Readable variant name, e.g. ``SparseGPT 50% x2``, ``LLM-Pruner block 25% +lora, NF4-DQ``."""
+    if r["method"] == "dense":
+        text = "dense"
+    else:
+        text = f"{r['family']} {short_label(r)}"
+    if quant and r["quant"] != "none":
+        text += f", {QUANT_SHORT.get(r['quant'], r['quant'])}"
+    return text
+
+
+def measured_sparsity(w: pd.DataFrame) -> pd.Series:
+    """Fraction of the dense model's prunable decoder Linear weights that a variant removed
+    (structured pruning: smaller tensors) or holds as exact zeros (unstructured), from its cost metrics:
+    ``1 - (prunable_weights - zero_weights) / prunable_weights(dense)``; the dense model's own count is
+    the reference (else the largest count in the table). Without those counts: the ``sparsity`` metric,
+    else the requested cumulative ratio ``1-(1-r)^n``. A quantized variant takes the value of its
+    unquantized twin (same pruning and healing), since NF4 rounds small weights to its exact zero code
+    and would otherwise shift it sideways.
+
+    Args:
+        w: the wide table (:func:`wide`).
+
+    Returns:
+        one value in [0, 1] per row of ``w`` (NaN where nothing is known).
+    """
+    requested = pd.Series([cumulative_ratio(float(r), max(int(n), 1)) for r, n in zip(w.ratio, w.repeat)],
+                          index=w.index, dtype=float)
+    frac = pd.Series(np.nan, index=w.index, dtype=float)
+    if {"prunable_weights", "zero_weights"} <= set(w.columns):
+        dense = w[(w.method == "dense") & (w.quant == "none")].prunable_weights.dropna()
+        ref = dense.iloc[0] if not dense.empty else w.prunable_weights.max()
+        if ref and not math.isnan(ref):
+            frac = 1.0 - (w.prunable_weights - w.zero_weights) / ref
+    if "sparsity" in w.columns:
+        frac = frac.fillna(w.sparsity)
+    frac = frac.fillna(requested)
+    key = w.method + "|" + w.level.astype(str) + "|" + w.ratio.astype(str) + "|" + w.repeat.astype(str) + "|" + w.healing
+    unq = (w.quant == "none") & frac.notna()
+    twin = dict(zip(key[unq], frac[unq]))
+    return key.map(twin).astype(float).fillna(frac).clip(lower=0.0)
+
+
 def wide(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant: identity columns, one perplexity column per (dataset, preset) (see
-    :func:`_ppl_groups`), every other metric under its own name (first value if a metric appears under
-    several datasets), and ``zeroshot_acc`` (mean ``acc`` over tasks) when zero-shot rows exist."""
-    ids = df[ID_COLUMNS].drop_duplicates("variant").set_index("variant")
+    """One row per variant: identity columns (``importance`` too when the table has it), one perplexity
+    column per (dataset, preset) (see :func:`_ppl_groups`), every other metric under its own name (first
+    value if a metric appears under several datasets), ``zeroshot_acc`` (mean ``acc`` over tasks) when
+    zero-shot rows exist, and the derived ``family`` (:func:`family_of`) and ``measured_sparsity``
+    (:func:`measured_sparsity`)."""
+    id_cols = ID_COLUMNS + (["importance"] if "importance" in df.columns else [])
+    ids = df[id_cols].drop_duplicates("variant").set_index("variant")
     out = ids.copy()
+    if "importance" not in out.columns:
+        out["importance"] = ""
+    out["importance"] = out.importance.fillna("").astype(str)
+    out["level"] = out.level.fillna("").astype(str)
     ppl = df[df.metric == "perplexity"]
     preset = ppl.preset.fillna("") if "preset" in ppl.columns else pd.Series("", index=ppl.index)
     for col, (ds, pr) in _ppl_groups(df).items():
@@ -73,7 +214,10 @@ def wide(df: pd.DataFrame) -> pd.DataFrame:
     if not zs.empty:
         tasks = zs[~zs.dataset.isin(["average", "avg", "mean", ""])]
         out["zeroshot_acc"] = (tasks if not tasks.empty else zs).groupby("variant").value.mean()
-    return out.reset_index()
+    out = out.reset_index()
+    out["family"] = [family_of(m, lv, imp) for m, lv, imp in zip(out.method, out.level, out.importance)]
+    out["measured_sparsity"] = measured_sparsity(out)
+    return out
 
 
 def pick_metric(w: pd.DataFrame, kind: str) -> tuple[str | None, str]:
@@ -82,7 +226,7 @@ def pick_metric(w: pd.DataFrame, kind: str) -> tuple[str | None, str]:
     for c in cands:
         if c in w.columns and w[c].notna().any():
             return c, (MEMORY_LABELS.get(c, c) if label is None else label)
-    return None, f"{kind} (not measured)"
+    return None, f"{kind.replace('_', ' ')} (not measured)"
 
 
 def ppl_columns(w: pd.DataFrame) -> list[str]:
@@ -132,33 +276,37 @@ def summary_markdown(df: pd.DataFrame) -> str:
 
 # --------------------------------------------------------------------------- helpers
 
-def _save(fig, path: str | os.PathLike) -> None:
-    """Save through a temporary file and a rename (the format follows the suffix)."""
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """Save through a temporary file and a rename (the format follows the suffix), then close."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    # legends placed outside the axes are not part of matplotlib's tight box by themselves
+    extra = [a for ax in fig.axes for a in ax.get_children() if isinstance(a, Legend)] + list(fig.texts)
+    try:
+        fig.savefig(tmp, dpi=130, bbox_inches="tight", bbox_extra_artists=extra)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
 
 
-def _legend(ax, w: pd.DataFrame, by_level: bool = False, by_quant: bool = False, extra=()) -> None:
-    handles = list(extra) + [plt.Line2D([], [], marker="o", linestyle="", color=c, label=m)
-               for m, c in METHOD_COLORS.items() if m in set(w.method)]
-    if by_level:
-        handles += [plt.Line2D([], [], marker=mk, linestyle="", color="gray", label=f"level={lv or 'dense'}")
-                    for lv, mk in LEVEL_MARKERS.items() if lv in set(w.level)]
-    if by_quant:
-        handles += [plt.Line2D([], [], marker=mk, linestyle="", color="gray", label=f"quant={q}")
-                    for q, mk in QUANT_MARKERS.items() if q in set(w.quant)]
-    if handles:
-        ax.legend(handles=handles, fontsize=7, loc="best")
+def _finite(values) -> list[float]:
+    return [float(x) for x in values if x is not None and np.isfinite(x) and x > 0]
 
 
-def _log_if_wide(ax, values) -> None:
-    v = [x for x in values if x and x > 0 and not math.isnan(x)]
-    if v and max(v) / min(v) > 10:
+def wants_log(values) -> bool:
+    """Whether a perplexity axis over ``values`` should be logarithmic: finite positive values whose
+    max/min exceeds :data:`LOG_SPAN`."""
+    v = _finite(values)
+    return bool(v) and max(v) / min(v) > LOG_SPAN
+
+
+def _set_ppl_scale(ax, values, label: str) -> None:
+    log = wants_log(values)
+    if log:
         ax.set_yscale("log")
+    ax.set_ylabel(f"{label}" + (" (log scale)" if log else ""))
 
 
 def _protocol_of(df: pd.DataFrame, col: str) -> str:
@@ -181,180 +329,528 @@ def _require(w: pd.DataFrame, cols: list[str], figure: str) -> None:
         raise ValueError(f"figure {figure!r} needs metrics {missing}; the table has {sorted(w.columns)}")
 
 
-def _cumulative_ratio(r) -> float:
-    """Cumulative sparsity of a table row's pruning (repeat 0 = dense counts as one step at ratio 0)."""
-    return cumulative_ratio(float(r["ratio"]), max(int(r["repeat"]), 1))
+def _note(ax, text: str, where: str = "center") -> None:
+    """A grey note inside the axes (an empty panel's reason, or the variants left out)."""
+    if where == "center":
+        ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="0.3",
+                wrap=True)
+    else:
+        ax.text(0.02, 0.02, text, ha="left", va="bottom", transform=ax.transAxes, fontsize=6.5, color="0.35")
+
+
+def note_figure(title: str, text: str):
+    """A figure that says why there is nothing to draw (e.g. a grid with only the dense model)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=10)
+    _note(ax, text)
+    return fig
+
+
+def _nonfinite_note(d: pd.DataFrame, col: str) -> str:
+    bad = d[~np.isfinite(d[col].astype(float)) & d[col].notna()]
+    if bad.empty:
+        return ""
+    return "not drawn, perplexity not finite: " + ", ".join(display_name(r) for _, r in bad.iterrows())
+
+
+def _healing_style(healing: str) -> dict:
+    if healing == "none":
+        return {"linewidths": 0.5, "edgecolors": "0.15"}
+    return {"linewidths": 1.8, "edgecolors": "black", "hatch": HEALING_HATCHES.get(healing, "....")}
+
+
+def _family_handles(families, colors) -> list:
+    return [Line2D([], [], marker="o", linestyle="", markersize=7, color=colors[f], label=f) for f in families]
+
+
+def _ordered_families(w: pd.DataFrame) -> list[str]:
+    order = list(FAMILY_COLORS)
+    fams = list(dict.fromkeys(w.family))
+    return sorted(fams, key=lambda f: (order.index(f) if f in order else len(order), f))
+
+
+def _marker_handles(w: pd.DataFrame, quants: bool = True, healings: bool = True) -> list:
+    out = []
+    if quants and w.quant.nunique() > 1:
+        out += [Line2D([], [], marker=QUANT_MARKERS.get(q, "o"), linestyle="", color="0.5", markersize=7,
+                       label=QUANT_NAMES.get(q, q)) for q in QUANT_MARKERS if q in set(w.quant)]
+    if healings:
+        for h in sorted(set(w.healing) - {"none"}):
+            out.append(Patch(facecolor="white", edgecolor="black", linewidth=1.5, hatch=HEALING_HATCHES.get(h, "...."),
+                             label=f"healed: {h} (thick outline, hatch)"))
+    return out
+
+
+def _outside_legend(ax, handles, title: str | None = None, y: float = 1.0, **kw):
+    """A legend to the right of ``ax`` (never over the data); several can be stacked with ``y``."""
+    leg = Legend(ax, handles, [h.get_label() for h in handles], title=title, fontsize=7, title_fontsize=7,
+                 loc="upper left", bbox_to_anchor=(1.02, y), borderaxespad=0.0, frameon=False, **kw)
+    ax.add_artist(leg)
+    return leg
+
+
+# --------------------------------------------------------------------------- label placement
+
+_DIRECTIONS = [(1, 0), (0.7071, 0.7071), (0.7071, -0.7071), (-1, 0), (-0.7071, 0.7071), (-0.7071, -0.7071),
+               (0, 1), (0, -1)]
+_RADII_PT = [2, 6, 11, 17, 24, 32, 42, 54, 68]
+
+
+def _overlap(a: Bbox, b: Bbox) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def place_labels(ax, items: list[tuple[float, float, str, float]], fontsize: float = 6.5, color: str = "0.1",
+                 obstacles: list[tuple[float, float, float]] = ()) -> list:
+    """Label points without overlaps: a deterministic greedy repel.
+
+    Each label tries offsets of growing radius (points) from its marker's edge in eight directions and
+    takes the first whose text box lies inside the axes and overlaps neither a placed label nor any
+    marker; if none does, the inside position free of labels that covers the least marker area; if
+    there is none either, the label is left out (never clipped at the frame, never over another label). A label moved away from its point
+    gets a thin leader line. Call it last, after the axes' limits, scales and layout are final (it works
+    in display coordinates).
+
+    Args:
+        items: ``(x, y, text, marker_radius_pt)`` in data coordinates; non-finite points are skipped.
+        obstacles: further markers ``(x, y, radius_pt)`` that labels must not cover.
+
+    Returns:
+        the created :class:`matplotlib.text.Annotation` objects.
+    """
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axbox = ax.get_window_extent(renderer).padded(-2)
+    px = fig.dpi / 72.0
+    pts = [(x, y, t, r) for x, y, t, r in items if np.isfinite(x) and np.isfinite(y) and t]
+    if not pts:
+        return []
+    disp = ax.transData.transform([(x, y) for x, y, _, _ in pts])
+    markers = [Bbox.from_bounds(dx - r * px, dy - r * px, 2 * r * px, 2 * r * px)
+               for (dx, dy), (_, _, _, r) in zip(disp, pts)]
+    for x, y, r in obstacles:
+        if np.isfinite(x) and np.isfinite(y):
+            dx, dy = ax.transData.transform((x, y))
+            markers.append(Bbox.from_bounds(dx - r * px, dy - r * px, 2 * r * px, 2 * r * px))
+    placed: list[Bbox] = []
+    out = []
+    order = sorted(range(len(pts)), key=lambda i: (disp[i][0], disp[i][1]))
+    for i in order:
+        x, y, text, rad = pts[i]
+        probe = ax.text(0, 0, text, fontsize=fontsize)
+        ext = probe.get_window_extent(renderer)
+        probe.remove()
+        tw, th = ext.width, ext.height
+        best = None
+        for radius in _RADII_PT:
+            for ux, uy in _DIRECTIONS:
+                off = (rad + radius) * px
+                ox, oy = ux * off, uy * off
+                x0 = disp[i][0] + ox + (0 if ux > 0.1 else -tw if ux < -0.1 else -tw / 2)
+                y0 = disp[i][1] + oy + (0 if uy > 0.1 else -th if uy < -0.1 else -th / 2)
+                box = Bbox.from_bounds(x0, y0, tw, th)
+                if not (axbox.x0 <= box.x0 and box.x1 <= axbox.x1 and axbox.y0 <= box.y0 and box.y1 <= axbox.y1):
+                    continue
+                if any(_overlap(box, b) > 0 for b in placed):
+                    continue  # never over another label
+                cost = sum(_overlap(box, m) for m in markers)
+                if best is None or cost < best[0] - 1e-9:
+                    best = (cost, radius, ux, uy, box)
+                if cost == 0:
+                    break
+            if best is not None and best[0] == 0:
+                break
+        if best is None:  # no free position inside the axes: left out rather than clipped or overlapping
+            continue
+        _, radius, ux, uy, box = best
+        off = (rad + radius) / 1.0
+        ha = "left" if ux > 0.1 else "right" if ux < -0.1 else "center"
+        va = "bottom" if uy > 0.1 else "top" if uy < -0.1 else "center"
+        arrow = {"arrowstyle": "-", "lw": 0.5, "color": "0.45", "shrinkA": 0, "shrinkB": rad} if radius > 6 else None
+        out.append(ax.annotate(text, (x, y), xytext=(ux * off, uy * off), textcoords="offset points", ha=ha, va=va,
+                               fontsize=fontsize, color=color, arrowprops=arrow, zorder=6))
+        placed.append(box)
+    return out
+
+
+# --------------------------------------------------------------------------- timing spread
+
+def timing_verdicts(w: pd.DataFrame, median_col: str) -> dict[str, str]:
+    """Per variant: ``faster`` / ``slower`` than the dense model of the same quantization only when the
+    two min-max ranges over the timed repeats do not overlap, else ``within spread`` (no claim); ``no
+    spread`` when a range is not recorded, ``no reference`` without a dense model of that quantization.
+
+    Args:
+        w: the wide table; ``median_col`` a key of :data:`SPREAD_COLUMNS` (tokens/s: higher is faster;
+            seconds: lower is faster).
+    """
+    lo_col, hi_col = SPREAD_COLUMNS[median_col]
+    higher_is_faster = "per_second" in median_col
+    out = {}
+    for _, r in w.iterrows():
+        ref = w[(w.method == "dense") & (w.quant == r.quant)]
+        if r.method == "dense" or pd.isna(r.get(median_col)):
+            continue
+        if ref.empty:
+            out[r.variant] = "no reference"
+            continue
+        ref = ref.iloc[0]
+        if lo_col not in w.columns or hi_col not in w.columns or pd.isna(r[lo_col]) or pd.isna(ref[lo_col]):
+            out[r.variant] = "no spread"
+            continue
+        if r[lo_col] > ref[hi_col]:
+            out[r.variant] = "faster" if higher_is_faster else "slower"
+        elif r[hi_col] < ref[lo_col]:
+            out[r.variant] = "slower" if higher_is_faster else "faster"
+        else:
+            out[r.variant] = "within spread"
+    return out
 
 
 # --------------------------------------------------------------------------- figures
 
-def perplexity_vs_nonzero(df: pd.DataFrame, out_path) -> None:
-    """Perplexity (log scale) against non-zero parameters, one panel per dataset; colour = method,
-    marker = quantization, each point labelled with its variant."""
+def _ppl_scatter(ax, d: pd.DataFrame, col: str, colors: dict, x_col: str, x_scale: float, sizes=None,
+                 quant_marker: str | None = None, alpha: float = 0.85, gid: str = "points") -> list:
+    """Scatter ``d`` (finite ``col`` only) grouped by (family, quant, healing); returns label items."""
+    items = []
+    d = d[np.isfinite(d[col].astype(float)) & d[x_col].notna()]
+    for (fam, quant, healing), g in d.groupby(["family", "quant", "healing"], sort=False):
+        s = sizes.loc[g.index].to_numpy() if sizes is not None else np.full(len(g), 45.0)
+        ax.scatter(g[x_col] * x_scale, g[col], s=s, color=colors[fam], alpha=alpha, zorder=3, gid=gid,
+                   marker=quant_marker or QUANT_MARKERS.get(quant, "o"), **_healing_style(healing))
+        for (_, r), si in zip(g.iterrows(), s):
+            items.append((r[x_col] * x_scale, r[col], short_label(r), math.sqrt(si) / 2))
+    return items
+
+
+def perplexity_vs_nonzero(df: pd.DataFrame):
+    """Perplexity against non-zero parameters, one panel per dataset; colour = method family, marker =
+    quantization, healed variants outlined and hatched, each point labelled (ratio, repeats, healing)."""
     w = wide(df)
     _require(w, ["nonzero_parameters"], "perplexity_vs_nonzero")
-    datasets = ppl_columns(w)
-    if not datasets:
-        raise ValueError("figure 'perplexity_vs_nonzero' needs perplexity rows")
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.2 * len(datasets), 4.6), squeeze=False)
-    for ax, col in zip(axes[0], datasets):
-        d = w[w[col].notna()]
-        for _, r in d.iterrows():
-            ax.scatter(r.nonzero_parameters / 1e6, r[col], s=60, color=METHOD_COLORS.get(r.method, "tab:gray"),
-                       marker=QUANT_MARKERS.get(r.quant, "o"), edgecolor="black", linewidth=0.5, zorder=3)
-            ax.annotate(r.variant, (r.nonzero_parameters / 1e6, r[col]), fontsize=6, xytext=(4, 3),
-                        textcoords="offset points")
-        ax.set_yscale("log")
-        ax.set_xlabel("non-zero parameters (millions)")
-        ax.set_ylabel(f"{_dataset_of(df, col)} perplexity (log scale)")
-        ax.set_title(f"{d.model.iloc[0]}: {_dataset_of(df, col)}\n{_protocol_of(df, col)}", fontsize=8)
-        ax.grid(True, which="both", alpha=0.3)
-    _legend(axes[0][-1], w, by_quant=True)
-    _save(fig, out_path)
-
-
-def perplexity_vs_parameters(df: pd.DataFrame, out_path, dataset: str) -> None:
-    """Perplexity on ``dataset`` (one panel per protocol preset) against non-zero parameters; bubble
-    area proportional to GMACs when measured, else to memory; colour = method, marker = level."""
-    w = wide(df)
-    cols = [c for c, (ds, _) in _ppl_groups(df).items() if ds == dataset]
-    _require(w, cols + ["nonzero_parameters"], f"perplexity_vs_parameters_{dataset}")
+    cols = ppl_columns(w)
     if not cols:
-        raise ValueError(f"figure 'perplexity_vs_parameters_{dataset}' needs {dataset} perplexity rows")
-    size_col, size_label = pick_metric(w, "gmacs")
-    if size_col is None:
-        size_col, size_label = pick_metric(w, "memory")
-    fig, axes = plt.subplots(1, len(cols), figsize=(7.5 * len(cols), 5), squeeze=False)
+        return note_figure("perplexity vs non-zero parameters", "no perplexity measured in this table")
+    colors = family_colors(w.family)
+    fig, axes = plt.subplots(1, len(cols), figsize=(6.4 * len(cols), 5.0), squeeze=False)
     for ax, col in zip(axes[0], cols):
         d = w[w[col].notna()]
-        smax = d[size_col].max() if size_col else None
-        for _, r in d.iterrows():
-            s = 40 + 600 * (r[size_col] / smax) if size_col and smax else 80
-            ax.scatter(r.nonzero_parameters / 1e6, r[col], s=s, alpha=0.6, color=METHOD_COLORS.get(r.method, "tab:gray"),
-                       marker=LEVEL_MARKERS.get(r.level, "o"), edgecolor="black", linewidth=0.5)
-            ax.annotate(r.variant, (r.nonzero_parameters / 1e6, r[col]), fontsize=6, xytext=(5, 3),
-                        textcoords="offset points")
-        _log_if_wide(ax, d[col])
-        ax.set_xlabel("non-zero parameters (millions)")
-        ax.set_ylabel(f"{_dataset_of(df, col)} perplexity" + (" (log scale)" if ax.get_yscale() == "log" else ""))
-        ax.set_title(f"{w.model.iloc[0]}: perplexity vs size; bubble area ~ {size_label}\n"
-                     f"{_protocol_of(df, col)}", fontsize=8)
+        items = _ppl_scatter(ax, d, col, colors, "nonzero_parameters", 1e-6)
+        _set_ppl_scale(ax, d[col], f"{_dataset_of(df, col)} perplexity")
+        ax.set_xlabel("non-zero parameters (M)")
+        ax.set_title(f"{_dataset_of(df, col)}: {_protocol_of(df, col)}", fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
-    _legend(axes[0][-1], w, by_level=True)
-    _save(fig, out_path)
+        ax.margins(0.08)
+        note = _nonfinite_note(d, col)
+        if note:
+            _note(ax, note, "bottom")
+        ax._label_items = items
+    _outside_legend(axes[0][-1], _family_handles(_ordered_families(w), colors) + _marker_handles(w),
+                    title="method family / marker")
+    fig.suptitle(f"{w.model.iloc[0]}: perplexity against non-zero parameters (embeddings included)", fontsize=10)
+    fig.tight_layout()
+    for ax in axes[0]:
+        place_labels(ax, ax._label_items)
+    return fig
 
 
-def quantization_effect(df: pd.DataFrame, out_path) -> None:
-    """Each pruned/healed variant with and without quantization: perplexity (left, one group of bars
-    per variant and dataset) and memory (right)."""
+def size_key_values(gmax: float) -> list[float]:
+    """2-3 round GMACs values up to ``gmax`` for the bubble size key (e.g. 77.9 -> 20, 40, 60)."""
+    ticks = [float(t) for t in MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]).tick_values(0, gmax)
+             if 0 < t <= gmax * 1.001]
+    return ticks[-3:] if ticks else [gmax]
+
+
+def perplexity_vs_parameters(df: pd.DataFrame, dataset: str):
+    """Bubble plot for one dataset: perplexity against non-zero parameters (M; embeddings included;
+    structured pruning removes parameters, unstructured pruning zeroes them), bubble AREA proportional to
+    GMACs of one forward (a size key names 2-3 reference bubbles), colour = method family, one panel per
+    quantization scheme (columns) and protocol preset (rows), healed variants outlined and hatched.
+
+    Unstructured zeros are multiplied like any other weight, so every unstructured variant has the dense
+    model's GMACs and the same bubble; structured variants shrink.
+    """
+    w = wide(df)
+    name = f"{PER_DATASET}{dataset}"
+    cols = [c for c, (ds, _) in _ppl_groups(df).items() if ds == dataset]
+    if not cols:
+        return note_figure(f"{dataset} perplexity against parameters", f"no {dataset} perplexity in this table")
+    _require(w, ["nonzero_parameters"], name)
+    colors = family_colors(w.family)
+    quants = [q for q in QUANT_MARKERS if q in set(w.quant)] + sorted(set(w.quant) - set(QUANT_MARKERS))
+    has_gmacs = "gmacs" in w.columns and w.gmacs.notna().any()
+    gmax = float(w.gmacs.max()) if has_gmacs else 1.0
+    k = MAX_BUBBLE_AREA / gmax if has_gmacs else None
+    sizes = (w.gmacs.fillna(gmax) * k) if has_gmacs else pd.Series(250.0, index=w.index)
+    all_vals = [v for c in cols for v in w[c]]
+    fig, axes = plt.subplots(len(cols), len(quants), figsize=(6.0 * len(quants) + 2.4, 6.0 * len(cols)),
+                             squeeze=False, sharex=True, sharey=True)
+    for ri, col in enumerate(cols):
+        for ci, q in enumerate(quants):
+            ax = axes[ri][ci]
+            d = w[(w.quant == q) & w[col].notna()]
+            items = _ppl_scatter(ax, d, col, colors, "nonzero_parameters", 1e-6, sizes=sizes,
+                                 quant_marker="o", alpha=0.55, gid="bubbles")
+            if ci == 0:
+                _set_ppl_scale(ax, all_vals, f"{_dataset_of(df, col)} perplexity")
+            ax.set_xlabel("non-zero parameters (M)" if ri == len(cols) - 1 else "")
+            ax.set_title(f"{QUANT_NAMES.get(q, q)}", fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.margins(0.12)
+            notes = [n for n in (_nonfinite_note(d, col),) if n]
+            if set(d.method) <= {"dense"} and not d.empty:
+                notes.append("only the dense model: nothing pruned to compare")
+            if d.empty:
+                notes.append("no variant")
+            if notes:
+                _note(ax, "\n".join(notes), "bottom")
+            ax._label_items = items
+    legend_ax = axes[0][-1]
+    leg = _outside_legend(legend_ax, _family_handles(_ordered_families(w), colors) + _marker_handles(w, quants=False),
+                          title="method family")
+    if has_gmacs:
+        key = [plt.scatter([], [], s=v * k, facecolor="none", edgecolor="0.3", label=f"{v:g} GMACs")
+               for v in size_key_values(gmax)]
+        fig.canvas.draw()
+        bb = leg.get_window_extent(fig.canvas.get_renderer()).transformed(legend_ax.transAxes.inverted())
+        _outside_legend(legend_ax, key, title="bubble area = GMACs", y=bb.y0 - 0.06, labelspacing=2.2,
+                        borderpad=1.0, handletextpad=1.6)
+    seqlen = ""
+    cost = df[(df.metric == "gmacs")]
+    if not cost.empty and cost.protocol.iloc[0]:
+        seqlen = f" ({cost.protocol.iloc[0].replace('macs_seqlen=', '')}-token forward)"
+    fig.suptitle(f"{w.model.iloc[0]}: {dataset} perplexity against non-zero parameters; bubble area = GMACs"
+                 f"{seqlen}\n{_protocol_of(df, cols[0])}", fontsize=9)
+    caption = ("x: non-zero parameters, embeddings included (structured pruning removes parameters, unstructured "
+               "pruning zeroes them). Bubble area is proportional to GMACs of one forward, counted dense: unstructured "
+               "zeros are multiplied like any other weight, so unstructured variants share the dense model's GMACs "
+               "(equal bubbles); structured variants shrink." if has_gmacs else
+               "GMACs not measured: every bubble has the same size.")
+    fig.text(0.01, -0.01, caption, fontsize=7, color="0.25", ha="left", va="top", wrap=True)
+    fig.tight_layout()
+    for row in axes:
+        for ax in row:
+            place_labels(ax, ax._label_items)
+    return fig
+
+
+def _bases(w: pd.DataFrame) -> pd.Series:
+    return w.variant.str.replace(r"\+(nf4-dq|nf4|fp4|int8)$", "", regex=True)
+
+
+def _variant_order(w: pd.DataFrame) -> pd.DataFrame:
+    fams = _ordered_families(w)
+    return w.assign(_f=w.family.map(fams.index), _h=w.healing != "none").sort_values(
+        ["_f", "_h", "healing", "measured_sparsity", "repeat"], kind="stable")
+
+
+def quantization_effect(df: pd.DataFrame):
+    """Each variant (pruning + healing) with and without quantization, side by side: one column of
+    horizontal bars per perplexity dataset, then weight memory and peak forward memory (MB, axes from 0)
+    when measured. Variants run down the shared y axis; the legend sits outside the bars."""
     w = wide(df)
     cols = ppl_columns(w)
-    mem_col, mem_label = pick_metric(w, "memory")
-    if not cols or mem_col is None:
-        raise ValueError("figure 'quantization_effect' needs perplexity and a memory/bytes metric")
-    w = w.assign(base=w.variant.str.replace(r"\+(nf4-dq|nf4|fp4|int8)$", "", regex=True))
+    if not cols:
+        return note_figure("quantization effect", "no perplexity measured in this table")
+    w = _variant_order(w.assign(base=_bases(w)))
     bases = list(dict.fromkeys(w.base))
-    quants = [q for q in QUANT_MARKERS if q in set(w.quant)]
-    fig, axes = plt.subplots(1, 2, figsize=(max(9, 1.6 * len(bases) * len(cols) + 4), 4.8))
-    width = 0.8 / max(len(quants), 1)
-    for qi, q in enumerate(quants):
-        for ci, col in enumerate(cols):
-            xs, ys = [], []
+    quants = [q for q in QUANT_MARKERS if q in set(w.quant)] + sorted(set(w.quant) - set(QUANT_MARKERS))
+    mem_panels = []
+    for kind in ("weight_memory", "peak_memory"):
+        c, label = pick_metric(w, kind)
+        if c and c not in [m[0] for m in mem_panels]:
+            mem_panels.append((c, label, METRIC_CHOICES[kind][2]))
+    panels = [(c, f"{_dataset_of(df, c)} perplexity", 1.0) for c in cols] + mem_panels
+    names = {b: display_name(w[w.base == b].iloc[0], quant=False) for b in bases}
+    height = max(3.0, 0.19 * len(bases) * max(len(quants), 1) + 1.6)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 2.6, height), squeeze=False, sharey=True)
+    bar_h = 0.8 / max(len(quants), 1)
+    for ax, (col, label, scale) in zip(axes[0], panels):
+        for qi, q in enumerate(quants):
+            ys, xs = [], []
             for bi, b in enumerate(bases):
                 v = w[(w.base == b) & (w.quant == q)][col]
-                if not v.empty and pd.notna(v.iloc[0]):
-                    xs.append(bi * len(cols) + ci + qi * width)
-                    ys.append(v.iloc[0])
-            axes[0].bar(xs, ys, width=width, label=f"{_dataset_of(df, col)} / quant={q}", alpha=0.85,
-                        color=plt.cm.tab20(2 * ci + (qi % 2)), edgecolor="black", linewidth=0.3)
-        xs, ys = [], []
-        for bi, b in enumerate(bases):
-            v = w[(w.base == b) & (w.quant == q)][mem_col]
-            if not v.empty and pd.notna(v.iloc[0]):
-                xs.append(bi + qi * width)
-                ys.append(v.iloc[0] / 1e6)
-        axes[1].bar(xs, ys, width=width, label=f"quant={q}", alpha=0.85, edgecolor="black", linewidth=0.3)
-    axes[0].set_xticks([bi * len(cols) + (len(cols) - 1) / 2 + (len(quants) - 1) * width / 2 for bi in range(len(bases))])
-    axes[0].set_xticklabels(bases, rotation=30, ha="right", fontsize=7)
-    _log_if_wide(axes[0], [x for c in cols for x in w[c]])
-    axes[0].set_ylabel("perplexity")
-    axes[0].set_title("perplexity with and without quantization", fontsize=9)
-    axes[0].legend(fontsize=7)
-    axes[1].set_xticks([bi + (len(quants) - 1) * width / 2 for bi in range(len(bases))])
-    axes[1].set_xticklabels(bases, rotation=30, ha="right", fontsize=7)
-    axes[1].set_ylabel(mem_label)
-    axes[1].set_title(f"{mem_label} with and without quantization", fontsize=9)
-    axes[1].legend(fontsize=7)
-    for ax in axes:
-        ax.grid(True, axis="y", which="both", alpha=0.3)
-    _save(fig, out_path)
+                if not v.empty and pd.notna(v.iloc[0]) and np.isfinite(v.iloc[0]):
+                    ys.append(bi + (qi - (len(quants) - 1) / 2) * bar_h)
+                    xs.append(v.iloc[0] * scale)
+            ax.barh(ys, xs, height=bar_h * 0.95, color=QUANT_BAR_COLORS.get(q, "0.5"), edgecolor="black",
+                    linewidth=0.3, label=QUANT_NAMES.get(q, q))
+        if col.startswith("ppl_"):
+            vals = [v for v in w[col]]
+            if wants_log(vals):
+                ax.set_xscale("log")
+                label += " (log scale)"
+            ax.set_title(textwrap.fill(_protocol_of(df, col), 34), fontsize=6.5)
+        else:
+            ax.set_xlim(left=0)
+        ax.set_xlabel(label, fontsize=8)
+        ax.grid(True, axis="x", which="both", alpha=0.3)
+    axes[0][0].set_yticks(range(len(bases)))
+    axes[0][0].set_yticklabels([names[b] for b in bases], fontsize=7)
+    axes[0][0].set_ylim(len(bases) - 0.5, -0.5)
+    handles = [Patch(facecolor=QUANT_BAR_COLORS.get(q, "0.5"), edgecolor="black", linewidth=0.3,
+                     label=QUANT_NAMES.get(q, q)) for q in quants]
+    _outside_legend(axes[0][-1], handles, title="quantization")
+    bad = sorted({n for c in cols for n in [_nonfinite_note(w[w[c].notna()], c)] if n})
+    fig.suptitle(f"{w.model.iloc[0]}: each variant with and without quantization"
+                 + ("" if len(quants) > 1 else " (no quantized variant in this grid)")
+                 + "".join(f"\n{n}" for n in bad), fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))
+    return fig
 
 
-def _lines_against_ratio(ax, w: pd.DataFrame, col: str) -> None:
-    """One line per method/level/healing (repeat 1) starting at the dense model (ratio 0), and
-    repeated pruning as dashed lines at the cumulative ratio 1-(1-r)^n."""
-    d = w[(w.quant == "none") & w[col].notna()]
-    dense = d[d.method == "dense"]
-    start = ([0.0], [dense[col].iloc[0]]) if not dense.empty else ([], [])
-    for (method, level, healing), g in d[d.method != "dense"].groupby(["method", "level", "healing"]):
-        color = METHOD_COLORS.get(method, None)
-        one = g[g.repeat <= 1].sort_values("ratio")
-        label = f"{method} {level}" + (f" +{healing}" if healing != "none" else "")
-        ax.plot(start[0] + list(one.ratio), start[1] + list(one[col]), marker=LEVEL_MARKERS.get(level, "o"),
-                color=color, label=label, linestyle="-" if healing == "none" else ":")
-        rep = g[g.repeat > 1]
-        if not rep.empty:
-            xs = [_cumulative_ratio(r) for _, r in rep.iterrows()]
-            ax.plot(sorted(xs), rep.assign(x=xs).sort_values("x")[col], marker="x", linestyle="--", color=color,
-                    label=f"{label} repeated (at 1-(1-r)^n)")
-    if not dense.empty:
-        ax.scatter([0.0], [dense[col].iloc[0]], marker="*", s=120, color="black", zorder=4, label="dense (ratio 0)")
+def _lines_against_sparsity(ax, w: pd.DataFrame, col: str, colors: dict, scale: float = 1.0,
+                            spread: tuple[str, str] | None = None, hollow: set | None = None,
+                            quants: tuple = ("none",)) -> list:
+    """One line per family, healing and quantization over one-shot (``x1``) variants against measured
+    sparsity, from the dense model of that quantization at 0; repeated pruning (``xn``) as separate ``X``
+    points at its measured sparsity. Returns label items of the repeated points."""
+    items = []
+    d = w[w.quant.isin(quants) & w[col].notna()]
+    d = d[np.isfinite(d[col].astype(float))]
+    for q in quants:
+        dq = d[d.quant == q]
+        dense = dq[dq.method == "dense"]
+        ls_q = "-" if q == "none" else "--"
+        for (fam, healing), g in dq[dq.method != "dense"].groupby(["family", "healing"], sort=False):
+            one = pd.concat([dense, g[g.repeat <= 1]]).sort_values("measured_sparsity")
+            ls = ls_q if healing == "none" else ":"
+            ax.plot(one.measured_sparsity, one[col] * scale, color=colors[fam], linestyle=ls, linewidth=1.2, zorder=2)
+            _points(ax, one, col, scale, colors[fam], QUANT_MARKERS.get(q, "o"), spread, hollow, healing)
+            rep = g[g.repeat > 1]
+            if not rep.empty:
+                _points(ax, rep, col, scale, colors[fam], "X", spread, hollow, healing, size=70)
+                items += [(r.measured_sparsity, r[col] * scale, short_label(r), 5.0) for _, r in rep.iterrows()]
+        if not dense.empty:
+            ax.scatter(dense.measured_sparsity, dense[col] * scale, marker="*", s=140, color="black", zorder=5)
+            if spread:
+                _errorbars(ax, dense, col, scale, "black", spread)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xlim(-0.03, 1.0)
     ax.grid(True, which="both", alpha=0.3)
+    return items
 
 
-def perplexity_vs_ratio(df: pd.DataFrame, out_path) -> None:
-    """Perplexity (and zero-shot accuracy when measured) against the pruning ratio, one line per
-    method/level; repeated pruning is placed at its cumulative ratio next to one-shot pruning."""
+def _errorbars(ax, d, col, scale, color, spread):
+    lo, hi = spread
+    if lo in d.columns and hi in d.columns:
+        m = d[col] * scale
+        ax.errorbar(d.measured_sparsity, m, yerr=[(m - d[lo] * scale).clip(lower=0), (d[hi] * scale - m).clip(lower=0)],
+                    fmt="none", ecolor=color, elinewidth=0.9, capsize=2.5, zorder=3)
+
+
+def _points(ax, d, col, scale, color, marker, spread, hollow, healing, size=36):
+    if d.empty:
+        return
+    if spread:
+        _errorbars(ax, d, col, scale, color, spread)
+    for _, r in d.iterrows():
+        empty = hollow is not None and r.variant in hollow
+        ax.scatter([r.measured_sparsity], [r[col] * scale], marker=marker, s=size, zorder=4,
+                   facecolor="white" if empty else color, edgecolor=color if empty else "0.15",
+                   linewidth=1.2 if empty or healing != "none" else 0.5)
+
+
+def _line_handles(w, colors, quants=("none",), repeats=True) -> list:
+    handles = _family_handles(_ordered_families(w), colors)
+    handles.append(Line2D([], [], marker="*", markersize=10, linestyle="", color="black", label="dense (0%)"))
+    handles.append(Line2D([], [], color="0.3", linestyle="-", label="one-shot (x1), unquantized"))
+    if "nf4-dq" in quants or len(quants) > 1:
+        handles += [Line2D([], [], color="0.3", linestyle="--", marker=QUANT_MARKERS.get(q, "o"), markersize=5,
+                           label=f"one-shot (x1), {QUANT_NAMES.get(q, q)}") for q in quants if q != "none"]
+    if (w.healing != "none").any():
+        handles.append(Line2D([], [], color="0.3", linestyle=":", label="healed (dotted)"))
+    if repeats and (w.repeat > 1).any():
+        handles.append(Line2D([], [], marker="X", markersize=8, linestyle="", color="0.3",
+                              label="pruned again (x2, x3...) at its measured sparsity"))
+    return handles
+
+
+SPARSITY_LABEL = "measured sparsity: decoder Linear weights removed or zero (% of dense)"
+
+
+def perplexity_vs_ratio(df: pd.DataFrame):
+    """Repeated pruning next to one-shot pruning: perplexity (one panel per dataset; and zero-shot
+    accuracy when measured) against the *measured* sparsity (:func:`measured_sparsity`). One-shot
+    (``x1``) variants form one line per family from the dense model at 0; a variant pruned again
+    (``x2``...) is an ``X`` at the sparsity it reached, so it sits next to the one-shot variant at the same
+    cumulative sparsity. Unquantized variants only (the quantization effect has its own figure)."""
     w = wide(df)
     cols = ppl_columns(w) + (["zeroshot_acc"] if "zeroshot_acc" in w.columns else [])
     if not cols:
-        raise ValueError("figure 'perplexity_vs_ratio' needs perplexity rows")
-    fig, axes = plt.subplots(1, len(cols), figsize=(6 * len(cols), 4.6), squeeze=False)
+        return note_figure("perplexity against sparsity", "no perplexity measured in this table")
+    colors = family_colors(w.family)
+    fig, axes = plt.subplots(1, len(cols), figsize=(5.8 * len(cols) + 2.4, 4.8), squeeze=False)
     for ax, col in zip(axes[0], cols):
-        _lines_against_ratio(ax, w, col)
+        items = _lines_against_sparsity(ax, w, col, colors)
+        d = w[(w.quant == "none") & w[col].notna()]
         if col.startswith("ppl_"):
-            _log_if_wide(ax, w[col])
-            ax.set_ylabel(f"{_dataset_of(df, col)} perplexity" + (" (log)" if ax.get_yscale() == "log" else ""))
-            ax.set_title(_protocol_of(df, col), fontsize=8)
+            _set_ppl_scale(ax, d[col], f"{_dataset_of(df, col)} perplexity")
+            ax.set_title(_protocol_of(df, col), fontsize=7)
+            note = _nonfinite_note(d, col)
         else:
-            ax.set_ylabel("zero-shot accuracy (mean over tasks)")
-        ax.set_xlabel("pruning ratio (repeats at cumulative ratio)")
-    axes[0][-1].legend(fontsize=7)
-    _save(fig, out_path)
+            ax.set_ylabel("zero-shot accuracy, mean over tasks (fraction)")
+            ax.set_ylim(0, 1)
+            note = ""
+        if set(d.method) <= {"dense"}:
+            note = (note + "\n" if note else "") + "only the dense model: nothing pruned to compare"
+        if note:
+            _note(ax, note, "bottom")
+        ax.set_xlabel(SPARSITY_LABEL, fontsize=8)
+        ax._label_items = items
+    _outside_legend(axes[0][-1], _line_handles(w, colors), title="unquantized variants")
+    fig.suptitle(f"{w.model.iloc[0]}: repeated pruning at its measured sparsity next to one-shot pruning",
+                 fontsize=10)
+    fig.tight_layout()
+    for ax in axes[0]:
+        place_labels(ax, ax._label_items)
+    return fig
 
 
-def cost_vs_ratio(df: pd.DataFrame, out_path) -> None:
-    """Parameters, GMACs, memory and tokens/s against the pruning ratio (2x2 panels); a panel whose
-    metric was not measured says so."""
+def cost_vs_ratio(df: pd.DataFrame):
+    """Compute, memory and speed against measured sparsity (2 x 3 panels, every axis from 0):
+    non-zero parameters, GMACs per forward, weight memory, peak forward memory, decode tokens/s and
+    prefill latency; unquantized (solid) and quantized (dashed) variants, healed ones left out (they
+    have their pruned parent's shapes). Timings are medians with min-max bars over the timed repeats;
+    a hollow marker means the variant's range overlaps the dense model's (same quantization), i.e. no
+    measurable difference: no speed-up or slow-down is claimed for it (:func:`timing_verdicts`)."""
     w = wide(df)
+    w = w[w.healing == "none"]
+    quants = tuple(q for q in QUANT_MARKERS if q in set(w.quant))
+    colors = family_colors(w.family)
     panels = [("nonzero_parameters", "non-zero parameters (M)", 1e-6)]
-    for kind in ("gmacs", "memory", "tokens_per_second"):
+    for kind in ("gmacs", "weight_memory", "peak_memory", "tokens_per_second", "latency"):
         c, label = pick_metric(w, kind)
         panels.append((c, label, METRIC_CHOICES[kind][2]))
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    fig, axes = plt.subplots(2, 3, figsize=(15.5, 8.6))
     for ax, (col, label, scale) in zip(axes.flat, panels):
-        if col is None or col not in w.columns:
-            ax.text(0.5, 0.5, f"{label}", ha="center", va="center", transform=ax.transAxes)
+        if col is None or col not in w.columns or w[col].isna().all():
             ax.set_axis_off()
+            _note(ax, f"{label}\n(not in this table: that evaluation is not enabled)")
             continue
-        _lines_against_ratio(ax, w.assign(**{col: w[col] * scale}), col)
-        ax.set_ylabel(label)
-        ax.set_xlabel("pruning ratio")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"{w.model.iloc[0]}: cost against pruning ratio (unquantized variants)", fontsize=10)
-    _save(fig, out_path)
+        spread = SPREAD_COLUMNS.get(col)
+        hollow = None
+        if spread:
+            verdicts = timing_verdicts(w, col)
+            hollow = {v for v, s in verdicts.items() if s == "within spread"}
+            n = {k: sum(1 for s in verdicts.values() if s == k) for k in ("faster", "slower", "within spread")}
+            ax.set_title("median; bar = min-max over the timed repeats\n"
+                         f"hollow: range overlaps the dense model's (no claim; {n['within spread']} variants); "
+                         f"filled: beyond it ({n['faster']} faster, {n['slower']} slower)", fontsize=6.5)
+            spread = spread if all(c in w.columns for c in spread) else None
+        _lines_against_sparsity(ax, w, col, colors, scale=scale, spread=spread, hollow=hollow, quants=quants)
+        ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1e-9))
+        ax.set_ylabel(label, fontsize=8)
+        ax.set_xlabel(SPARSITY_LABEL, fontsize=7)
+    _outside_legend(axes[0][-1], _line_handles(w, colors, quants=quants), title="variants (healed ones not drawn)")
+    fig.suptitle(f"{w.model.iloc[0] if not w.empty else ''}: compute, memory and speed against measured sparsity "
+                 "(axes from 0)", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def pareto_front(points: list[tuple[float, float, str]], rtol: float = 0.01) -> list[tuple[float, float, str]]:
@@ -372,9 +868,10 @@ def pareto_front(points: list[tuple[float, float, str]], rtol: float = 0.01) -> 
     return sorted(front, key=lambda p: (p[0], p[1]))
 
 
-def pareto(df: pd.DataFrame, out_path) -> None:
-    """Quality (perplexity of the first dataset) against memory, and against latency when measured,
-    over all variants; the Pareto front is drawn and its variants named."""
+def pareto(df: pd.DataFrame):
+    """Quality (perplexity of PTB, else the first dataset) against memory, and against prefill latency
+    (median, min-max bar) when measured, over all variants; the Pareto front is drawn and its variants
+    named. Cost axes start at 0."""
     w = wide(df)
     cols = ppl_columns(w)
     mem_col, mem_label = pick_metric(w, "memory")
@@ -382,30 +879,44 @@ def pareto(df: pd.DataFrame, out_path) -> None:
         raise ValueError("figure 'pareto' needs perplexity and a memory/bytes metric")
     col = next((c for c in cols if c.startswith("ppl_ptb")), cols[0])
     lat_col, lat_label = pick_metric(w, "latency")
+    colors = family_colors(w.family)
     axes_spec = [(mem_col, mem_label, 1e-6)] + ([(lat_col, lat_label, 1.0)] if lat_col else [])
-    fig, axes = plt.subplots(1, len(axes_spec), figsize=(7 * len(axes_spec), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(axes_spec), figsize=(6.2 * len(axes_spec) + 2.4, 5.0), squeeze=False)
     for ax, (xc, xl, scale) in zip(axes[0], axes_spec):
         d = w[w[col].notna() & w[xc].notna()]
-        pts = [(r[xc] * scale, r[col], r.variant) for _, r in d.iterrows()]
+        d = d[np.isfinite(d[col].astype(float))]
+        pts = [(r[xc] * scale, r[col], display_name(r)) for _, r in d.iterrows()]
+        spread = SPREAD_COLUMNS.get(xc)
         for _, r in d.iterrows():
-            ax.scatter(r[xc] * scale, r[col], color=METHOD_COLORS.get(r.method, "tab:gray"),
-                       marker=QUANT_MARKERS.get(r.quant, "o"), s=50, edgecolor="black", linewidth=0.4, zorder=3)
+            if spread and all(c in d.columns for c in spread) and pd.notna(r[spread[0]]):
+                ax.errorbar([r[xc]], [r[col]], xerr=[[r[xc] - r[spread[0]]], [r[spread[1]] - r[xc]]], fmt="none",
+                            ecolor=colors[r.family], elinewidth=0.8, capsize=2, zorder=2)
+            ax.scatter(r[xc] * scale, r[col], color=colors[r.family], marker=QUANT_MARKERS.get(r.quant, "o"), s=45,
+                       zorder=3, **_healing_style(r.healing))
         front = pareto_front(pts)
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:orange", linewidth=1.5,
-                label="Pareto front", zorder=2)
-        for x, y, lab in front:
-            ax.annotate(lab, (x, y), fontsize=7, xytext=(5, 4), textcoords="offset points", color="tab:orange")
-        _log_if_wide(ax, d[col])
+                zorder=2)
+        _set_ppl_scale(ax, d[col], f"{_dataset_of(df, col)} perplexity (lower is better)")
         ax.set_xlabel(xl)
-        ax.set_ylabel(f"{_dataset_of(df, col)} perplexity (lower is better)")
-        ax.set_title(_protocol_of(df, col), fontsize=8)
+        ax.set_xlim(left=0, right=max(ax.get_xlim()[1], 1e-9) * 1.05)
+        ax.set_title(_protocol_of(df, col), fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
-    front_handle = plt.Line2D([], [], color="tab:orange", label="Pareto front (named)")
-    _legend(axes[0][0], w, by_quant=True, extra=[front_handle])
-    _save(fig, out_path)
+        note = _nonfinite_note(w[w[xc].notna() & w[col].notna()], col)
+        if note:
+            _note(ax, note, "bottom")
+        ax._label_items = [(x, y, lab, 4.0) for x, y, lab in front]
+        ax._obstacles = [(p[0], p[1], 4.0) for p in pts]
+    front_handle = Line2D([], [], color="tab:orange", label="Pareto front (variants named)")
+    _outside_legend(axes[0][-1], [front_handle] + _family_handles(_ordered_families(w), colors) + _marker_handles(w),
+                    title="method family / marker")
+    fig.suptitle(f"{w.model.iloc[0]}: quality against memory and latency (axes from 0)", fontsize=10)
+    fig.tight_layout()
+    for ax in axes[0]:
+        place_labels(ax, ax._label_items, color="tab:orange", obstacles=ax._obstacles)
+    return fig
 
 
-#: figure name -> drawing function; which figures a run draws, and what each reads, is planned in
+#: figure name -> builder (table -> Figure); which figures a run draws, and what each reads, is planned in
 #: :mod:`llm_compression.planning` (torch- and matplotlib-free, so the DAG builds without this module)
 FIGURES = {
     "perplexity_vs_nonzero": perplexity_vs_nonzero,
@@ -414,14 +925,28 @@ FIGURES = {
     "cost_vs_ratio": cost_vs_ratio,
     "pareto": pareto,
 }
-def draw(figure: str, df: pd.DataFrame, out_path) -> None:
-    """Draw a registered figure from the tidy table to ``out_path`` (format from the suffix).
+assert set(FIGURES) == set(FIGURE_NAMES), "planning.FIGURES and plots.FIGURES must name the same figures"
+
+
+def build(figure: str, df: pd.DataFrame):
+    """The :class:`~matplotlib.figure.Figure` of a registered figure from the tidy table (the caller
+    closes it; :func:`draw` saves and closes).
 
     Raises:
         ValueError: unknown figure, or the table lacks the metrics it needs.
     """
     if figure.startswith(PER_DATASET):
-        return perplexity_vs_parameters(df, out_path, figure[len(PER_DATASET):])
+        return perplexity_vs_parameters(df, figure[len(PER_DATASET):])
     if figure not in FIGURES:
         raise ValueError(f"unknown figure {figure!r}; valid: {', '.join(FIGURES)}, {PER_DATASET}<dataset>")
-    return FIGURES[figure](df, out_path)
+    return FIGURES[figure](df)
+
+
+def draw(figure: str, df: pd.DataFrame, out_path) -> None:
+    """Draw a registered figure from the tidy table to ``out_path`` (format from the suffix), written
+    atomically.
+
+    Raises:
+        ValueError: unknown figure, or the table lacks the metrics it needs.
+    """
+    save_figure(build(figure, df), out_path)
