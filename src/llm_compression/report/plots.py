@@ -39,7 +39,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.legend import Legend  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, PercentFormatter  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
 from ..planning import FIGURES as FIGURE_NAMES  # noqa: E402
@@ -302,10 +302,21 @@ def wants_log(values) -> bool:
     return bool(v) and max(v) / min(v) > LOG_SPAN
 
 
+def _log_ticks(axis, values) -> None:
+    """Plain-number ticks on a log axis (1-2-5 within three decades, powers of ten beyond), no minor
+    labels, so tick labels never run into each other."""
+    v = _finite(values)
+    decades = math.log10(max(v) / min(v)) if v else 0.0
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0,) if decades > 3 else (1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}" if x >= 1 else f"{x:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _set_ppl_scale(ax, values, label: str) -> None:
     log = wants_log(values)
     if log:
         ax.set_yscale("log")
+        _log_ticks(ax.yaxis, values)
     ax.set_ylabel(f"{label}" + (" (log scale)" if log else ""))
 
 
@@ -666,7 +677,7 @@ def quantization_effect(df: pd.DataFrame):
             mem_panels.append((c, label, METRIC_CHOICES[kind][2]))
     panels = [(c, f"{_dataset_of(df, c)} perplexity", 1.0) for c in cols] + mem_panels
     names = {b: display_name(w[w.base == b].iloc[0], quant=False) for b in bases}
-    height = max(3.0, 0.19 * len(bases) * max(len(quants), 1) + 1.6)
+    height = max(3.4, 0.19 * len(bases) * max(len(quants), 1) + 1.6)
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 2.6, height), squeeze=False, sharey=True)
     bar_h = 0.8 / max(len(quants), 1)
     for ax, (col, label, scale) in zip(axes[0], panels):
@@ -683,6 +694,7 @@ def quantization_effect(df: pd.DataFrame):
             vals = [v for v in w[col]]
             if wants_log(vals):
                 ax.set_xscale("log")
+                _log_ticks(ax.xaxis, vals)
                 label += " (log scale)"
             ax.set_title(textwrap.fill(_protocol_of(df, col), 34), fontsize=6.5)
         else:
@@ -699,7 +711,7 @@ def quantization_effect(df: pd.DataFrame):
     fig.suptitle(f"{w.model.iloc[0]}: each variant with and without quantization"
                  + ("" if len(quants) > 1 else " (no quantized variant in this grid)")
                  + "".join(f"\n{n}" for n in bad), fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.3 + 0.18 * len(bad)) / height))
     return fig
 
 
@@ -803,8 +815,8 @@ def perplexity_vs_ratio(df: pd.DataFrame):
         ax.set_xlabel(SPARSITY_LABEL, fontsize=8)
         ax._label_items = items
     _outside_legend(axes[0][-1], _line_handles(w, colors), title="unquantized variants")
-    fig.suptitle(f"{w.model.iloc[0]}: repeated pruning at its measured sparsity next to one-shot pruning",
-                 fontsize=10)
+    fig.suptitle(f"{w.model.iloc[0]}: repeated pruning at its measured sparsity next to one-shot pruning"
+                 + ("" if (w.repeat > 1).any() else " (no repeated pruning in this grid)"), fontsize=10)
     fig.tight_layout()
     for ax in axes[0]:
         place_labels(ax, ax._label_items)
