@@ -609,7 +609,7 @@ def perplexity_vs_parameters(df: pd.DataFrame, dataset: str):
             if ci == 0:
                 _set_ppl_scale(ax, all_vals, f"{_dataset_of(df, col)} perplexity")
             ax.set_xlabel("non-zero parameters (M)" if ri == len(cols) - 1 else "")
-            ax.set_title(f"{QUANT_NAMES.get(q, q)}", fontsize=9)
+            ax.set_title(QUANT_NAMES.get(q, q) + (f"\n{_protocol_of(df, col)}" if len(cols) > 1 else ""), fontsize=9)
             ax.grid(True, which="both", alpha=0.3)
             ax.margins(0.12)
             notes = [n for n in (_nonfinite_note(d, col),) if n]
@@ -635,7 +635,7 @@ def perplexity_vs_parameters(df: pd.DataFrame, dataset: str):
     if not cost.empty and cost.protocol.iloc[0]:
         seqlen = f" ({cost.protocol.iloc[0].replace('macs_seqlen=', '')}-token forward)"
     fig.suptitle(f"{w.model.iloc[0]}: {dataset} perplexity against non-zero parameters; bubble area = GMACs"
-                 f"{seqlen}\n{_protocol_of(df, cols[0])}", fontsize=9)
+                 f"{seqlen}" + (f"\n{_protocol_of(df, cols[0])}" if len(cols) == 1 else ""), fontsize=9)
     caption = ("x: non-zero parameters, embeddings included (structured pruning removes parameters, unstructured "
                "pruning zeroes them). Bubble area is proportional to GMACs of one forward, counted dense: unstructured "
                "zeros are multiplied like any other weight, so unstructured variants share the dense model's GMACs "
