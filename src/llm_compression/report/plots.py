@@ -415,7 +415,8 @@ def _overlap(a: Bbox, b: Bbox) -> float:
 
 
 def place_labels(ax, items: list[tuple[float, float, str, float]], fontsize: float = 6.5, color: str = "0.1",
-                 obstacles: list[tuple[float, float, float]] = ()) -> list:
+                 obstacles: list[tuple[float, float, float]] = (),
+                 segments: list[tuple[float, float, float, float]] = ()) -> list:
     """Label points without overlaps: a deterministic greedy repel.
 
     Each label tries offsets of growing radius (points) from its marker's edge in eight directions and
@@ -428,6 +429,7 @@ def place_labels(ax, items: list[tuple[float, float, str, float]], fontsize: flo
     Args:
         items: ``(x, y, text, marker_radius_pt)`` in data coordinates; non-finite points are skipped.
         obstacles: further markers ``(x, y, radius_pt)`` that labels must not cover.
+        segments: error bars ``(x0, y0, x1, y1)`` (data coordinates) that labels should not cover.
 
     Returns:
         the created :class:`matplotlib.text.Annotation` objects.
@@ -447,6 +449,10 @@ def place_labels(ax, items: list[tuple[float, float, str, float]], fontsize: flo
         if np.isfinite(x) and np.isfinite(y):
             dx, dy = ax.transData.transform((x, y))
             markers.append(Bbox.from_bounds(dx - r * px, dy - r * px, 2 * r * px, 2 * r * px))
+    for x0, y0, x1, y1 in segments:
+        if all(np.isfinite(v) for v in (x0, y0, x1, y1)):
+            (a, b), (c, d) = ax.transData.transform([(x0, y0), (x1, y1)])
+            markers.append(Bbox.from_extents(min(a, c) - 2, min(b, d) - 2, max(a, c) + 2, max(b, d) + 2))
     placed: list[Bbox] = []
     out = []
     order = sorted(range(len(pts)), key=lambda i: (disp[i][0], disp[i][1]))
@@ -899,8 +905,10 @@ def pareto(df: pd.DataFrame):
         d = d[np.isfinite(d[col].astype(float))]
         pts = [(r[xc] * scale, r[col], display_name(r)) for _, r in d.iterrows()]
         spread = SPREAD_COLUMNS.get(xc)
+        bars = []
         for _, r in d.iterrows():
             if spread and all(c in d.columns for c in spread) and pd.notna(r[spread[0]]):
+                bars.append((r[spread[0]], r[col], r[spread[1]], r[col]))
                 ax.errorbar([r[xc]], [r[col]], xerr=[[r[xc] - r[spread[0]]], [r[spread[1]] - r[xc]]], fmt="none",
                             ecolor=colors[r.family], elinewidth=0.8, capsize=2, zorder=2)
             ax.scatter(r[xc] * scale, r[col], color=colors[r.family], marker=QUANT_MARKERS.get(r.quant, "o"), s=45,
@@ -918,13 +926,14 @@ def pareto(df: pd.DataFrame):
             _note(ax, note, "bottom")
         ax._label_items = [(x, y, lab, 4.0) for x, y, lab in front]
         ax._obstacles = [(p[0], p[1], 4.0) for p in pts]
+        ax._segments = bars
     front_handle = Line2D([], [], color="tab:orange", label="Pareto front (variants named)")
     _outside_legend(axes[0][-1], [front_handle] + _family_handles(_ordered_families(w), colors) + _marker_handles(w),
                     title="method family / marker")
     fig.suptitle(f"{w.model.iloc[0]}: quality against memory and latency (axes from 0)", fontsize=10)
     fig.tight_layout()
     for ax in axes[0]:
-        place_labels(ax, ax._label_items, color="tab:orange", obstacles=ax._obstacles)
+        place_labels(ax, ax._label_items, color="tab:orange", obstacles=ax._obstacles, segments=ax._segments)
     return fig
 
 
