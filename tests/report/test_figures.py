@@ -246,8 +246,7 @@ def test_each_figure_draws_from_its_inputs_alone(study, figure):
     """The table restricted to the figure's planned evaluations draws the same figure content: nothing
     it shows comes from an evaluation it does not depend on."""
     evals = set(figure_evaluations(figure, EVALUATIONS))
-    kinds = study.evaluation.map(lambda e: e)
-    own = study[kinds.isin(evals)]
+    own = study[study.evaluation.isin(evals)]
     full, mine = plots.build(figure, study), plots.build(figure, own)
     try:
         def content(fig):
