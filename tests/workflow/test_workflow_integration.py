@@ -3,7 +3,9 @@ version of the default grid (config.yaml: every method family, small calibration
 small token cap): table rows and the columns the figures read, plausible values, caching, and an edit that
 reruns one branch."""
 
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +21,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def snakemake(cfg_file, *args, timeout=1500):
     cmd = [sys.executable, "-m", "snakemake", "--configfile", str(cfg_file), "--cores", "2", *args]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    assert p.returncode == 0, f"snakemake {' '.join(args)} failed:\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
-    return p.stdout + p.stderr
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGTERM)  # Snakemake and its running jobs, which would outlive it otherwise
+        p.communicate()
+        raise
+    assert p.returncode == 0, f"snakemake {' '.join(args)} failed:\n{out[-4000:]}\n{err[-4000:]}"
+    return out + err
 
 
 def job_counts(dry_run_output: str) -> dict:
