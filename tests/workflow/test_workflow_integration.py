@@ -127,8 +127,9 @@ def test_table_values(run):
     df = pd.read_csv(tmp / "results" / "summary.csv", keep_default_na=False)
     v = df.set_index(["variant", "metric"]).value
     block, channel = "llmpruner-element1_block_0.5_x1", "llmpruner-element1_channel_0.2_x1"
-    # dense PTB test, 512-token windows, first 1,024 tokens (whole split: 60.0 under this preset)
-    assert 40 < v["dense", "perplexity"] < 120
+    # dense PTB test, 512-token windows, first 1,024 tokens: 98.37 measured (whole split: 60.0 under this preset)
+    assert 90 < v["dense", "perplexity"] < 107
+    assert v["dense", "perplexity"] < v["dense+nf4-dq", "perplexity"] < 1.5 * v["dense", "perplexity"]  # 123.1
     assert v["dense", "parameters"] == 134_515_008
     for m in ("magnitude", "wanda", "sparsegpt"):
         assert abs(v[f"{m}_unstructured_0.5_x1", "sparsity"] - 0.5) < 0.002
