@@ -62,12 +62,13 @@ LLM_PRUNER_CAL = {"samples": 2, "seqlen": 64}
 
 
 def tiny_default_grid() -> dict:
-    """config.yaml's grid in small: one ratio per family, SparseGPT 0.5 once and twice, 4 x 128 calibration
-    tokens, 3 LoRA steps of 2 x 64 tokens, PTB only, first 1,024 tokens."""
+    """config.yaml's grid in small: one ratio per family, 4 x 128 calibration tokens, 3 LoRA steps of 2 x 64
+    tokens, PTB only, first 1,024 tokens. SparseGPT only once: its per-layer solve (not the calibration size)
+    makes it the longest job (minutes on 2 cores), and repeats are tested on tiny models."""
     return {
         "model": {"name": "smollm2-135m", "source": "embedded:smollm2-135m"},
         "grid": {"pruning": [
-            {"method": "sparsegpt", "ratios": [0.5], "repeats": [1, 2]},
+            {"method": "sparsegpt", "ratios": [0.5]},
             {"method": "wanda", "ratios": [0.5]},
             {"method": "magnitude", "ratios": [0.5]},
             {"method": "llm-pruner", "level": "block", "ratios": [0.5], "importance": "taylor",
@@ -87,7 +88,7 @@ def tiny_default_grid() -> dict:
 
 def test_tiny_grid_has_the_default_grids_families():
     """The integration grid follows config.yaml: the same (method, level) pairs and healing and quantization
-    names, so a family added to the default is missed here by a failing test, not silently."""
+    names, so a family added to the default is missed here by a failing test, not silently (repeats aside)."""
     from llm_compression.config import expand_grid, load_config_file, validate_config
 
     default = expand_grid(load_config_file(ROOT / "config.yaml"))
@@ -117,7 +118,7 @@ def test_every_family_in_the_table_with_the_figure_columns(run):
         rows = df[(df[list(sel)] == pd.Series(sel)).all(axis=1)]
         assert len(rows), f"no {family} rows in summary.csv"
         assert FIGURE_METRICS <= set(rows.metric), (family, FIGURE_METRICS - set(rows.metric))
-    assert len(set(df.variant)) == 16  # 8 pruned/healed models (dense included) x {none, nf4-dq}
+    assert len(set(df.variant)) == 14  # 7 pruned/healed models (dense included) x {none, nf4-dq}
     assert (df.groupby("variant").metric.nunique() == df.metric.nunique()).all()  # no variant misses a metric
     assert set(df[df.metric == "perplexity"].dataset) == {"ptb"}
 
@@ -135,8 +136,6 @@ def test_table_values(run):
         assert abs(v[f"{m}_unstructured_0.5_x1", "sparsity"] - 0.5) < 0.002
         assert v[f"{m}_unstructured_0.5_x1", "nonzero_parameters"] < 0.65 * v["dense", "nonzero_parameters"]
         assert v[f"{m}_unstructured_0.5_x1", "gmacs"] == v["dense", "gmacs"]  # zeros are still multiplied
-    # pruned twice at 0.5 ends near 1 - (1 - 0.5)^2
-    assert abs(v["sparsegpt_unstructured_0.5_x2", "sparsity"] - 0.75) < 0.005
     assert v["dense", "perplexity"] < v["sparsegpt_unstructured_0.5_x1", "perplexity"] < v["magnitude_unstructured_0.5_x1", "perplexity"]
     # structured pruning removes parameters and compute (counts as in README, "Structured")
     assert v[block, "parameters"] == 91_162_944 and v[channel, "parameters"] == 107_191_647
@@ -182,4 +181,4 @@ def test_changing_an_evaluation_knob_reruns_only_metrics(run):
     f3.write_text(yaml.safe_dump(cfg3))
     counts = job_counts(snakemake(f3, "-n"))
     # every figure that shows perplexity reruns; cost_vs_ratio reads only cost metrics and does not
-    assert counts == {"evaluate": 16, "aggregate": 1, "plot": 5, "all": 1}, counts
+    assert counts == {"evaluate": 14, "aggregate": 1, "plot": 5, "all": 1}, counts
