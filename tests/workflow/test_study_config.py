@@ -8,6 +8,7 @@ message, so they turn into real checks by themselves once it does.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -138,6 +139,7 @@ def test_study_embedded_evaluations_and_caps():
     assert "config/study-embedded.yaml" in readme and "make study" in readme
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_study_runs_the_embedded_study_config():
     """`make study` = set-up, then Snakemake with the study config (in its own results folder)."""
     r = subprocess.run(["make", "-n", "study"], cwd=ROOT, capture_output=True, text=True, timeout=60)
