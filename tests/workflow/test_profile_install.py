@@ -105,8 +105,9 @@ def test_dry_run_with_named_profile_from_project_root(tmp_path):
     assert _make(xdg).returncode == 0
     env = {**os.environ, "XDG_CONFIG_HOME": str(xdg)}
     env.pop("SNAKEMAKE_PROFILE", None)
-    r = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "slurm", "-n"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+    # an empty results folder: a checkout where `make run` ran has nothing left to plan in results/
+    r = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "slurm", "-n", "--config",
+                        f"results={tmp_path / 'results'}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     assert re.search(r"Using profiles? slurm\b", out), out[:2000]

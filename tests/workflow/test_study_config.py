@@ -8,6 +8,7 @@ message, so they turn into real checks by themselves once it does.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,103 @@ def test_study_dry_run_job_counts(tmp_path):
     metric_jobs = sum(n for rule, n in counts.items() if rule == "evaluate" or rule.startswith("zeroshot"))
     assert metric_jobs == N_VARIANTS * len(evaluations(cfg)), counts
     assert counts["aggregate"] == 1
+
+
+# --------------------------------------------------------------------------- config/study-embedded.yaml
+
+EMBEDDED = ROOT / "config" / "study-embedded.yaml"
+GRID = [round(0.1 * k, 1) for k in range(1, 10)]  # 0.1 .. 0.9
+
+
+def _embedded(base_dir=ROOT):
+    from llm_compression.config import load_config_file
+
+    return load_config_file(EMBEDDED, base_dir=base_dir)
+
+
+def test_study_embedded_grid():
+    """The study on the embedded model: SparseGPT 0.1..0.9 x1 and x2, one-shot at each cumulative
+    sparsity inside [0.1, 0.9], block/channel at four ratios each, LoRA on every structured model,
+    NF4-DQ on everything: 41 pruned/healed models, 82 variants, each artifact named once."""
+    from llm_compression.config import expand_grid
+    from llm_compression.variants import format_ratio
+
+    cfg = _embedded()
+    variants = expand_grid(cfg)
+    assert len(variants) == 82 and len(set(variants)) == 82
+    assert {v.quant for v in variants} == {"none", "nf4-dq"}
+    models = {(v.pruning, v.healing) for v in variants}
+    assert len(models) == 41
+    for m in models:  # every pruned/healed model in both quantizations
+        assert sum((v.pruning, v.healing) == m for v in variants) == 2
+    sgpt = {(p.ratio, p.repeat) for p, _ in models if p.method == "sparsegpt"}
+    cumulative = sorted(float(format_ratio(1 - (1 - r) ** 2)) for r in GRID if 1 - (1 - r) ** 2 <= 0.9 + 1e-9)
+    assert cumulative == [0.19, 0.36, 0.51, 0.64, 0.75, 0.84]
+    assert sgpt == {(r, 1) for r in GRID} | {(r, 2) for r in GRID} | {(c, 1) for c in cumulative}
+    assert not set(cumulative) & set(GRID)  # no one-shot variant doubles a grid ratio
+    # distinct path names (no two ratios collapse to one name, e.g. 0.51 vs 0.5)
+    segments = {p.segment for p, _ in models}
+    assert len(segments) == 1 + 24 + 8
+    assert "sparsegpt_unstructured_0.51_x1" in segments and "sparsegpt_unstructured_0.5_x2" in segments
+    structured = {p for p, _ in models if p.level in ("block", "channel")}
+    assert {(p.level, p.ratio) for p in structured} == {("block", r) for r in (0.25, 0.4, 0.5, 0.6)} | {
+        ("channel", r) for r in (0.2, 0.3, 0.4, 0.5)}
+    assert {p.method for p in structured if p.level == "block"} == {"llmpruner-element1"}  # Taylor
+    assert {p.method for p in structured if p.level == "channel"} == {"llmpruner-activation"}
+    # LoRA heals exactly the structured models
+    assert {p for p, h in models if h == "lora"} == structured
+    assert all(h == "none" for p, h in models if p not in structured)
+
+
+def test_study_embedded_evaluations_and_caps():
+    from llm_compression.config import evaluations
+
+    cfg = _embedded()
+    evals = evaluations(cfg)
+    assert {"ppl-ptb-sparsegpt", "zeroshot", "cost", "memory", "latency"} <= set(evals)
+    if (ROOT.parent / "shared" / "data" / "wikitext-2-raw").exists():  # a user's machine has no such copy
+        assert "ppl-wikitext2-sparsegpt" in evals
+    assert cfg["evaluation"]["zeroshot"]["tasks"] == ["boolq", "piqa", "hellaswag", "winogrande", "arc_easy",
+                                                     "arc_challenge", "openbookqa"]
+    # the caps the header's arithmetic names (a change must update that arithmetic and the README)
+    header = EMBEDDED.read_text()
+    cap = cfg["evaluation"]["perplexity"]["max_tokens"]
+    limit = cfg["evaluation"]["zeroshot"]["limit"]
+    assert f"first {cap:,} tokens of each split" in header, cap
+    assert f"{limit} documents per task" in header, limit
+    readme = (ROOT / "README.md").read_text()
+    assert "config/study-embedded.yaml" in readme and "make study" in readme
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_study_runs_the_embedded_study_config():
+    """`make study` = set-up, then Snakemake with the study config (in its own results folder)."""
+    r = subprocess.run(["make", "-n", "study"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    last = r.stdout.strip().splitlines()[-1]
+    assert "snakemake" in last and "--configfile config/study-embedded.yaml" in last, last
+    assert _embedded()["results"] == "results/study-embedded"
+
+
+@pytest.mark.slow
+def test_study_embedded_dry_run_job_counts(tmp_path):
+    """Jobs per rule of `make study` from scratch (results redirected to an empty folder; printed with -s)."""
+    from llm_compression.config import evaluations
+    from llm_compression.planning import figure_names
+
+    cfg = _embedded(base_dir=ROOT)
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/default", "--cores", "2",
+                        "--configfile", str(EMBEDDED.relative_to(ROOT)), "--config", f"results={tmp_path / 'results'}",
+                        "--quiet", "rules"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    counts = {k: int(v) for k, v in re.findall(r"^([a-z_]+)\s+(\d+)$", r.stdout, re.M)}
+    print("\nconfig/study-embedded.yaml dry run, jobs per rule:\n" + "\n".join(f"  {k:30s} {v}" for k, v in counts.items()))
+    evals = evaluations(cfg)
+    assert counts.get("import_model") == 1
+    assert counts.get("prune") == 24 + 8          # SparseGPT x1/x2/one-shot, block, channel
+    assert counts.get("heal") == 8                # LoRA on each structured model
+    assert counts.get("quantize") == 41           # NF4-DQ of every pruned/healed model
+    assert counts.get("evaluate") == 82 * len(evals)
+    assert counts.get("aggregate") == 1
+    assert counts.get("plot") == len(figure_names(evals)) * len(cfg["report"]["plot_formats"])
+    assert "generate" not in counts and "demo" not in counts
