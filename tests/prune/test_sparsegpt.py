@@ -159,3 +159,44 @@ def test_errors_are_clear():
         SparseGPTPruner(lin, 1.0)
     with pytest.raises(RuntimeError, match="add_batch"):
         SparseGPTPruner(lin, 0.5).prune()
+
+
+def _reference_code_block_choice(saliency, ratio):
+    """The unstructured choice of the SparseGPT reference code in one ``rows x block`` slice
+    (IST-DASLab/sparsegpt ``fasterprune``), restated: the value at sorted position
+    ``int(numel * ratio)`` is the threshold and every weight at or below it is pruned; exact zeros
+    (saliency 0) are ranked with all the others."""
+    flat = saliency.flatten()
+    return saliency <= flat.sort().values[int(flat.numel() * ratio)]
+
+
+def test_block_choice_against_the_reference_code_rule():
+    """docs/reference-parity.md: at the same saliencies ours prunes exactly the reference code's block
+    choice minus the weight at its threshold (one weight per block when there are no ties); a block
+    holding ``z`` exact zeros loses ``z + floor((numel - z) / 2)`` weights with ours, ``numel/2 + 1``
+    with the reference code (the zeros counted inside its 50%)."""
+    from llm_compression.prune.masks import nm_mask, unstructured_mask
+
+    g = torch.Generator().manual_seed(7)
+    sal = torch.rand(24, 16, generator=g, dtype=torch.float64)  # continuous: no ties
+    n = sal.numel()
+    ref = _reference_code_block_choice(sal, 0.5)
+    ours = unstructured_mask(sal, 0.5, scope="layer")
+    assert int(ref.sum()) == n // 2 + 1 and int(ours.sum()) == n // 2
+    assert torch.equal(ours, ref & (sal != sal.flatten().sort().values[n // 2]))
+
+    zeros = torch.rand(24, 16, generator=g) < 0.05
+    z = int(zeros.sum())
+    assert z >= 3
+    sal_z = sal.masked_fill(zeros, 0.0)
+    ref_z = _reference_code_block_choice(sal_z, 0.5)
+    ours_z = unstructured_mask(sal_z, 0.5, pruned=zeros, scope="layer")
+    assert int(ref_z.sum()) == n // 2 + 1
+    assert int(ours_z.sum()) == z + (n - z) // 2
+    assert not bool((ref_z & ~ours_z).any())  # a superset of the reference choice
+
+    # N:M: the reference's per-group topk(largest=False) over all weights (zeros included) is ours
+    ref_nm = torch.zeros_like(sal_z, dtype=torch.bool)
+    for i in range(0, 16, 4):
+        ref_nm.scatter_(1, i + torch.topk(sal_z[:, i:i + 4], 2, dim=1, largest=False).indices, True)
+    assert torch.equal(nm_mask(sal_z, 2, 4, pruned=zeros), ref_nm | zeros)
