@@ -266,3 +266,23 @@ def test_config_dtype_is_an_evaluate_param_and_a_table_preset(tmp_path):
     assert preset_label(proto) == preset_label({**proto, "dtype": "float32"}) == "sparsegpt+cap1024"
     assert preset_label({**proto, "dtype": "bfloat16"}) == "sparsegpt+cap1024+bf16"
     assert protocol_label({**proto, "dtype": "bfloat16"}).endswith("dtype=bfloat16")
+
+
+def test_cost_and_latency_jobs_do_not_load_the_tokenizer(tiny_checkpoint, monkeypatch):
+    """Per-job overhead (issue 15): a tokenizer costs more start-up than a small model; measurements that
+    never tokenize text load none."""
+    import transformers
+
+    from llm_compression.evaluate import evaluate_cost, evaluate_latency
+    from llm_compression.models import load_checkpoint
+
+    model, tok = load_checkpoint(tiny_checkpoint)
+    assert tok is not None
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                        classmethod(lambda *a, **k: pytest.fail("loaded a tokenizer")))
+    m2, none = load_checkpoint(tiny_checkpoint, tokenizer=False)
+    assert none is None
+    x = torch.randint(3, 256, (1, 8))
+    assert torch.equal(m2(x).logits, model(x).logits)
+    assert evaluate_cost(tiny_checkpoint, seqlen=8)["metrics"]["sparsity"] == 0
+    assert evaluate_latency(tiny_checkpoint, prompt_tokens=4, new_tokens=2, repeats=1, warmup=0)["metrics"]

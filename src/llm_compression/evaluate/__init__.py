@@ -186,7 +186,7 @@ def evaluate_cost(ckpt_dir, *, seqlen: int = 512, device: str = "cpu") -> dict:
     if int(seqlen) < 1:
         raise ValueError(f"cost seqlen {seqlen!r} must be >= 1")
     t0 = time.perf_counter()
-    model, _ = load_checkpoint(ckpt_dir, device=device)
+    model, _ = load_checkpoint(ckpt_dir, device=device, tokenizer=False)
     m = cost_metrics(model, ckpt_dir, seqlen=int(seqlen))
     scheme = _quant_scheme(ckpt_dir)
     pattern = nm_pattern(model) if m["sparsity"] > 0 else None
@@ -226,7 +226,7 @@ def evaluate_latency(ckpt_dir, *, prompt_tokens: int = 128, new_tokens: int = 32
                      warmup: int = 1, seed: int = 0, device: str = "cpu") -> dict:
     """Prefill seconds and greedy decode tokens/s with a KV cache (see :mod:`.latency`)."""
     t0 = time.perf_counter()
-    model, _ = load_checkpoint(ckpt_dir, device=device)
+    model, _ = load_checkpoint(ckpt_dir, device=device, tokenizer=False)
     r = measure_latency(model, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats,
                         warmup=warmup, seed=seed)
     return {

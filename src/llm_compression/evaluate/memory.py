@@ -104,7 +104,7 @@ def probe(ckpt_dir: str, *, seqlen: int, device: str, threads: int | None = None
         torch.set_num_threads(int(threads))
     rss_start = _proc_status_bytes("VmRSS")
     cuda = device.startswith("cuda")
-    model, _ = load_checkpoint(ckpt_dir, device=device)
+    model, _ = load_checkpoint(ckpt_dir, device=device, tokenizer=False)
     vocab = int(model.get_input_embeddings().num_embeddings)
     ids = torch.randint(0, vocab, (1, int(seqlen)), generator=torch.Generator().manual_seed(seed)).to(device)
     out = {"device": device, "threads": torch.get_num_threads(), "seqlen": int(seqlen),
