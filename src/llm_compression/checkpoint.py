@@ -111,7 +111,8 @@ def needs_structured_loader(ckpt_dir: str | os.PathLike) -> bool:
     return cfg.exists() and bool(json.loads(cfg.read_text()).get(LAYER_SHAPES_KEY))
 
 
-def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, device: str = "cpu"):
+def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, device: str = "cpu",
+                    tokenizer: bool = True):
     """Load ``(model, tokenizer)`` from a checkpoint directory written by this project.
 
     4-bit/8-bit checkpoints (bitsandbytes) reload through their saved ``quantization_config``; 4-bit
@@ -121,6 +122,9 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, de
     ``result.structured.plain_loadable`` is false, or ``config.json`` lists ``pruned_layer_shapes``) reload
     through :func:`load_pruned`; uniform ones through plain
     ``from_pretrained``.
+
+    ``tokenizer=False`` returns ``(model, None)`` without loading the tokenizer (measurements that feed
+    token ids or count parameters: the tokenizer costs more start-up than the model of a small checkpoint).
 
     Raises:
         FileNotFoundError: ``ckpt_dir`` has no ``config.json``.
@@ -132,8 +136,8 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, de
     if not (ckpt_dir / "config.json").exists():
         raise FileNotFoundError(f"{ckpt_dir} is not a checkpoint directory (no config.json)")
     if needs_structured_loader(ckpt_dir):
-        return load_pruned(ckpt_dir, dtype=dtype, device=device)
-    tok = AutoTokenizer.from_pretrained(ckpt_dir)
+        return load_pruned(ckpt_dir, dtype=dtype, device=device, tokenizer=tokenizer)
+    tok = AutoTokenizer.from_pretrained(ckpt_dir) if tokenizer else None
     kw = {}
     if dtype is not None:
         kw["dtype"] = getattr(torch, dtype)
@@ -206,10 +210,11 @@ def _four_bit_config(config, ckpt_dir) -> dict | None:
     return q
 
 
-def load_pruned(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, device: str = "cpu"):
+def load_pruned(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, device: str = "cpu",
+                tokenizer: bool = True):
     """Load ``(model, tokenizer)`` of a structurally pruned checkpoint, uniform or not.
 
-    ``tokenizer`` is None when the directory holds no tokenizer files.
+    ``tokenizer`` is None when the directory holds no tokenizer files, or when ``tokenizer=False``.
 
     Reads ``config.json`` (with ``pruned_layer_shapes`` when layer widths differ), builds the model,
     resizes each layer (:func:`resize_layers`), loads ``model.safetensors`` strictly (a tied LM head
@@ -279,7 +284,7 @@ def load_pruned(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, device
     model.to(device)
     model.eval()
     has_tok = any((ckpt_dir / f).exists() for f in ("tokenizer_config.json", "tokenizer.json"))
-    tok = AutoTokenizer.from_pretrained(ckpt_dir) if has_tok else None
+    tok = AutoTokenizer.from_pretrained(ckpt_dir) if has_tok and tokenizer else None
     return model, tok
 
 

@@ -161,6 +161,27 @@ def resolve_protocol(preset: str, dataset: str, *, seqlen: int | None = None, sp
                               d.get("max_windows"), "drop", _REFERENCE[preset], d.get("note", ""))
 
 
+#: compute dtypes of a perplexity evaluation (``evaluation.perplexity.dtype``): the forward runs under
+#: ``torch.autocast`` in this dtype (weights stay as loaded); log-softmax and the NLL sum are fp32
+EVAL_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_eval_dtype(dtype: str, device) -> str:
+    """Check the compute dtype of a perplexity evaluation on ``device`` (``"cpu"``, ``"cuda"``,
+    ``"cuda:0"`` or a ``torch.device``), before any heavy work; returns ``dtype``.
+
+    Raises:
+        ProtocolError: ``dtype`` not one of :data:`EVAL_DTYPES`, or ``float16`` on a CPU (fp16 matmuls on
+            CPU are slow reference kernels and overflow silently; use ``bfloat16`` or ``float32``).
+    """
+    if dtype not in EVAL_DTYPES:
+        raise ProtocolError(f"evaluation dtype {dtype!r} is not one of {', '.join(EVAL_DTYPES)}")
+    if dtype == "float16" and str(device).split(":")[0] == "cpu":
+        raise ProtocolError("evaluation dtype 'float16' is refused on CPU (no fast fp16 kernels on CPU, and fp16 "
+                            "overflows silently); use 'bfloat16' or 'float32'")
+    return dtype
+
+
 def model_context_length(model) -> int:
     """The context length a model is configured for (``max_position_embeddings``).
 

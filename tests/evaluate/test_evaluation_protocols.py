@@ -226,3 +226,63 @@ def test_table_keeps_presets_apart_and_expands_zeroshot(tmp_path):
     assert set(zs.dataset) == {"piqa", "boolq", "average"}
     assert zs[(zs.dataset == "boolq")].metric.tolist() == ["acc", "acc_stderr"]
     assert set(zs.preset) == {"lm-eval-0shot-limit10-offline"}
+
+
+def test_bfloat16_record_carries_its_dtype_and_peak_memory(ptb_dir, tiny_checkpoint):
+    from llm_compression.evaluate import evaluate_perplexity
+
+    r = evaluate_perplexity(tiny_checkpoint, dataset="ptb", preset="custom", path=str(ptb_dir), seqlen=4,
+                            dtype="bfloat16")
+    assert r["protocol"]["dtype"] == "bfloat16" and "autocast(bfloat16)" in r["protocol"]["dtype_note"]
+    assert r["runtime"]["dtype"] == "float32"  # the weights stay as loaded
+    assert r["runtime"]["peak_memory_bytes"] >= r["runtime"]["memory_before_bytes"] > 0
+    assert r["runtime"]["cpu_seconds"] >= 0 and r["runtime"]["peak_memory_kind"].startswith("CPU resident set")
+    fp32 = evaluate_perplexity(tiny_checkpoint, dataset="ptb", preset="custom", path=str(ptb_dir), seqlen=4)
+    assert fp32["protocol"]["dtype"] == "float32"
+    assert r["metrics"]["perplexity"] == pytest.approx(fp32["metrics"]["perplexity"], rel=0.01)
+
+
+def test_float16_on_cpu_refused_before_loading(ptb_dir, tiny_checkpoint, monkeypatch):
+    import llm_compression.evaluate as ev
+
+    monkeypatch.setattr(ev, "load_checkpoint", lambda *a, **k: pytest.fail("loaded the model"))
+    with pytest.raises(ProtocolError, match=r"evaluation dtype 'float16' is refused on CPU.*'bfloat16' or 'float32'"):
+        ev.evaluate_perplexity(tiny_checkpoint, dataset="ptb", preset="custom", path=str(ptb_dir), dtype="float16")
+
+
+def test_config_dtype_is_an_evaluate_param_and_a_table_preset(tmp_path):
+    from llm_compression.config import ConfigError, validate_config
+    from llm_compression.planning import evaluation_params
+    from llm_compression.report.table import preset_label, protocol_label
+
+    default = validate_config(_cfg(datasets={"ptb": {}}), check_model=False)
+    assert evaluation_params(default, "ppl-ptb-sparsegpt")["dtype"] == "float32"
+    bf16 = validate_config(_cfg(dtype="bfloat16", datasets={"ptb": {}}), check_model=False)
+    assert evaluation_params(bf16, "ppl-ptb-sparsegpt")["dtype"] == "bfloat16"  # a change reruns the evaluation
+    with pytest.raises(ConfigError, match="float64"):
+        validate_config(_cfg(dtype="float64", datasets={"ptb": {}}), check_model=False)
+    proto = {"preset": "sparsegpt", "seqlen": 512, "windows": 2, "scored_tokens": 1022, "capped": True,
+             "limit_tokens": 1024}
+    assert preset_label(proto) == preset_label({**proto, "dtype": "float32"}) == "sparsegpt+cap1024"
+    assert preset_label({**proto, "dtype": "bfloat16"}) == "sparsegpt+cap1024+bf16"
+    assert protocol_label({**proto, "dtype": "bfloat16"}).endswith("dtype=bfloat16")
+
+
+def test_cost_and_latency_jobs_do_not_load_the_tokenizer(tiny_checkpoint, monkeypatch):
+    """Per-job overhead (issue 15): a tokenizer costs more start-up than a small model; measurements that
+    never tokenize text load none."""
+    import transformers
+
+    from llm_compression.evaluate import evaluate_cost, evaluate_latency
+    from llm_compression.models import load_checkpoint
+
+    model, tok = load_checkpoint(tiny_checkpoint)
+    assert tok is not None
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                        classmethod(lambda *a, **k: pytest.fail("loaded a tokenizer")))
+    m2, none = load_checkpoint(tiny_checkpoint, tokenizer=False)
+    assert none is None
+    x = torch.randint(3, 256, (1, 8))
+    assert torch.equal(m2(x).logits, model(x).logits)
+    assert evaluate_cost(tiny_checkpoint, seqlen=8)["metrics"]["sparsity"] == 0
+    assert evaluate_latency(tiny_checkpoint, prompt_tokens=4, new_tokens=2, repeats=1, warmup=0)["metrics"]

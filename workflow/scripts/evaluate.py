@@ -18,8 +18,10 @@ kind = ev.pop("kind")
 t0 = time.perf_counter()
 if kind == "perplexity":
     rec = evaluate_perplexity(sm.input[0], device=device, progress=True, **ev)
-    log.info("%s perplexity (%s) %.3f over %d scored tokens", ev["dataset"], ev["preset"],
-             rec["metrics"]["perplexity"], rec["protocol"]["scored_tokens"])
+    log.info("%s perplexity (%s, %s) %.3f over %d scored tokens, %.1f tokens/s, peak memory %.0f MB",
+             ev["dataset"], ev["preset"], rec["protocol"]["dtype"], rec["metrics"]["perplexity"],
+             rec["protocol"]["scored_tokens"], rec["runtime"]["tokens_per_second"] or 0.0,
+             rec["runtime"]["peak_memory_bytes"] / 1e6)
 elif kind == "zeroshot":
     rec = evaluate_zeroshot(sm.input[0], device=device, **ev)
     log.info("zero-shot %s", {t: v["acc"] for t, v in rec["tasks"].items()})

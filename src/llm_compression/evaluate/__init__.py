@@ -20,7 +20,8 @@ from .cost import cost_metrics, cost_notes, nm_pattern
 from .latency import measure_latency
 from .memory import measure_peak_memory
 from .perplexity import bos_rows, check_bos_fed, perplexity, with_bos  # noqa: F401 (BOS helpers, shared)
-from ..protocols import PRESETS, ProtocolError, expected_windows, model_context_length, resolve_protocol
+from ..protocols import (PRESETS, ProtocolError, check_eval_dtype, expected_windows, model_context_length,  # noqa: F401
+                         resolve_protocol)
 
 METRICS_SCHEMA = "llm-compression/metrics/v1"
 
@@ -68,6 +69,7 @@ def perplexity_of_model(
     last_window: str = "drop",
     bos: str | bool = "auto",
     device: str | None = None,
+    dtype: str = "float32",
     progress: bool = False,
 ) -> dict:
     """Perplexity of an already-loaded ``model`` under a named protocol (see :mod:`.protocols`).
@@ -78,15 +80,21 @@ def perplexity_of_model(
         max_tokens: cap on the token stream (recorded as ``limit_tokens``/``capped``).
         batch_size: windows per forward pass; the value does not depend on it.
         bos: ``"auto"`` (BOS per window only for models that need it, e.g. Gemma), True or False.
+        dtype: compute dtype, ``float32`` (default), ``bfloat16`` or ``float16`` (not on CPU): the forward
+            runs under ``torch.autocast`` in it, losses are fp32 (see :func:`.perplexity.perplexity`).
 
     Returns:
         ``{"metrics": {"perplexity", "nll_sum"}, "protocol": {...}, "runtime": {...}}``; the protocol holds
         preset, reference, dataset, split, source, join, seqlen, stride, windows, scored/stream/split
-        tokens, cap, BOS use, last-window rule and batch size.
+        tokens, cap, BOS use, last-window rule, batch size and compute ``dtype``; the runtime holds the
+        device, the weights' dtype, threads, wall and CPU seconds, tokens/s and the evaluation's peak
+        memory (``peak_memory_bytes``: CPU resident set or CUDA allocated, model included, bytes).
 
     Raises:
-        ProtocolError: a setting that contradicts the preset. CorpusError: the corpus cannot be loaded.
+        ProtocolError: a setting that contradicts the preset, or a bad ``dtype`` (``float16`` on CPU).
+        CorpusError: the corpus cannot be loaded.
     """
+    check_eval_dtype(dtype, device if device is not None else next(model.parameters()).device)
     proto = resolve_protocol(preset, dataset, seqlen=seqlen, split=split, join=join, documents=documents,
                              last_window=last_window)
     window = proto.seqlen if proto.seqlen is not None else model_context_length(model)
@@ -100,7 +108,7 @@ def perplexity_of_model(
     if max_tokens is not None:
         ids = ids[:max_tokens]
     r = perplexity(model, ids, seqlen=window, batch_size=batch_size, bos_token_id=bos_id,
-                   last_window=proto.last_window, device=device, progress=progress)
+                   last_window=proto.last_window, device=device, dtype=dtype, progress=progress)
     protocol = {
         **corpus.protocol,
         "preset": proto.preset,
@@ -113,11 +121,17 @@ def perplexity_of_model(
         "capped": max_tokens is not None and max_tokens < available,
         **{k: r[k] for k in ("seqlen", "stride", "windows", "scored_tokens", "stream_tokens", "bos", "last_window")},
         "batch_size": batch_size,
+        "dtype": r["dtype"],
+        "dtype_note": ("forward as loaded (runtime.dtype); fp32 losses" if r["dtype"] == "float32" else
+                       f"forward under torch.autocast({r['dtype']}), weights as loaded (runtime.dtype); "
+                       "fp32 log-softmax and NLL sum"),
     }
     return {
         "metrics": {"perplexity": r["perplexity"], "nll_sum": r["nll_sum"]},
         "protocol": protocol,
-        "runtime": {**_runtime(model), "seconds": r["seconds"], "tokens_per_second": r["tokens_per_second"]},
+        "runtime": {**_runtime(model), **{k: r[k] for k in ("seconds", "cpu_seconds", "tokens_per_second",
+                                                             "peak_memory_bytes", "memory_before_bytes",
+                                                             "peak_memory_kind")}},
     }
 
 
@@ -125,12 +139,13 @@ def evaluate_perplexity(ckpt_dir, *, device: str = "cpu", **kwargs) -> dict:
     """Load the checkpoint at ``ckpt_dir`` and measure :func:`perplexity_of_model` on it.
 
     Keyword arguments are those of :func:`perplexity_of_model` (dataset, preset, split, join, path,
-    seqlen, max_tokens, batch_size, last_window, bos, progress). The protocol is checked before the
-    model is loaded.
+    seqlen, max_tokens, batch_size, last_window, bos, dtype, progress). The protocol and the dtype
+    are checked before the model is loaded.
 
     Raises:
         ProtocolError, CorpusError, FileNotFoundError (no checkpoint at ``ckpt_dir``).
     """
+    check_eval_dtype(kwargs.get("dtype", "float32"), device)
     resolve_protocol(kwargs.get("preset", "custom"), kwargs["dataset"], seqlen=kwargs.get("seqlen", 512),
                      split=kwargs.get("split"), join=kwargs.get("join"), documents=kwargs.get("documents"),
                      last_window=kwargs.get("last_window", "drop"))
@@ -171,7 +186,7 @@ def evaluate_cost(ckpt_dir, *, seqlen: int = 512, device: str = "cpu") -> dict:
     if int(seqlen) < 1:
         raise ValueError(f"cost seqlen {seqlen!r} must be >= 1")
     t0 = time.perf_counter()
-    model, _ = load_checkpoint(ckpt_dir, device=device)
+    model, _ = load_checkpoint(ckpt_dir, device=device, tokenizer=False)
     m = cost_metrics(model, ckpt_dir, seqlen=int(seqlen))
     scheme = _quant_scheme(ckpt_dir)
     pattern = nm_pattern(model) if m["sparsity"] > 0 else None
@@ -211,7 +226,7 @@ def evaluate_latency(ckpt_dir, *, prompt_tokens: int = 128, new_tokens: int = 32
                      warmup: int = 1, seed: int = 0, device: str = "cpu") -> dict:
     """Prefill seconds and greedy decode tokens/s with a KV cache (see :mod:`.latency`)."""
     t0 = time.perf_counter()
-    model, _ = load_checkpoint(ckpt_dir, device=device)
+    model, _ = load_checkpoint(ckpt_dir, device=device, tokenizer=False)
     r = measure_latency(model, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats,
                         warmup=warmup, seed=seed)
     return {

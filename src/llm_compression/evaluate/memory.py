@@ -18,11 +18,13 @@ JSON line; :func:`measure_peak_memory` starts it and parses that line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 
 def _proc_status_bytes(field: str) -> int | None:
@@ -44,6 +46,49 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+@contextlib.contextmanager
+def track_peak_memory(device) -> Iterator[dict]:
+    """Peak memory of the work done inside the ``with`` block, in this process; the yielded dict is
+    filled on exit with ``peak_memory_bytes``, ``memory_before_bytes`` (what was resident or allocated
+    when the block started: the model) and ``peak_memory_kind``.
+
+    - CUDA (``device`` ``"cuda"``/``"cuda:N"``): ``torch.cuda.max_memory_allocated`` after
+      ``reset_peak_memory_stats`` (PyTorch's caching allocator; not the CUDA context).
+    - CPU (Linux): ``VmHWM`` of this process after resetting it (``/proc/self/clear_refs`` ``5``) at the
+      start, so loading before the block is not counted (the model stays resident and is). This also
+      lowers what ``ru_maxrss`` reports for this process afterwards. Where the reset is refused, the
+      whole-process peak ``ru_maxrss`` is reported and the kind says so.
+    """
+    out: dict = {}
+    cuda = str(device).startswith("cuda")
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize(device)
+        before = int(torch.cuda.memory_allocated(device))
+        torch.cuda.reset_peak_memory_stats(device)
+        reset = True
+    else:
+        before = _proc_status_bytes("VmRSS")
+        reset = _reset_peak_rss()
+    try:
+        yield out
+    finally:
+        if cuda:
+            torch.cuda.synchronize(device)
+            peak, kind = int(torch.cuda.max_memory_allocated(device)), "cuda max_memory_allocated (reset at start)"
+        else:
+            hwm = _proc_status_bytes("VmHWM")
+            if reset and hwm is not None:
+                peak, kind = hwm, "CPU resident set, VmHWM (reset at start; resident model included)"
+            else:
+                import resource
+
+                peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+                kind = "CPU resident set, ru_maxrss of the whole process (peak reset unavailable; includes loading)"
+        out.update(peak_memory_bytes=peak, memory_before_bytes=before, peak_memory_kind=kind)
+
+
 def probe(ckpt_dir: str, *, seqlen: int, device: str, threads: int | None = None, seed: int = 0) -> dict:
     """Load ``ckpt_dir`` and run one forward of ``seqlen`` tokens in *this* process; return memory figures.
 
@@ -59,7 +104,7 @@ def probe(ckpt_dir: str, *, seqlen: int, device: str, threads: int | None = None
         torch.set_num_threads(int(threads))
     rss_start = _proc_status_bytes("VmRSS")
     cuda = device.startswith("cuda")
-    model, _ = load_checkpoint(ckpt_dir, device=device)
+    model, _ = load_checkpoint(ckpt_dir, device=device, tokenizer=False)
     vocab = int(model.get_input_embeddings().num_embeddings)
     ids = torch.randint(0, vocab, (1, int(seqlen)), generator=torch.Generator().manual_seed(seed)).to(device)
     out = {"device": device, "threads": torch.get_num_threads(), "seqlen": int(seqlen),

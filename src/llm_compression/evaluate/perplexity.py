@@ -11,15 +11,24 @@ Inside a window without BOS the first token has no context and is not scored, so
 ``seqlen - 1`` tokens. With ``bos=True`` a BOS token is put in front of every window and all its
 ``seqlen`` tokens are scored (Gemma models need this). The count of scored tokens is exact; the
 SparseGPT reference code instead multiplies the mean loss by ``seqlen``, a <0.2% difference at 512.
+
+Cost: the loss reads the model's logits in place (:func:`window_nll`), so an evaluation runs at the
+speed of a plain ``model(input_ids).logits`` forward over the same windows and holds no second
+full-vocabulary copy of them. ``dtype="bfloat16"`` runs the forward under ``torch.autocast`` (fp32
+losses); the record gives the dtype, wall and CPU seconds, tokens/s and peak memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
 import torch
 import torch.nn.functional as F
+
+from ..protocols import check_eval_dtype
+from .memory import track_peak_memory
 
 
 def with_bos(ids: list[int], bos_token_id: int) -> list[int]:
@@ -79,6 +88,34 @@ def window_stream(ids: torch.Tensor, seqlen: int, last_window: str = "drop") -> 
     return windows
 
 
+#: target positions per log-softmax chunk: bounds the evaluation's fp32 temporary to
+#: ``NLL_CHUNK_TOKENS x vocab`` floats (200 MB at SmolLM2's 49,152) whatever the window length
+NLL_CHUNK_TOKENS = 1024
+
+
+def window_nll(logits: torch.Tensor, x: torch.Tensor, *, chunk_tokens: int = NLL_CHUNK_TOKENS) -> torch.Tensor:
+    """Summed next-token negative log-likelihood (nats, fp32 0-d tensor) of windows ``x`` ``[batch, seq]``
+    given the model's ``logits`` ``[batch, seq, vocab]`` (position t predicts token t+1, so
+    ``batch * (seq - 1)`` tokens are scored).
+
+    The logits are read in place: each chunk of at most ``chunk_tokens`` positions of one window is
+    a view, upcast to fp32 only when the logits are lower precision (bf16/fp16), log-softmaxed, and
+    only the target's log-probability is kept. No full-vocabulary copy of the batch is made. The
+    kept log-probabilities are summed by ``F.nll_loss(reduction="sum")`` over the whole batch, as
+    ``F.cross_entropy`` over the flattened batch did before (same fp32 values, same summation), so
+    fp32 results are bit-identical to that computation.
+    """
+    seq = x.shape[1]
+    picked = []
+    for r in range(x.shape[0]):
+        for s in range(0, seq - 1, chunk_tokens):
+            e = min(s + chunk_tokens, seq - 1)
+            logp = torch.log_softmax(logits[r, s:e].float(), dim=-1)  # .float() is a no-op on fp32
+            picked.append(logp.gather(1, x[r, s + 1 : e + 1].unsqueeze(1)))
+    p = torch.cat(picked)  # [batch * (seq - 1), 1] target log-probabilities
+    return F.nll_loss(p, torch.zeros(p.shape[0], dtype=torch.long, device=p.device), reduction="sum")
+
+
 @torch.no_grad()
 def perplexity(
     model,
@@ -89,6 +126,7 @@ def perplexity(
     bos_token_id: int | None = None,
     last_window: str = "drop",
     device: str | torch.device | None = None,
+    dtype: str = "float32",
     progress: bool = False,
 ) -> dict:
     """Perplexity of ``model`` on the token stream ``ids`` (LongTensor ``[N]``).
@@ -101,14 +139,26 @@ def perplexity(
         bos_token_id: when given, prepended to every window, and every stream token is scored.
         last_window: ``"drop"`` (standard) or ``"keep"`` a trailing partial window.
         device: where inputs go; defaults to the device of the model's first parameter.
+        dtype: compute dtype (:data:`~llm_compression.protocols.EVAL_DTYPES`). ``float32`` runs the
+            model as loaded; ``bfloat16``/``float16`` run the forward under ``torch.autocast`` in that
+            dtype (matmuls and attention in low precision, weights kept as loaded); log-softmax and
+            the NLL sum are fp32 in every case (:func:`window_nll`).
 
     Returns:
         dict with ``perplexity``, ``nll_sum`` (nats), ``scored_tokens``, ``windows``,
-        ``stream_tokens``, ``seqlen``, ``stride`` (= seqlen), ``bos``, ``last_window``,
-        ``seconds``, ``tokens_per_second``.
+        ``stream_tokens``, ``seqlen``, ``stride`` (= seqlen), ``bos``, ``last_window``, ``dtype``,
+        ``seconds`` (wall), ``cpu_seconds`` (this process, all threads), ``tokens_per_second``
+        (stream tokens of the windows / wall seconds) and the evaluation's peak memory
+        (``peak_memory_bytes``, ``memory_before_bytes``, ``peak_memory_kind``; see
+        :func:`~llm_compression.evaluate.memory.track_peak_memory`).
+
+    Raises:
+        ProtocolError: ``dtype`` not valid, or ``float16`` on CPU (checked before any forward).
+        ValueError: bad ``seqlen``/``last_window`` or a stream shorter than one window (:func:`window_stream`).
     """
     if device is None:
         device = next(model.parameters()).device
+    check_eval_dtype(dtype, device)
     windows = window_stream(ids, seqlen, last_window)
     groups: list[list[torch.Tensor]] = []
     for w in windows:
@@ -116,28 +166,30 @@ def perplexity(
             groups[-1].append(w)
         else:
             groups.append([w])
-    nll_sum = 0.0
-    scored = 0
-    t0 = time.perf_counter()
     it = groups
     if progress:
         from tqdm import tqdm
 
         it = tqdm(groups, desc="perplexity", unit="batch", mininterval=5)
-    for group in it:
-        x = torch.stack(group)
-        if bos_token_id is not None:
-            x = torch.cat([torch.full((x.shape[0], 1), bos_token_id, dtype=x.dtype), x], dim=1)
-        # the record's "bos" is checked against what is fed
-        check_bos_fed(*bos_rows(x, bos_token_id), wanted=bos_token_id is not None, what="perplexity")
-        x = x.to(device)
-        logits = model(input_ids=x, use_cache=False).logits
-        # predict token t+1 from position t; with BOS every stream token is a target
-        pred = logits[:, :-1, :].float()
-        target = x[:, 1:]
-        nll = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="sum")
-        nll_sum += float(nll)
-        scored += target.numel()
+    # one autocast context around all batches: its cache casts each weight once, not once per batch
+    autocast = (torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype)) if dtype != "float32"
+                else contextlib.nullcontext())
+    nll_sum = 0.0
+    scored = 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    with track_peak_memory(device) as mem, autocast:
+        for group in it:
+            x = torch.stack(group)
+            if bos_token_id is not None:
+                x = torch.cat([torch.full((x.shape[0], 1), bos_token_id, dtype=x.dtype), x], dim=1)
+            # the record's "bos" is checked against what is fed
+            check_bos_fed(*bos_rows(x, bos_token_id), wanted=bos_token_id is not None, what="perplexity")
+            x = x.to(device)
+            logits = model(input_ids=x, use_cache=False).logits
+            # predict token t+1 from position t; with BOS every stream token is a target
+            nll_sum += float(window_nll(logits, x))
+            scored += x.shape[0] * (x.shape[1] - 1)
+            del logits
     seconds = time.perf_counter() - t0
     return {
         "perplexity": math.exp(nll_sum / scored),
@@ -149,6 +201,9 @@ def perplexity(
         "stride": seqlen,
         "bos": bos_token_id is not None,
         "last_window": last_window,
+        "dtype": dtype,
         "seconds": seconds,
+        "cpu_seconds": time.process_time() - c0,
         "tokens_per_second": sum(w.numel() for w in windows) / seconds if seconds > 0 else None,
+        **mem,
     }

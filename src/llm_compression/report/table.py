@@ -25,6 +25,8 @@ COLUMNS = ["model", "variant", "method", "importance", "level", "ratio", "repeat
            "evaluation", "metric", "dataset", "split", "preset", "value", "protocol"]
 #: metrics left out of the table (kept in the JSON): intermediate sums
 EXCLUDED_METRICS = {"nll_sum"}
+#: short names of non-fp32 evaluation dtypes in the ``preset`` column
+DTYPE_LABELS = {"bfloat16": "bf16", "float16": "fp16"}
 #: zero-shot metrics carried into the table, per task and averaged
 ZEROSHOT_METRICS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
 
@@ -39,14 +41,16 @@ def protocol_label(protocol: dict) -> str:
     if "windows" not in protocol:  # memory, or anything else with a sequence length
         return f"seqlen={protocol['seqlen']}" if "seqlen" in protocol else ""
     cap = protocol.get("limit_tokens")
+    dtype = protocol.get("dtype")
     return (f"{protocol.get('preset', '')} seqlen={protocol['seqlen']} windows={protocol['windows']} "
             f"scored={protocol['scored_tokens']} join={protocol.get('join', '')}"
-            + (f" cap={cap}" if cap else "")).strip()
+            + (f" cap={cap}" if cap else "") + (f" dtype={dtype}" if dtype not in (None, "float32") else "")).strip()
 
 
 def preset_label(protocol: dict) -> str:
     """Protocol name for the ``preset`` column, e.g. ``sparsegpt``, ``sparsegpt+cap8192``,
-    ``lm-eval-0shot-limit100``; empty for records without a protocol name (cost)."""
+    ``sparsegpt+cap8192+bf16`` (a perplexity computed in bfloat16), ``lm-eval-0shot-limit100``; empty
+    for records without a protocol name (cost)."""
     if "harness" in protocol:
         lim = protocol.get("limit")
         return "lm-eval-0shot" + (f"-limit{lim}" if lim else "") + (
@@ -54,6 +58,8 @@ def preset_label(protocol: dict) -> str:
     preset = protocol.get("preset", "")
     if preset and protocol.get("capped"):
         preset += f"+cap{protocol.get('limit_tokens')}"
+    if preset and protocol.get("dtype") not in (None, "float32"):
+        preset += "+" + DTYPE_LABELS.get(protocol["dtype"], protocol["dtype"])
     return preset
 
 
