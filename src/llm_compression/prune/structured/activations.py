@@ -203,12 +203,13 @@ def activation_statistics(model, calib_ids: torch.Tensor, *, layers: list[int] |
         sq = (per_sample.double() ** 2).sum(0).cpu()
         store[key] = sq if store[key] is None else store[key] + sq
 
-    def head_hook(i, d, w_o):
-        def f(_mod, args):
+    def head_hook(i, d, contribution):
+        def f(mod, args):
             x = args[0]  # [B, T, n_q * d], the attention output before o_proj
             b, t, _ = x.shape
             a = x.double().reshape(b, t, -1, d)  # [B, T, n_q, d]
-            if w_o is not None:  # each head's o_proj output: [B, T, n_q, hidden]
+            if contribution:  # each head's o_proj output [B, T, n_q, hidden]; o_proj [hidden, n_q * d]
+                w_o = mod.weight.detach().double().reshape(mod.weight.shape[0], -1, d)
                 a = torch.einsum("bthd,ohd->btho", a, w_o)
             add(acc_heads, i, a.norm(dim=-1).mean(1))
         return f
@@ -230,11 +231,9 @@ def activation_statistics(model, calib_ids: torch.Tensor, *, layers: list[int] |
             attn = blocks[i].self_attn
             d = int(attn.head_dim)
             down = blocks[i].mlp.down_proj
-            w_o = w_col = None
-            if contribution:  # o_proj [hidden, n_q * d] -> [hidden, n_q, d]; down_proj column norms [intermediate]
-                w_o = attn.o_proj.weight.detach().double().reshape(attn.o_proj.weight.shape[0], -1, d)
-                w_col = down.weight.detach().double().norm(dim=0).cpu()
-            hooks.append(attn.o_proj.register_forward_pre_hook(head_hook(i, d, w_o)))
+            # down_proj column norms [intermediate]: |m_i| * ||W_down[:, i]|| is channel i's output norm
+            w_col = down.weight.detach().double().norm(dim=0).cpu() if contribution else None
+            hooks.append(attn.o_proj.register_forward_pre_hook(head_hook(i, d, contribution)))
             hooks.append(down.register_forward_pre_hook(mlp_hook(i, w_col)))
         if hidden:
             for _, m in hidden_norms(model):
