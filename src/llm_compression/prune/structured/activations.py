@@ -232,7 +232,7 @@ def activation_statistics(model, calib_ids: torch.Tensor, *, layers: list[int] |
             d = int(attn.head_dim)
             down = blocks[i].mlp.down_proj
             # down_proj column norms [intermediate]: |m_i| * ||W_down[:, i]|| is channel i's output norm
-            w_col = down.weight.detach().double().norm(dim=0).cpu() if contribution else None
+            w_col = down.weight.detach().double().norm(dim=0) if contribution else None  # on the weight's device
             hooks.append(attn.o_proj.register_forward_pre_hook(head_hook(i, d, contribution)))
             hooks.append(down.register_forward_pre_hook(mlp_hook(i, w_col)))
         if hidden:
