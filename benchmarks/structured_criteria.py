@@ -28,7 +28,7 @@ from pathlib import Path
 #: (level, ratios, criteria) of the main table
 GRID = [
     ("layer", (0.25, 0.5), ("random", "block-influence", "angular", "element1")),
-    ("block", (0.25, 0.5), ("activation", "element1", "random")),
+    ("block", (0.25, 0.5), ("activation", "contribution", "element1", "random")),
     ("channel", (0.2, 0.3), ("activation", "element1", "random")),
 ]
 #: Taylor calibration-noise study: (level, ratios, calibration seeds, sample multipliers)
@@ -70,7 +70,7 @@ def table(records: list[dict], calib_seed: int, samples: int) -> str:
     main = [r for r in records if r["level"] == "dense"
             or (r["calib_seed"] == calib_seed and r["samples"] == samples)]
     levels = ["dense"] + [g[0] for g in GRID]
-    crits = ["none", "element1", "random", "l2", "activation", "block-influence", "angular"]
+    crits = ["none", "element1", "random", "l2", "activation", "contribution", "block-influence", "angular"]
     main.sort(key=lambda r: (levels.index(r["level"]), r["ratio"], crits.index(r["importance"])
                              if r["importance"] in crits else len(crits)))
     for r in main:

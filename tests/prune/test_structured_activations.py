@@ -1,5 +1,6 @@
 """Forward-only structured criteria against hand-computed values: ShortGPT block influence, Gromov et al.
-angular distance (layer level), Minitron activation importance (block and channel levels)."""
+angular distance (layer level), Minitron activation importance (block and channel levels), contribution
+importance (block level)."""
 
 from __future__ import annotations
 
@@ -124,6 +125,40 @@ def test_activation_importance_by_hand():
     assert torch.allclose(kv, head_want.reshape(2, 2).sum(1), rtol=1e-4)
 
 
+def test_contribution_importance_by_hand():
+    """``contribution``: Minitron's aggregation of ||W_O[:, head] a_head|| and |m_i| ||W_down[:, i]||."""
+    m = llama(4, 2, head_dim=4, hidden=16, inter=8, layers=1, seed=5)
+    blk = m.model.layers[0]
+    with torch.no_grad():  # q = k = 0: uniform causal attention, o_proj kept
+        blk.self_attn.q_proj.weight.zero_()
+        blk.self_attn.k_proj.weight.zero_()
+    eps = m.config.rms_norm_eps
+    x = ids(3, 5, seed=8)
+    with torch.no_grad():
+        e = m.model.embed_tokens.weight[x].double()
+        ln1 = _rms(e, blk.input_layernorm.weight.double(), eps)
+        v = (ln1 @ blk.self_attn.v_proj.weight.double().T).reshape(3, 5, 2, 4)
+        attn = (v.cumsum(1) / torch.arange(1, 6, dtype=torch.float64)[None, :, None, None]).repeat_interleave(2, 2)
+        w_o = blk.self_attn.o_proj.weight.double()  # [16, 4 heads * 4]
+        per_head = torch.stack([attn[:, :, h] @ w_o[:, 4 * h:4 * h + 4].T for h in range(4)], 2)  # [3, 5, 4, 16]
+        head_want = per_head.norm(dim=-1).mean(1).pow(2).sum(0).sqrt()
+        h_mid = e + per_head.sum(2)
+        ln2 = _rms(h_mid, blk.post_attention_layernorm.weight.double(), eps)
+        mid = F.silu(ln2 @ blk.mlp.gate_proj.weight.double().T) * (ln2 @ blk.mlp.up_proj.weight.double().T)
+        w_down = blk.mlp.down_proj.weight.double()  # [16, 8]
+        per_channel = mid[..., None] * w_down.T  # [3, 5, 8, 16]: channel i's share of the MLP output
+        mlp_want = per_channel.norm(dim=-1).mean(1).pow(2).sum(0).sqrt()
+    gs = build_groups(m, "block", layer_range=[0, 1])
+    heads, mlp = activation_group_importance(gs, m, x, batch_size=2, importance="contribution")
+    assert torch.allclose(heads, head_want, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(mlp, mlp_want, rtol=1e-4, atol=1e-7)
+    # not the activation ranking rescaled: the projection's column norms change the order
+    act_heads, act_mlp = activation_group_importance(gs, m, x, importance="activation")
+    assert not torch.allclose(mlp / mlp.sum(), act_mlp / act_mlp.sum(), rtol=1e-2)
+    with pytest.raises(StructuredPruningError, match="hidden channels"):
+        activation_group_importance(build_groups(m, "channel"), m, x, importance="contribution")
+
+
 def test_activation_pruning_is_deterministic_and_records_its_budget():
     res = []
     for _ in range(2):
@@ -135,7 +170,8 @@ def test_activation_pruning_is_deterministic_and_records_its_budget():
 
 
 @pytest.mark.parametrize("level,imp", [("block", "block-influence"), ("channel", "angular"),
-                                       ("layer", "activation")])
+                                       ("layer", "activation"), ("channel", "contribution"),
+                                       ("layer", "contribution")])
 def test_criteria_are_refused_at_levels_they_do_not_score(level, imp):
     m = llama(8, 2, layers=4)
     w = m.model.layers[1].mlp.up_proj.weight.clone()
@@ -144,7 +180,8 @@ def test_criteria_are_refused_at_levels_they_do_not_score(level, imp):
     assert torch.equal(m.model.layers[1].mlp.up_proj.weight, w)
 
 
-@pytest.mark.parametrize("level,imp", [("layer", "block-influence"), ("layer", "angular"), ("block", "activation")])
+@pytest.mark.parametrize("level,imp", [("layer", "block-influence"), ("layer", "angular"), ("block", "activation"),
+                                       ("block", "contribution")])
 def test_forward_criteria_need_calibration(level, imp):
     with pytest.raises(StructuredPruningError, match="needs calibration data"):
         prune_structured(llama(8, 2), level=level, ratio=0.5, importance=imp)

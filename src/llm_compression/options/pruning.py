@@ -36,15 +36,18 @@ SCOPES = ("layer", "row", "global")
 HESSIAN_DTYPES = ("float32", "float64")
 
 #: structured importance criteria (LLM-Pruner Sec. 3.2) and their aliases
-IMPORTANCES = ("element1", "element2", "vector", "l1", "l2", "random", "activation", "block-influence", "angular")
+IMPORTANCES = ("element1", "element2", "vector", "l1", "l2", "random", "activation", "contribution", "block-influence",
+               "angular")
 ALIASES = {"taylor": "element1", "block_influence": "block-influence", "bi": "block-influence"}
 GRADIENT_IMPORTANCES = ("element1", "element2", "vector")
 #: criteria read from calibration activations, forward passes only (prune.structured.activations)
-ACTIVATION_IMPORTANCES = ("activation", "block-influence", "angular")
-#: levels each criterion applies to (depth criteria score whole blocks; ``activation`` scores heads/channels)
+ACTIVATION_IMPORTANCES = ("activation", "contribution", "block-influence", "angular")
+#: levels each criterion applies to (depth criteria score whole blocks; ``activation`` scores heads/channels;
+#: ``contribution`` scores heads and MLP channels by what they add to the residual stream, block level only)
 IMPORTANCE_LEVELS = {**{i: ("block", "channel", "layer") for i in ("element1", "element2", "vector", "l1", "l2",
                                                                     "random")},
                      "activation": ("block", "channel"),
+                     "contribution": ("block",),
                      "block-influence": ("layer",),
                      "angular": ("layer",)}
 AGGREGATIONS = ("sum", "mean", "max")

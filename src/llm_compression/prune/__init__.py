@@ -16,7 +16,7 @@ model ends near ``1 - (1 - r)^2``.
 Structured methods (``level`` is ``"block"``, ``"channel"`` or ``"layer"``), LLM-Pruner style (:mod:`.structured`):
 
 - ``llmpruner-<importance>`` with importance ``element1``, ``element2``, ``vector`` (gradients from
-  calibration data), ``activation`` (block/channel), ``block-influence``, ``angular`` (layer; forward
+  calibration data), ``activation`` (block/channel), ``contribution`` (block), ``block-influence``, ``angular`` (layer; forward
   passes over calibration data), ``l1``, ``l2`` or ``random`` (no calibration). These remove whole heads and
   channels (or whole decoder layers), so the tensors shrink; sparsity (exact zeros) stays ~0.
 """

@@ -28,7 +28,7 @@ from .groups import (
     check_architecture,
     resolve_layer_range,
 )
-from .activations import activation_group_importance
+from .activations import WIDTH_ACTIVATION_IMPORTANCES, activation_group_importance
 from .importance import (
     AGGREGATIONS,
     ALIASES,
@@ -102,7 +102,9 @@ def prune_structured(
         ratio: fraction of the groups of each group set to remove, in [0, 1): heads are whole
             (snapped to the nearest count, ties pruning less), channels are rounded.
         importance: ``element1`` (= ``taylor``), ``element2``, ``vector``, ``l1``, ``l2``, ``random``
-            (see :mod:`.importance`); ``activation`` (Minitron; block, channel), ``block-influence``
+            (see :mod:`.importance`); ``activation`` (Minitron; block, channel), ``contribution``
+            (Minitron's statistic of each head's / MLP channel's output through o_proj / down_proj;
+            block), ``block-influence``
             (ShortGPT; layer), ``angular`` (Gromov et al.; layer; removes the run of consecutive blocks
             with the smallest angular distance), see :mod:`.activations`.
         aggregation: ``sum`` (LLM-Pruner's default), ``mean`` or ``max`` over a group's tensors.
@@ -157,9 +159,10 @@ def prune_structured(
         grads = collect_gradients(model, calib_ids, names, second_order=importance == "element2",
                                   batch_size=batch_size)
         t_grad = time.perf_counter() - tg
-    if ratio > 0 and importance == "activation":
+    if ratio > 0 and importance in WIDTH_ACTIVATION_IMPORTANCES:
         tg = time.perf_counter()
-        scores = activation_group_importance(groupsets, model, calib_ids, batch_size=batch_size)
+        scores = activation_group_importance(groupsets, model, calib_ids, batch_size=batch_size,
+                                             importance=importance)
         t_grad = time.perf_counter() - tg
     elif ratio > 0:
         scores = group_importance(groupsets, model, importance, aggregation=aggregation, grads=grads, seed=seed)

@@ -16,7 +16,7 @@ negative log-likelihood, averaged over the calibration samples):
   ``--taylor param_first`` setting); canonicalized by :func:`canonical_importance`.
 - ``l1`` / ``l2`` -- magnitude of the slice (``sum |W|``, ``sqrt(sum W^2)``); no calibration.
 - ``random`` -- uniform random score per group from a seeded generator; no calibration.
-- ``activation`` (block, channel), ``block-influence`` and ``angular`` (layer) -- from calibration
+- ``activation`` (block, channel), ``contribution`` (block), ``block-influence`` and ``angular`` (layer) -- from calibration
   activations, no gradients: see :mod:`.activations`.
 
 Group aggregation: the per-member scores of a group (one per tensor slice it owns) are combined
