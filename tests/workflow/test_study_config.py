@@ -112,7 +112,7 @@ def test_study_embedded_grid():
     structured = {p for p, _ in models if p.level in ("block", "channel")}
     assert {(p.level, p.ratio) for p in structured} == {("block", r) for r in (0.25, 0.4, 0.5, 0.6)} | {
         ("channel", r) for r in (0.2, 0.3, 0.4, 0.5)}
-    assert {p.method for p in structured if p.level == "block"} == {"llmpruner-element1"}  # Taylor
+    assert {p.method for p in structured if p.level == "block"} == {"llmpruner-contribution"}
     assert {p.method for p in structured if p.level == "channel"} == {"llmpruner-activation"}
     # LoRA heals exactly the structured models
     assert {p for p, h in models if h == "lora"} == structured
