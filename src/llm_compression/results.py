@@ -73,6 +73,19 @@ class PruneResult(_Record):
         return out
 
 
+def calibration_dtype_of(compression: dict) -> str | None:
+    """The calibration compute dtype of the newest pruning stage in a ``compression.json`` chain
+    (``calibration.dtype``, written by the prune job for SparseGPT/Wanda), or ``None`` when no stage
+    recorded one (dense, magnitude, structured, or pruned before it was recorded)."""
+    rec = compression
+    while rec:
+        dtype = (rec.get("calibration") or {}).get("dtype")
+        if rec.get("stage") == "prune" and dtype:
+            return dtype
+        rec = rec.get("parent_compression") or {}
+    return None
+
+
 @dataclass(eq=False)
 class QuantizeResult(_Record):
     """The ``quantization`` section of a quantized checkpoint's ``compression.json``.

@@ -101,3 +101,46 @@ def test_float16_on_cpu_and_bad_dtypes_are_refused_before_any_work():
         prune_model(model, method="magnitude", ratio=0.5, compute_dtype="bfloat16")
     for (n, a), b in zip(before.items(), _weights(model).values()):
         assert torch.equal(a, b), n
+
+
+def _plan_config(dtype):
+    cal = {} if dtype == "unset" else {"dtype": dtype}
+    return {"model": {"name": "tiny", "source": "embedded:smollm2-135m"},
+            "grid": {"pruning": [{"method": m, "ratios": [0.5]} for m in ("wanda", "sparsegpt", "magnitude")]
+                     + [{"method": "llm-pruner", "level": "channel", "ratios": [0.2], "importance": "l1"}]},
+            "calibration": cal, "evaluation": {"perplexity": {"datasets": {"ptb": {}}}}}
+
+
+@pytest.mark.parametrize("dtype", ["unset", None, "bfloat16"])
+def test_calibration_dtype_in_prune_params_only_where_it_acts(dtype):
+    """``calibration.dtype`` reaches the params (so the jobs rerun) of SparseGPT/Wanda only, and only
+    when set; unset/null leaves every job's params as before."""
+    from llm_compression.config import validate_config
+    from llm_compression.planning import Plan
+
+    plan = Plan(validate_config(_plan_config(dtype), check_model=False))
+    params = {v.pruning.method: plan.prune_params(v.pruning.segment) for v in plan.variants if not v.pruning.is_dense}
+    assert {"wanda", "sparsegpt", "magnitude"} <= set(params)
+    for method, p in params.items():
+        cal = p.get("calibration") or {}
+        if dtype == "bfloat16" and method in ("wanda", "sparsegpt"):
+            assert cal["dtype"] == "bfloat16", method
+        else:
+            assert "dtype" not in cal, method
+
+
+def test_calibration_dtype_refused_by_the_schema():
+    from llm_compression.config import ConfigError, validate_config
+
+    with pytest.raises(ConfigError, match="half"):
+        validate_config(_plan_config("half"), check_model=False)
+
+
+def test_calibration_dtype_of_a_compression_chain():
+    from llm_compression.results import calibration_dtype_of
+
+    pruned = {"stage": "prune", "calibration": {"samples": 4, "dtype": "bfloat16"}, "parent_compression": {"stage": "import"}}
+    quantized = {"stage": "quantize", "parent_compression": {"stage": "heal", "parent_compression": pruned}}
+    assert calibration_dtype_of(quantized) == "bfloat16"
+    assert calibration_dtype_of({"stage": "prune", "calibration": {"samples": 4}}) is None
+    assert calibration_dtype_of({}) is None
