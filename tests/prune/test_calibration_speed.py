@@ -19,8 +19,7 @@ def _weights(model):
     return {n: m.weight.detach().clone() for n, m in prunable_linears(model).items()}
 
 
-@pytest.mark.parametrize("method,level", [("sparsegpt", "unstructured"), ("sparsegpt", "2:4"),
-                                          ("wanda", "unstructured"), ("wanda", "4:8")])
+@pytest.mark.parametrize("method,level", [("sparsegpt", "unstructured"), ("wanda", "4:8")])
 def test_stopping_at_the_last_linear_changes_nothing(monkeypatch, method, level):
     """The statistics pass stops at the last Linear's input; with that shortcut off (every batch runs
     the whole block) the pruned weights are bit-identical."""
