@@ -15,6 +15,17 @@ dense evaluation alone ~1.1 GB.
     python benchmarks/prune_benchmark.py                                  # reference budget
     python benchmarks/prune_benchmark.py --samples 16 --methods wanda     # quicker
     python benchmarks/prune_benchmark.py --json out.json                  # also write the rows
+    python benchmarks/prune_benchmark.py --methods sparsegpt,wanda --compute-dtypes float32,bfloat16 \
+        --reference-dir DIR                                               # issue 15's ratios
+
+``--compute-dtypes`` runs SparseGPT/Wanda once per calibration compute dtype (``prune_model``'s
+``compute_dtype``; the weights stay fp32). ``--reference-dir DIR`` (``DIR/sparsegpt``: a checkout of
+IST-DASLab/sparsegpt, ``DIR/wanda``: of locuslab/wanda) also times the original research code on the
+same checkpoint, windows and threads (:mod:`reference_prune`, a fresh process each), and the table of
+ratios gives ours / reference for wall time, CPU time and peak RSS. ``--with-rows FILE`` adds the rows
+of an earlier ``--json`` (so runs of ours and of the reference code can be interleaved on a loaded
+machine and compared in one table). Optionally ``--ppl-tokens N`` evaluates each pruned model on the
+first N tokens of the PTB test split (sparsegpt preset) for the perplexity ratio bf16 / fp32.
 
 Needs the imported fp32 checkpoint (``results/smollm2-135m/base``, made by the workflow's
 import_model rule); ``--checkpoint`` points elsewhere.
@@ -62,6 +73,8 @@ def child(args) -> dict:
     opts = {}
     if args.method == "magnitude":
         opts["scope"] = args.scope
+    if args.compute_dtype:
+        opts["compute_dtype"] = args.compute_dtype
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t1 = time.perf_counter()
     r = prune_model(model, method=args.method, level=args.level, ratio=args.ratio, calib_ids=ids,
@@ -71,10 +84,17 @@ def child(args) -> dict:
     cpu_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     blocks = [b["seconds"] for b in r["blocks"]]
+    ppl = None
+    if args.ppl_tokens:
+        from llm_compression.evaluate import perplexity_of_model
+
+        ppl = perplexity_of_model(model, tok, dataset="ptb", preset="sparsegpt", max_tokens=args.ppl_tokens,
+                                  batch_size=4)["metrics"]["perplexity"]
     return {
         "method": args.method, "level": args.level, "ratio": args.ratio,
         "samples": args.samples if ids is not None else 0, "seqlen": args.seqlen, "threads": args.threads,
-        "dtype": args.dtype, "batch_size": args.batch_size,
+        "dtype": args.dtype, "batch_size": args.batch_size, "compute_dtype": r.get("compute_dtype"),
+        "ptb_perplexity": ppl, "ppl_tokens": args.ppl_tokens,
         "share_inputs": not args.no_share,
         "prune_seconds": prune_s, "prune_cpu_seconds": cpu_s, "load_seconds": load_s,
         "peak_rss_mb": peak_kib * 1024 / 1e6, "rss_start_mb": rss_start / 1e6, "rss_after_load_mb": rss_loaded / 1e6,
@@ -83,6 +103,30 @@ def child(args) -> dict:
         "sparsity": r["sparsity_after"],
         "load_avg_1min_end": os.getloadavg()[0],
     }
+
+
+def ratio_rows(rows: list[dict]) -> list[str]:
+    """Lines of ratios: each SparseGPT/Wanda row of ours over the reference code's fp32 row of that
+    method (wall time, CPU time, peak RSS), and bf16 perplexity over fp32 perplexity where both exist."""
+    out = []
+    for method in ("sparsegpt", "wanda"):
+        ref = [r for r in rows if r["method"] == f"reference-{method}"]
+        ours = [r for r in rows if r["method"] == method]
+        fp32_ppl = [r["ptb_perplexity"] for r in ours if r.get("compute_dtype") == "float32" and r.get("ptb_perplexity")]
+        for r in ours:
+            parts = [f"{method} ({r.get('compute_dtype') or r['dtype']})"]
+            if ref:
+                b = ref[-1]
+                parts.append(f"time {r['prune_seconds'] / b['prune_seconds']:.2f}x, "
+                             f"CPU time {r['prune_cpu_seconds'] / b['prune_cpu_seconds']:.2f}x, "
+                             f"peak RSS {r['peak_rss_mb'] / b['peak_rss_mb']:.2f}x of the reference code "
+                             f"({b['prune_seconds']:.1f} s, {b['peak_rss_mb']:.0f} MB)")
+            if r.get("ptb_perplexity") and fp32_ppl and r.get("compute_dtype") != "float32":
+                parts.append(f"PTB perplexity {r['ptb_perplexity'] / fp32_ppl[-1]:.4f}x of fp32 "
+                             f"({r['ptb_perplexity']:.3f} vs {fp32_ppl[-1]:.3f}, first {r['ppl_tokens']} tokens)")
+            if len(parts) > 1:
+                out.append("  " + ": ".join(parts[:2]) + ("; " + "; ".join(parts[2:]) if len(parts) > 2 else ""))
+    return out
 
 
 def main(argv=None) -> int:
@@ -99,12 +143,20 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (reference: 2)")
     ap.add_argument("--batch-size", type=int, default=8, help="calibration windows per block forward")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype the model is loaded in")
+    ap.add_argument("--compute-dtypes", default="",
+                    help="comma list of calibration compute dtypes for sparsegpt/wanda (e.g. float32,bfloat16; "
+                         "default: the model's)")
+    ap.add_argument("--reference-dir", help="folder with sparsegpt/ and wanda/ checkouts: also time the reference code")
+    ap.add_argument("--with-rows", action="append", default=[], help="add the rows of an earlier --json file")
+    ap.add_argument("--ppl-tokens", type=int, default=0,
+                    help="also PTB-test perplexity (sparsegpt preset) over the first N tokens of each pruned model")
     ap.add_argument("--no-share", action="store_true",
                     help="do not share input statistics between q/k/v and gate/up (to measure that saving)")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--method", help=argparse.SUPPRESS)
+    ap.add_argument("--compute-dtype", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -121,34 +173,64 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"unknown method(s) {bad}; valid: {list(METHODS)}")
     rows = []
+    for f in args.with_rows:
+        rows += json.loads(Path(f).read_text())
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    dtypes = [d.strip() for d in args.compute_dtypes.split(",") if d.strip()] or [None]
+    jobs = []
     for m in methods:
+        for d in (dtypes if m in ("sparsegpt", "wanda") else [None]):
+            jobs.append(([sys.executable, __file__, *passthrough, "--child", "--method", m]
+                         + (["--compute-dtype", d] if d else []), f"{m}" + (f" ({d})" if d else "")))
+        if args.reference_dir and m in ("sparsegpt", "wanda"):
+            jobs.append(([sys.executable, str(Path(__file__).with_name("reference_prune.py")),
+                          "--reference-dir", args.reference_dir, "--method", m, "--checkpoint", args.checkpoint,
+                          "--ratio", str(args.ratio), "--samples", str(args.samples), "--seqlen", str(args.seqlen),
+                          "--corpus", args.corpus, "--split", args.split, "--seed", str(args.seed),
+                          "--threads", str(args.threads)], f"reference {m}"))
+    for cmd, label in jobs:
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
             out = fh.name
-        cmd = [sys.executable, __file__, *passthrough, "--child", "--method", m, "--out", out]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         t0 = time.perf_counter()
-        res = subprocess.run(cmd, env=env)
+        res = subprocess.run([*cmd, "--out", out], env=env)
         if res.returncode != 0:
-            print(f"{m}: subprocess failed with exit code {res.returncode}", file=sys.stderr)
+            print(f"{label}: subprocess failed with exit code {res.returncode}", file=sys.stderr)
             return res.returncode
         row = json.loads(Path(out).read_text())
         os.unlink(out)
         row["process_seconds"] = time.perf_counter() - t0
+        row["command"] = " ".join(cmd)
         rows.append(row)
-        print(f"{m:10s} {args.level} ratio={args.ratio}: prune {row['prune_seconds']:.1f} s "
+        print(f"{label:22s} {args.level} ratio={args.ratio}: prune {row['prune_seconds']:.1f} s "
               f"({row['prune_cpu_seconds']:.1f} CPU s), "
-              f"peak RSS {row['peak_rss_mb']:.0f} MB, per block {row['block_seconds_mean'] or 0:.2f} s "
-              f"(max {row['block_seconds_max'] or 0:.2f}), sparsity {row['sparsity']:.4f}", flush=True)
+              f"peak RSS {row['peak_rss_mb']:.0f} MB, per block {row['block_seconds_mean'] or 0:.2f} s, "
+              f"sparsity {row['sparsity']:.4f}, load {row['load_avg_1min_end']:.1f}", flush=True)
     print()
     print(f"calibration: {args.samples} x {args.seqlen} tokens of {args.corpus}/{args.split}, "
-          f"{args.threads} threads, {args.dtype}, batch {args.batch_size}, "
+          f"{args.threads} threads, model {args.dtype}, batch {args.batch_size}, "
           f"shared input statistics: {not args.no_share}, load average now {os.getloadavg()[0]:.1f}")
-    hdr = f"{'method':10s} {'prune s':>8s} {'CPU s':>8s} {'s/block':>8s} {'peak RSS MB':>12s} {'RSS loaded MB':>14s} {'sparsity':>9s} {'load1':>6s}"
+    hdr = (f"{'method':26s} {'prune s':>8s} {'CPU s':>8s} {'s/block':>8s} {'peak RSS MB':>12s} {'RSS loaded MB':>14s} "
+           f"{'sparsity':>9s} {'PTB ppl':>9s} {'load1':>6s}")
     print(hdr)
     for r in rows:
-        print(f"{r['method']:10s} {r['prune_seconds']:8.1f} {r['prune_cpu_seconds']:8.1f} {(r['block_seconds_mean'] or 0):8.2f} "
-              f"{r['peak_rss_mb']:12.0f} {r['rss_after_load_mb']:14.0f} {r['sparsity']:9.4f} {r['load_avg_1min_end']:6.1f}")
+        name = r["method"] + (f" ({r['compute_dtype']})" if r.get("compute_dtype") else "")
+        ppl = f"{r['ptb_perplexity']:9.3f}" if r.get("ptb_perplexity") else f"{'':9s}"
+        print(f"{name:26s} {r['prune_seconds']:8.1f} {r['prune_cpu_seconds']:8.1f} {(r['block_seconds_mean'] or 0):8.2f} "
+              f"{r['peak_rss_mb']:12.0f} {r['rss_after_load_mb']:14.0f} {r['sparsity']:9.4f} {ppl} "
+              f"{r['load_avg_1min_end']:6.1f}")
+    ratios = ratio_rows(rows)
+    if ratios:
+        print()
+        print("ours / reference code (issue 15 targets: fp32 time <= 0.75, peak RSS <= 0.80; bf16 time <= 0.50; "
+              "bf16 perplexity / fp32 perplexity within 1%)")
+        for line in ratios:
+            print(line)
+    print()
+    print("commands:")
+    for r in rows:
+        if r.get("command"):
+            print("  OMP_NUM_THREADS=%d %s" % (r["threads"], r["command"]))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

@@ -47,6 +47,8 @@ class PruneResult(_Record):
         seconds: wall time of the pruning itself (s), without loading or saving.
         blocks: per-decoder-block timings of calibrated methods (empty otherwise).
         structured: the report of :func:`llm_compression.prune.structured.prune_structured` (structured only).
+        compute_dtype: dtype of the calibration forwards of SparseGPT/Wanda (``float32``, ``bfloat16``,
+            ``float16``; absent for other methods).
     """
 
     sparsity_before: float
@@ -57,6 +59,7 @@ class PruneResult(_Record):
     seconds: float
     blocks: list = field(default_factory=list)
     structured: dict | None = field(default=None, metadata={"optional": True})
+    compute_dtype: str | None = field(default=None, metadata={"optional": True})
 
     def provenance(self) -> dict:
         """The ``result`` section of the pruned checkpoint's ``compression.json``."""
@@ -65,7 +68,22 @@ class PruneResult(_Record):
         out = {k: getattr(self, k) for k in keys}
         if self.structured is not None:
             out["structured"] = self.structured
+        if self.compute_dtype is not None:
+            out["compute_dtype"] = self.compute_dtype
         return out
+
+
+def calibration_dtype_of(compression: dict) -> str | None:
+    """The calibration compute dtype of the newest pruning stage in a ``compression.json`` chain
+    (``calibration.dtype``, written by the prune job for SparseGPT/Wanda), or ``None`` when no stage
+    recorded one (dense, magnitude, structured, or pruned before it was recorded)."""
+    rec = compression
+    while rec:
+        dtype = (rec.get("calibration") or {}).get("dtype")
+        if rec.get("stage") == "prune" and dtype:
+            return dtype
+        rec = rec.get("parent_compression") or {}
+    return None
 
 
 @dataclass(eq=False)

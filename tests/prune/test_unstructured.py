@@ -269,7 +269,7 @@ def test_shared_input_statistics_give_identical_result(method):
     # the grouping found: q/k/v read one tensor, gate/up another
     block = a.model.layers[0]
     class Recorder:
-        def add_batch(self, x, y):
+        def add_batch(self, x, y=None):
             pass
 
         def share_from(self, other):
@@ -277,7 +277,7 @@ def test_shared_input_statistics_give_identical_result(method):
 
     pr = {n: Recorder() for n, m in block.named_modules() if isinstance(m, nn.Linear)}
     feeder = calibration._SharedInputs(pr, enabled=True)
-    hs = [m.register_forward_hook(feeder.hook(n)) for n, m in block.named_modules() if isinstance(m, nn.Linear)]
+    hs = [m.register_forward_pre_hook(feeder.hook(n)) for n, m in block.named_modules() if isinstance(m, nn.Linear)]
     hidden, args = calibration.capture_block_inputs(a, calib(seed=4)[:2], 2)
     feeder.start_batch(0)
     block(hidden[0], *args[0][0][0], **args[0][0][1])

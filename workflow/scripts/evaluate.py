@@ -4,9 +4,11 @@ import time
 
 from llm_compression.evaluate import (METRICS_SCHEMA, evaluate_cost, evaluate_latency, evaluate_memory,
                                      evaluate_perplexity, evaluate_zeroshot)
+from llm_compression.checkpoint import read_compression
 from llm_compression.io import write_json_atomic
 from llm_compression.models import pick_device
 from llm_compression.plan_checks import check_evaluation_job
+from llm_compression.results import calibration_dtype_of
 from llm_compression.runtime import setup_job
 
 sm = snakemake  # noqa: F821
@@ -37,6 +39,8 @@ elif kind == "latency":
     log.info("latency %s", rec["metrics"])
 else:
     raise ValueError(f"unknown evaluation kind {kind!r}")
+if "protocol" in rec and (cal_dtype := calibration_dtype_of(read_compression(sm.input[0]))):
+    rec["protocol"]["calibration_dtype"] = cal_dtype  # the pruning's calibration forwards ran in it
 write_json_atomic(sm.output[0], {
     "schema": METRICS_SCHEMA,
     "model": sm.params.model,

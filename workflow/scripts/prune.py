@@ -5,7 +5,8 @@ from llm_compression.data import calibration_set, load_text
 from llm_compression.checkpoint import load_checkpoint, provenance, save_checkpoint
 from llm_compression.models import pick_device
 from llm_compression.plan_checks import check_calibration_corpus, check_pruning_job
-from llm_compression.prune import needs_calibration, prune_model
+from llm_compression.prune import CALIBRATED, compute_dtype_of, needs_calibration, prune_model
+from llm_compression.prune.calibration import check_compute_dtype
 from llm_compression.runtime import setup_job
 
 sm = snakemake  # noqa: F821
@@ -14,6 +15,8 @@ cal = p.pop("calibration", None)
 log = setup_job(sm.log[0], sm.threads, seed=cal["seed"] if cal else 0)
 check_pruning_job(dict(sm.params.prune), sm.input[0], getattr(sm.resources, "mem_mb", None))  # before heavy work
 device = pick_device(sm.params.device)
+compute_dtype = cal.get("dtype") if cal and p["method"] in CALIBRATED else None
+check_compute_dtype(compute_dtype_of(compute_dtype), device)  # float16 on CPU: refused before loading
 t0 = time.perf_counter()
 model, tok = load_checkpoint(sm.input[0], device=device)
 calib_ids = None
@@ -27,7 +30,10 @@ if needs_calibration(p["method"]):
              cal["corpus"], cal["split"], calib_protocol["sampler"], calib_protocol["windows_sha256"])
 options = {k: v for k, v in p.items() if k not in ("method", "level", "ratio", "repeat")}
 result = prune_model(model, method=p["method"], level=p["level"], ratio=p["ratio"], calib_ids=calib_ids,
-                     batch_size=cal["batch_size"] if cal else 8, progress=True, log=log.info, **options)
+                     batch_size=cal["batch_size"] if cal else 8, progress=True, log=log.info,
+                     compute_dtype=compute_dtype, **options)
+if calib_protocol is not None and result.compute_dtype is not None:
+    calib_protocol["dtype"] = result.compute_dtype  # the dtype the calibration forwards ran in
 log.info("achieved sparsity %.4f over %d prunable weights (before: %.4f)",
          result["sparsity_after"], result["prunable_weights"], result["sparsity_before"])
 save_checkpoint(model, tok, sm.output[0], provenance(

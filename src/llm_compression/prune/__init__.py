@@ -33,7 +33,7 @@ from ..results import PruneResult
 from ..options.pruning import DEFAULT_IMPORTANCE, METHODS as REGISTRY
 from ..options.pruning import STRUCTURED_LEVELS, PruningMethod, canonical_importance, path_methods, split_path_method
 from ..options.pruning import needs_calibration  # noqa: F401  (re-exported: one definition, torch-free)
-from .calibration import sequential_prune
+from .calibration import check_compute_dtype, sequential_prune
 from .magnitude import prune_global_magnitude, prune_linear_magnitude
 from .masks import parse_nm
 from .sparsegpt import SparseGPTPruner
@@ -45,7 +45,22 @@ METHODS = path_methods()
 #: method -> options it accepts (anything else is an error); derived from the options dataclasses
 METHOD_OPTIONS = {name: m.options.names() for name, m in REGISTRY.items() if not m.structured}
 CALIBRATED = {"wanda": WandaPruner, "sparsegpt": SparseGPTPruner}
+#: calibration compute dtypes (``float16`` only off CPU)
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 UNCALIBRATED = tuple(name for name, m in REGISTRY.items() if not m.structured and not m.needs_calibration())
+
+
+def compute_dtype_of(name: str | None) -> torch.dtype | None:
+    """The torch dtype of a calibration compute dtype name (``None`` stays ``None``: the model's own).
+
+    Raises:
+        ValueError: ``name`` is not one of :data:`COMPUTE_DTYPES`.
+    """
+    if name is None:
+        return None
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"calibration compute dtype {name!r} is not one of {', '.join(COMPUTE_DTYPES)}")
+    return getattr(torch, name)
 
 
 def resolve_method(method: str, importance: str | None = None) -> tuple[PruningMethod, str | None]:
@@ -79,6 +94,7 @@ def prune_model(
     log: Callable[[str], None] | None = None,
     share_inputs: bool = True,
     importance: str | None = None,
+    compute_dtype: str | None = None,
     **method_options,
 ) -> PruneResult:
     """Prune the decoder-block Linear layers of ``model`` in place.
@@ -95,6 +111,11 @@ def prune_model(
         share_inputs: Linears reading the same input share its statistics (see
             :func:`~.calibration.sequential_prune`); same result, less work.
         importance: structured criterion when ``method`` is the config name ``llm-pruner``.
+        compute_dtype: dtype of the calibration forwards of ``sparsegpt``/``wanda`` (:data:`COMPUTE_DTYPES`;
+            ``None``: the model's own): ``"bfloat16"`` runs each block's forwards on a bfloat16 copy of
+            the block while the model's own (e.g. float32) weights are pruned; Hessians and input norms
+            are accumulated in float32/float64 either way (see :func:`~.calibration.sequential_prune`).
+            Other methods refuse any value but ``None``.
         method_options: the fields of the method's options dataclass
             (:mod:`llm_compression.options.pruning`): ``scope`` (magnitude: ``layer``/``row``/``global``),
             ``blocksize``, ``percdamp``, ``hessian_dtype`` (sparsegpt), ``aggregation``, ``attention``,
@@ -105,13 +126,15 @@ def prune_model(
         ``sparsity_after`` (exact zeros over prunable Linear weights),
         ``prunable_weights``, ``zero_weights`` (after), ``per_layer_sparsity`` (Linear name -> sparsity),
         ``seconds`` (wall time of the pruning itself), ``blocks`` (per-block timings of calibrated
-        methods, else empty) and, for structured methods, ``structured`` (the report of
+        methods, else empty), ``compute_dtype`` (SparseGPT/Wanda: the dtype of the calibration
+        forwards) and, for structured methods, ``structured`` (the report of
         :func:`.structured.prune_structured`).
 
     Raises:
         ValueError: unknown method/level/option, ratio outside [0, 1), missing calibration data,
-            ``scope="global"`` with an N:M level, or an N:M ``m`` that does not divide some layer's
-            ``in_features`` (all checked before any weight changes); non-finite (NaN/inf)
+            ``scope="global"`` with an N:M level, an N:M ``m`` that does not divide some layer's
+            ``in_features``, an unknown ``compute_dtype`` or ``float16`` on a CPU (all checked before any
+            weight changes); non-finite (NaN/inf)
             calibration activations reaching a Linear (SparseGPT, Wanda; the message names it).
     """
     spec, importance = resolve_method(method, importance)
@@ -134,11 +157,18 @@ def prune_model(
             if bad_layers:
                 raise ValueError(f"level {level!r} needs in_features divisible by {nm[1]}; not: "
                                  f"{', '.join(bad_layers[:5])}")
+    dtype = compute_dtype_of(compute_dtype)
+    if dtype is not None:
+        if method not in CALIBRATED:
+            raise ValueError(f"compute_dtype={compute_dtype!r}: only {', '.join(CALIBRATED)} take a calibration "
+                             f"compute dtype, not {method!r}")
+        check_compute_dtype(dtype, next(model.parameters()).device)
     run = spec.load_runner()
     before = measure_sparsity(model)
     t0 = time.perf_counter()
+    kw = {"compute_dtype": dtype} if dtype is not None else {}
     out = run(model, level=level, nm=nm, ratio=ratio, importance=importance, calib_ids=calib_ids,
-              batch_size=batch_size, options=options, share_inputs=share_inputs, progress=progress, log=log)
+              batch_size=batch_size, options=options, share_inputs=share_inputs, progress=progress, log=log, **kw)
     seconds = out.pop("seconds", None)
     seconds = time.perf_counter() - t0 if seconds is None else seconds
     after = measure_sparsity(model)
@@ -158,7 +188,7 @@ def run_magnitude(model, *, ratio, nm, options, **_) -> dict:
 
 
 def _run_calibrated(cls, model, *, ratio, nm, options, calib_ids, batch_size, share_inputs, progress, log,
-                    **_) -> dict:
+                    compute_dtype=None, **_) -> dict:
     """Layer-by-layer calibrated pruning (:func:`~.calibration.sequential_prune`) with pruner ``cls``."""
     kwargs = options.as_kwargs()
     blocks = sequential_prune(
@@ -169,8 +199,10 @@ def _run_calibrated(cls, model, *, ratio, nm, options, calib_ids, batch_size, sh
         share_inputs=share_inputs,
         progress=progress,
         log=log,
+        compute_dtype=compute_dtype,
     )
-    return {"blocks": blocks}
+    dtype = compute_dtype if compute_dtype is not None else next(model.parameters()).dtype
+    return {"blocks": blocks, "compute_dtype": str(dtype).removeprefix("torch.")}
 
 
 def run_wanda(model, **kw) -> dict:

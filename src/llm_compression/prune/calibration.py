@@ -7,9 +7,18 @@ to produce the inputs of block ``i + 1`` (the sequential scheme of SparseGPT, Fr
 2023, Sec. 3.3 / Algorithm 1 driver, also used by Wanda, Sun et al. 2024, Sec. 3). Peak memory is one
 model copy plus one block's activations for the calibration set.
 
+Work saved without changing a number: the statistics pass of a block stops at the input of its
+last Linear (everything after it, e.g. the MLP down projection and the residual add, only makes the
+block output, which that pass does not use; the last Linear is found on the block's first batch,
+where the block runs whole, and used only when every Linear was called exactly once), and the last
+block is not run a second time (its output feeds no block). With ``compute_dtype`` (e.g.
+``torch.bfloat16``) the block forwards run on a copy of the block in that dtype while the weights
+are pruned (and SparseGPT-updated) in the model's own dtype; the pruners accumulate their
+statistics in float32/float64 whatever the activations' dtype.
+
 A method plugs in through a *layer pruner*: an object built per Linear with
-``add_batch(inp, out)`` (``inp``: ``[..., in_features]``, ``out``: ``[..., out_features]``) and
-``prune()`` that zeroes weights in place. A pruner may also offer ``share_from(leader)``: Linears
+``add_batch(inp, out=None)`` (``inp``: ``[..., in_features]``; ``out`` is always ``None``: the
+statistics pass does not compute outputs it does not need) and ``prune()`` that zeroes weights in place. A pruner may also offer ``share_from(leader)``: Linears
 that read the very same input tensor (q/k/v projections, MLP gate/up) then accumulate their
 input statistics once (on the first of them, the leader) and the others adopt them, instead of
 computing the same ``X^T X`` (SparseGPT) or ``||X_j||`` (Wanda) two or three times.
@@ -17,6 +26,7 @@ computing the same ``X^T X`` (SparseGPT) or ``||X_j||`` (Wanda) two or three tim
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Callable, Protocol
 
@@ -27,7 +37,7 @@ from ..modules import decoder_layers, is_linear
 
 
 class LayerPruner(Protocol):
-    def add_batch(self, inp: torch.Tensor, out: torch.Tensor) -> None: ...
+    def add_batch(self, inp: torch.Tensor, out: torch.Tensor | None = None) -> None: ...
 
     def prune(self) -> None: ...
 
@@ -92,13 +102,17 @@ def capture_block_inputs(model, calib_ids: torch.Tensor, batch_size: int):
 
 
 class _SharedInputs:
-    """Forward hooks that feed each Linear's input to its pruner, once per distinct input tensor.
+    """Forward pre-hooks that feed each Linear's input to its pruner, once per distinct input tensor.
 
     Within one batch, a Linear whose input is the same tensor object as an earlier Linear's (whose
     pruner has the same type and offers ``share_from``) becomes that Linear's follower: it skips
     ``add_batch`` and adopts the leader's statistics in :meth:`finish`. The tensors seen in the
     current batch are referenced until the batch ends, so their ids cannot be reused by new
     tensors. The grouping is fixed on the first batch and checked on every later one.
+
+    The calls of the first batch are recorded (:attr:`calls`); with :attr:`stop_after` set to a
+    Linear's name, its hook raises :class:`_StopForward` once it has fed that Linear's input, after
+    checking that every Linear of the block was fed in this batch.
     """
 
     def __init__(self, pruners: dict, enabled: bool):
@@ -107,14 +121,18 @@ class _SharedInputs:
         self.leader_of: dict[str, str] = {}
         self.batch = None
         self.seen: dict[int, tuple[torch.Tensor, str]] = {}
+        self.calls: list[str] = []
+        self.fed: set[str] = set()
+        self.stop_after: str | None = None
 
     def start_batch(self, batch):
         self.batch = batch
         self.seen = {}
+        self.fed = set()
 
     def hook(self, name: str):
-        def f(mod, inp, out):
-            x = inp[0]  # the object the module was called with (detach() would make a new one)
+        def f(mod, args):
+            x = args[0]  # the object the module was called with (detach() would make a new one)
             p = self.pruners[name]
             prev = self.seen.get(id(x)) if self.enabled else None
             leader = None
@@ -123,6 +141,7 @@ class _SharedInputs:
                 if type(self.pruners[cand]) is type(p) and hasattr(p, "share_from"):
                     leader = cand
             if self.batch == 0:
+                self.calls.append(name)
                 if leader is not None:
                     self.leader_of[name] = leader
             elif self.leader_of.get(name) != leader:
@@ -133,13 +152,56 @@ class _SharedInputs:
             if leader is None:
                 if self.enabled:
                     self.seen[id(x)] = (x, name)
-                p.add_batch(x.detach(), out.detach())
+                p.add_batch(x.detach())
+            self.fed.add(name)
+            if name == self.stop_after:
+                missing = sorted(set(self.pruners) - self.fed)
+                if missing:
+                    raise RuntimeError(f"Linear {name} was the last one called in batch 0 but in batch "
+                                       f"{self.batch} it comes before {missing}")
+                raise _StopForward
 
         return f
+
+    def last_linear(self) -> str | None:
+        """The Linear called last in batch 0 when every Linear was called exactly once, else None."""
+        if sorted(self.calls) != sorted(self.pruners):
+            return None
+        return self.calls[-1]
 
     def finish(self):
         for name, leader in self.leader_of.items():
             self.pruners[name].share_from(self.pruners[leader])
+
+
+def _to_dtype(obj, dtype: torch.dtype):
+    """``obj`` with its floating-point tensors (also inside tuples, lists, dicts) cast to ``dtype``."""
+    if torch.is_tensor(obj):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to_dtype(v, dtype) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _to_dtype(v, dtype) for k, v in obj.items()}
+    return obj
+
+
+def check_compute_dtype(compute_dtype: torch.dtype | None, device: torch.device | str) -> None:
+    """Refuse a calibration compute dtype that cannot work on ``device``, before any heavy work.
+
+    Raises:
+        ValueError: not one of float32/bfloat16/float16, or ``float16`` on a CPU (fp16 matmuls on CPU
+            are slow and fp16 activations overflow to inf in deep blocks, which no pruner can use:
+            use ``bfloat16``).
+    """
+    if compute_dtype is None:
+        return
+    if compute_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"calibration compute dtype {compute_dtype} is not one of float32, bfloat16, float16")
+    if compute_dtype == torch.float16 and torch.device(device).type == "cpu":
+        raise ValueError(
+            "calibration dtype 'float16' is refused on CPU (fp16 matmuls on CPU are slow and float16 "
+            "activations overflow to inf in deep blocks); use 'bfloat16' or 'float32'"
+        )
 
 
 def _block_output(out):
@@ -156,6 +218,7 @@ def sequential_prune(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     share_inputs: bool = True,
+    compute_dtype: torch.dtype | None = None,
 ) -> list[dict]:
     """Prune every Linear of every decoder block, block by block, on calibrated activations.
 
@@ -166,13 +229,28 @@ def sequential_prune(
         batch_size: calibration samples per forward pass through a block.
         share_inputs: let Linears that read the same input tensor share accumulated statistics
             (pruners with ``share_from``); the result is the same, the work is less.
+        compute_dtype: dtype of the block forwards (``None``: the model's own). Another dtype runs
+            each block's forwards on a copy of the block cast to it (the block inputs are kept in it
+            too) while the pruners prune the model's own weights; the pruners accumulate their
+            statistics in float32/float64.
 
     Returns:
         One dict per decoder block: ``block``, ``seconds``.
+
+    Raises:
+        ValueError: ``compute_dtype`` refused by :func:`check_compute_dtype` (float16 on CPU).
+        RuntimeError: a block calls its Linears in a different pattern from batch to batch.
     """
     layers = decoder_layers(model)
+    param = next(model.parameters())
+    check_compute_dtype(compute_dtype, param.device)
+    cast = compute_dtype is not None and compute_dtype != param.dtype
     prefix = next(n for n, m in model.named_modules() if m is layers)
     hidden, call_args = capture_block_inputs(model, calib_ids, batch_size)
+    if cast:
+        hidden = [h.to(compute_dtype) for h in hidden]
+        call_args = _to_dtype(call_args, compute_dtype)
+    last_linear: dict[tuple, str | None] = {}  # (block type, Linear names) -> Linear called last
     report = []
     it = range(len(layers))
     if progress:
@@ -184,12 +262,21 @@ def sequential_prune(
         block = layers[i]
         linears = {n: m for n, m in block.named_modules() if is_linear(m)}
         pruners = {n: make_pruner(f"{prefix}.{i}.{n}", m) for n, m in linears.items()}
+        work = copy.deepcopy(block).to(compute_dtype) if cast else block  # runs the forwards
+        work_linears = {n: m for n, m in work.named_modules() if is_linear(m)} if cast else linears
         feeder = _SharedInputs(pruners, enabled=share_inputs)
-        handles = [m.register_forward_hook(feeder.hook(n)) for n, m in linears.items()]
+        key = (type(block), tuple(linears))
+        feeder.stop_after = last_linear.get(key)
+        handles = [m.register_forward_pre_hook(feeder.hook(n)) for n, m in work_linears.items()]
         try:
             for batch, (h, (args, kwargs)) in enumerate(zip(hidden, call_args[i])):
                 feeder.start_batch(batch)
-                block(h, *args, **kwargs)
+                try:
+                    work(h, *args, **kwargs)
+                except _StopForward:
+                    pass
+                if batch == 0 and key not in last_linear:
+                    last_linear[key] = feeder.stop_after = feeder.last_linear()
         finally:
             feeder.start_batch(None)
             for hd in handles:
@@ -201,7 +288,13 @@ def sequential_prune(
             except ValueError as e:  # say which Linear; the weights of earlier blocks are already pruned
                 raise ValueError(f"{prefix}.{i}.{n}: {e}") from e
         del pruners
-        hidden = [_block_output(block(h, *args, **kwargs)) for h, (args, kwargs) in zip(hidden, call_args[i])]
+        if i + 1 < len(layers):  # the inputs of the next block: the pruned block's outputs
+            if cast:
+                for n, m in work_linears.items():
+                    m.weight.copy_(linears[n].weight)
+            for j, (h, (args, kwargs)) in enumerate(zip(hidden, call_args[i])):
+                hidden[j] = _block_output(work(h, *args, **kwargs))  # frees the old input as it goes
+        del work, work_linears
         secs = time.perf_counter() - t0
         report.append({"block": i, "seconds": secs})
         if log:
