@@ -7,6 +7,7 @@ message, so they turn into real checks by themselves once it does.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -142,7 +143,10 @@ def test_study_embedded_evaluations_and_caps():
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_study_runs_the_embedded_study_config():
     """`make study` = set-up, then Snakemake with the study config (in its own results folder)."""
-    r = subprocess.run(["make", "-n", "study"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # under `make test` the parent make's MAKEFLAGS/MAKELEVEL would add "Entering directory" lines: drop them
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    r = subprocess.run(["make", "--no-print-directory", "-n", "study"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60, env=env)
     assert r.returncode == 0, r.stderr
     last = r.stdout.strip().splitlines()[-1]
     assert "snakemake" in last and "--configfile config/study-embedded.yaml" in last, last
