@@ -15,12 +15,11 @@ import json
 import os
 from pathlib import Path
 
-from .options.pruning import parse_nm
+from .options.pruning import layerwise_calibrated, parse_nm
 
 #: bytes per activation value held by the layer-by-layer calibration driver (fp32)
 ACTIVATION_BYTES = 4
 #: methods calibrated block by block (:func:`llm_compression.prune.calibration.sequential_prune`)
-LAYERWISE_CALIBRATED = ("wanda", "sparsegpt")
 
 
 def _error(msg: str):
@@ -302,7 +301,7 @@ def check_against_model(cfg: dict, model_cfg: dict, source: str, prune_mem_mb: i
             check_context_length(recipe["seqlen"], context, f"healing.{name}.seqlen", source)
     cal = cfg["calibration"]
     for i, entry in enumerate(cfg["grid"]["pruning"]):
-        if entry["method"] not in LAYERWISE_CALIBRATED:
+        if entry["method"] not in layerwise_calibrated():
             continue
         own = entry.get("calibration") or {}
         merged = {**cal, **own}
@@ -333,7 +332,7 @@ def check_pruning_job(prune_params: dict, checkpoint_dir: str | os.PathLike, mem
         return
     m = read_model_config(path)
     cal = prune_params.get("calibration")
-    if cal and prune_params.get("method") in LAYERWISE_CALIBRATED:
+    if cal and prune_params.get("method") in layerwise_calibrated():
         check_context_length(cal["seqlen"], m.get("max_position_embeddings"), "calibration.seqlen", str(path))
         check_calibration_budget(cal["samples"], cal["seqlen"], m.get("hidden_size"), mem_mb,
                                  "calibration.samples", str(path))

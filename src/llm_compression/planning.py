@@ -18,6 +18,7 @@ from .options.pruning import (
     METHODS,
     STRUCTURED_METHOD,
     canonical_importance,
+    layerwise_calibrated,
     needs_calibration,
 )
 from .options.quantization import scheme_options
@@ -164,19 +165,15 @@ def pruning_calibration(cfg: dict, pruning: Pruning) -> dict:
 def prune_params(cfg: dict, pruning: Pruning) -> dict:
     """``params.prune`` of one pruning step: method (path name), level, ratio, repeat, its options, and
     the calibration block only for calibrated methods (so only they rerun when calibration changes);
-    its ``dtype`` only for the methods whose calibration forwards take one (:data:`CALIBRATION_DTYPE_METHODS`)
-    and only when set (so setting it reruns exactly those jobs)."""
+    its ``dtype`` only for the methods whose calibration forwards take one
+    (:func:`~llm_compression.options.pruning.layerwise_calibrated`) and only when set (so setting it reruns exactly those jobs)."""
     params = {"method": pruning.method, "level": pruning.level, "ratio": pruning.ratio, "repeat": pruning.repeat,
               **pruning_options(cfg, pruning)}
     if needs_calibration(pruning.method):
         params["calibration"] = pruning_calibration(cfg, pruning)
-        if params["calibration"].get("dtype") is None or pruning.method not in CALIBRATION_DTYPE_METHODS:
+        if params["calibration"].get("dtype") is None or pruning.method not in layerwise_calibrated():
             params["calibration"].pop("dtype", None)
     return params
-
-
-#: methods whose calibration forwards run in ``calibration.dtype`` (llm_compression.prune.CALIBRATED)
-CALIBRATION_DTYPE_METHODS = ("sparsegpt", "wanda")
 
 
 # --------------------------------------------------------------------------- evaluations

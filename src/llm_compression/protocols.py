@@ -54,6 +54,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .options.dtypes import COMPUTE_DTYPES, check_compute_dtype
+
 PRESETS = ("sparsegpt", "llm-pruner", "custom")
 #: SparseGPT's C4 evaluation: documents joined and windows kept
 C4_DOCUMENTS = 1100
@@ -163,7 +165,7 @@ def resolve_protocol(preset: str, dataset: str, *, seqlen: int | None = None, sp
 
 #: compute dtypes of a perplexity evaluation (``evaluation.perplexity.dtype``): the forward runs under
 #: ``torch.autocast`` in this dtype (weights stay as loaded); log-softmax and the NLL sum are fp32
-EVAL_DTYPES = ("float32", "bfloat16", "float16")
+EVAL_DTYPES = COMPUTE_DTYPES
 
 
 def check_eval_dtype(dtype: str, device) -> str:
@@ -171,15 +173,10 @@ def check_eval_dtype(dtype: str, device) -> str:
     ``"cuda:0"`` or a ``torch.device``), before any heavy work; returns ``dtype``.
 
     Raises:
-        ProtocolError: ``dtype`` not one of :data:`EVAL_DTYPES`, or ``float16`` on a CPU (fp16 matmuls on
-            CPU are slow reference kernels and overflow silently; use ``bfloat16`` or ``float32``).
+        ProtocolError: ``dtype`` not one of :data:`EVAL_DTYPES`, or ``float16`` on a CPU
+            (:func:`llm_compression.options.dtypes.check_compute_dtype`).
     """
-    if dtype not in EVAL_DTYPES:
-        raise ProtocolError(f"evaluation dtype {dtype!r} is not one of {', '.join(EVAL_DTYPES)}")
-    if dtype == "float16" and str(device).split(":")[0] == "cpu":
-        raise ProtocolError("evaluation dtype 'float16' is refused on CPU (no fast fp16 kernels on CPU, and fp16 "
-                            "overflows silently); use 'bfloat16' or 'float32'")
-    return dtype
+    return check_compute_dtype(dtype, device, purpose="evaluation", error=ProtocolError)
 
 
 def model_context_length(model) -> int:

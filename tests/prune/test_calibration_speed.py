@@ -143,3 +143,21 @@ def test_calibration_dtype_of_a_compression_chain():
     assert calibration_dtype_of(quantized) == "bfloat16"
     assert calibration_dtype_of({"stage": "prune", "calibration": {"samples": 4}}) is None
     assert calibration_dtype_of({}) is None
+
+
+def test_evaluate_artifact_records_the_calibration_dtype_of_the_artifact(tmp_path):
+    """The metrics record says in which dtype the artifact's pruning calibrated (read from its own
+    compression.json by the library, not by the job script), and only when one was recorded."""
+    from llm_compression.evaluate import evaluate_artifact
+    from llm_compression.models import save_checkpoint
+    from conftest import tiny_llama, tiny_tokenizer
+
+    pruned = {"stage": "prune", "calibration": {"samples": 4, "dtype": "bfloat16"}, "parent_compression": {"stage": "import"}}
+    for name, comp, want in (("bf16", {"stage": "quantize", "parent_compression": pruned}, "bfloat16"),
+                             ("plain", {"stage": "prune", "calibration": {"samples": 4}}, None)):
+        d = tmp_path / name
+        save_checkpoint(tiny_llama(), tiny_tokenizer(), d, comp)
+        rec = evaluate_artifact(d, "cost", seqlen=16)
+        assert rec["protocol"].get("calibration_dtype") == want
+    with pytest.raises(ValueError, match="evaluation kind 'ppl' is not one of perplexity, zeroshot, cost"):
+        evaluate_artifact(d, "ppl")

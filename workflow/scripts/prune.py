@@ -5,7 +5,8 @@ from llm_compression.data import calibration_set, load_text
 from llm_compression.checkpoint import load_checkpoint, provenance, save_checkpoint
 from llm_compression.models import pick_device
 from llm_compression.plan_checks import check_calibration_corpus, check_pruning_job
-from llm_compression.prune import CALIBRATED, compute_dtype_of, needs_calibration, prune_model
+from llm_compression.options.pruning import layerwise_calibrated
+from llm_compression.prune import compute_dtype_of, needs_calibration, prune_model
 from llm_compression.prune.calibration import check_compute_dtype
 from llm_compression.runtime import setup_job
 
@@ -15,7 +16,7 @@ cal = p.pop("calibration", None)
 log = setup_job(sm.log[0], sm.threads, seed=cal["seed"] if cal else 0)
 check_pruning_job(dict(sm.params.prune), sm.input[0], getattr(sm.resources, "mem_mb", None))  # before heavy work
 device = pick_device(sm.params.device)
-compute_dtype = cal.get("dtype") if cal and p["method"] in CALIBRATED else None
+compute_dtype = cal.get("dtype") if cal and p["method"] in layerwise_calibrated() else None
 check_compute_dtype(compute_dtype_of(compute_dtype), device)  # float16 on CPU: refused before loading
 t0 = time.perf_counter()
 model, tok = load_checkpoint(sm.input[0], device=device)

@@ -16,6 +16,7 @@ import torch
 
 from ..data import load_text, tokenize_stream
 from ..models import load_checkpoint, read_compression
+from ..results import calibration_dtype_of
 from .cost import cost_metrics, cost_notes, nm_pattern
 from .latency import measure_latency
 from .memory import measure_peak_memory
@@ -241,3 +242,55 @@ def evaluate_latency(ckpt_dir, *, prompt_tokens: int = 128, new_tokens: int = 32
                   "are multiplied like any other weight, so they do not speed it up"],
         "runtime": {**_runtime(model), "seconds": time.perf_counter() - t0},
     }
+
+
+#: evaluation kind (``params.evaluation.kind`` of the workflow) -> its ``evaluate_*`` function
+EVALUATORS = {"perplexity": evaluate_perplexity, "zeroshot": evaluate_zeroshot, "cost": evaluate_cost,
+              "memory": evaluate_memory, "latency": evaluate_latency}
+
+
+def evaluate_artifact(ckpt_dir, kind: str, *, device: str = "cpu", threads: int | None = None,
+                      progress: bool = False, **options) -> dict:
+    """One evaluation of one artifact, as a metrics record (``metrics``, ``protocol``, ``runtime``, ...).
+
+    Dispatches to the ``evaluate_*`` function of ``kind`` (:data:`EVALUATORS`) with ``options``, then adds
+    to the protocol what the artifact's own provenance says about how it was made and that changes the
+    numbers: ``calibration_dtype``, the dtype the calibration forwards of its newest pruning ran in
+    (``compression.json``, :func:`llm_compression.results.calibration_dtype_of`), when one was recorded.
+
+    Args:
+        ckpt_dir: checkpoint folder (pruned, healed or quantized).
+        kind: one of :data:`EVALUATORS`.
+        device: ``cpu`` / ``cuda``.
+        threads: the job's torch thread count; recorded by the memory evaluation (latency reads the
+            threads it runs with, set by the job, and ignores an option of that name).
+        progress: a progress bar for perplexity.
+
+    Raises:
+        ValueError: ``kind`` unknown (the message lists the valid kinds); the evaluator's own errors.
+    """
+    if kind not in EVALUATORS:
+        raise ValueError(f"evaluation kind {kind!r} is not one of {', '.join(EVALUATORS)}")
+    options = dict(options)
+    if kind == "perplexity":
+        options["progress"] = progress
+    elif kind == "memory":
+        options["threads"] = threads
+    elif kind == "latency":
+        options.pop("threads", None)
+    rec = EVALUATORS[kind](ckpt_dir, device=device, **options)
+    if "protocol" in rec and (cal_dtype := calibration_dtype_of(read_compression(ckpt_dir))):
+        rec["protocol"]["calibration_dtype"] = cal_dtype
+    return rec
+
+
+def summary_line(kind: str, rec: dict) -> str:
+    """One log line of what an evaluation measured (the job log's record of its result)."""
+    if kind == "perplexity":
+        p, rt = rec["protocol"], rec["runtime"]
+        return (f"{p['dataset']} perplexity ({p.get('preset')}, {p['dtype']}) {rec['metrics']['perplexity']:.3f} over "
+                f"{p['scored_tokens']} scored tokens, {rt.get('tokens_per_second') or 0.0:.1f} tokens/s, peak memory "
+                f"{rt.get('peak_memory_bytes', 0) / 1e6:.0f} MB")
+    if kind == "zeroshot":
+        return f"zero-shot {({t: v['acc'] for t, v in rec['tasks'].items()})}"
+    return f"{kind} {rec['metrics']}"

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..modules import prunable_linears
-from ..options.healing import TRAIN_DTYPES
+from ..options.dtypes import check_compute_dtype
 
 
 
@@ -35,16 +35,10 @@ def check_training_dtype(dtype: str, device: str | torch.device) -> None:
     """Refuse training dtypes that cannot work on ``device``, before any heavy work.
 
     Raises:
-        ValueError: ``dtype`` not one of :data:`TRAIN_DTYPES`, or ``float16`` on a CPU (no fp16
-            training on CPU: use ``bfloat16`` or ``float32``).
+        ValueError: ``dtype`` not one of :data:`~llm_compression.options.dtypes.COMPUTE_DTYPES`, or ``float16`` on a CPU
+            (:func:`llm_compression.options.dtypes.check_compute_dtype`).
     """
-    if dtype not in TRAIN_DTYPES:
-        raise ValueError(f"training dtype {dtype!r} is not one of {', '.join(TRAIN_DTYPES)}")
-    if dtype == "float16" and torch.device(device).type == "cpu":
-        raise ValueError(
-            "training dtype 'float16' is refused on CPU (fp16 training on CPU is unsupported and overflows "
-            "silently); use 'bfloat16' or 'float32'"
-        )
+    check_compute_dtype(dtype, device, purpose="training")
 
 
 # --- masks ------------------------------------------------------------------------------------

@@ -8,5 +8,6 @@ workflow's DAG never pays for them.
 
 - :mod:`.pruning` -- one typed options object per pruning method and the method registry;
 - :mod:`.quantization` -- quantization schemes and the options each one reads;
-- :mod:`.healing` -- healing recipes (defaults and checks).
+- :mod:`.healing` -- healing recipes (defaults and checks);
+- :mod:`.dtypes` -- compute dtypes and the one check of them every stage applies.
 """

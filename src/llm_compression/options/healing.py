@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import copy
 
+from .dtypes import COMPUTE_DTYPES
+
 FORMATS = ("corpus", "alpaca")
 LOSS_ON = ("response", "full")
-TRAIN_DTYPES = ("float32", "bfloat16", "float16")
+TRAIN_DTYPES = COMPUTE_DTYPES
 
 METHODS = ("lora", "kd")
 TRAINABLE = ("lora", "full")

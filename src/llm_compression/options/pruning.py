@@ -316,6 +316,13 @@ def register(method: PruningMethod) -> PruningMethod:
     return method
 
 
+def layerwise_calibrated() -> tuple[str, ...]:
+    """Config names of the unstructured methods that calibrate decoder block by decoder block (their
+    forwards run in ``calibration.dtype``, their windows are bounded by the prune job's memory):
+    every registered method that is not structured and reads calibration data."""
+    return tuple(name for name, m in METHODS.items() if not m.structured and m.needs_calibration())
+
+
 def unregister(name: str) -> None:
     """Remove a registered method (tests register toy methods and remove them again)."""
     METHODS.pop(name, None)

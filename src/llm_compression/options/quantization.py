@@ -6,6 +6,8 @@ definitions, so building its DAG imports neither torch nor bitsandbytes.
 
 from __future__ import annotations
 
+from .dtypes import COMPUTE_DTYPES  # noqa: F401  (4-bit compute dtypes: the same names)
+
 from ..variants import NO_QUANT
 
 SCHEMES = {
@@ -18,7 +20,6 @@ FOUR_BIT = ("nf4", "nf4-dq", "fp4")
 #: block sizes bitsandbytes 0.50.2's 4-bit quantizer accepts (32 checked on CPU, not available on ROCm)
 BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 DEFAULT_BLOCKSIZE = 64
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def check_options(scheme: str, *, compute_dtype: str = "float32", blocksize: int = DEFAULT_BLOCKSIZE,

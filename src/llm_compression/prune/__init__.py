@@ -33,6 +33,8 @@ from ..results import PruneResult
 from ..options.pruning import DEFAULT_IMPORTANCE, METHODS as REGISTRY
 from ..options.pruning import STRUCTURED_LEVELS, PruningMethod, canonical_importance, path_methods, split_path_method
 from ..options.pruning import needs_calibration  # noqa: F401  (re-exported: one definition, torch-free)
+from ..options.pruning import layerwise_calibrated
+from ..options.dtypes import COMPUTE_DTYPES  # noqa: F401  (re-exported)
 from .calibration import check_compute_dtype, sequential_prune
 from .magnitude import prune_global_magnitude, prune_linear_magnitude
 from .masks import parse_nm
@@ -44,9 +46,8 @@ from .wanda import WandaPruner
 METHODS = path_methods()
 #: method -> options it accepts (anything else is an error); derived from the options dataclasses
 METHOD_OPTIONS = {name: m.options.names() for name, m in REGISTRY.items() if not m.structured}
+#: the layer-wise calibrated pruners (:func:`~llm_compression.options.pruning.layerwise_calibrated` names them)
 CALIBRATED = {"wanda": WandaPruner, "sparsegpt": SparseGPTPruner}
-#: calibration compute dtypes (``float16`` only off CPU)
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 UNCALIBRATED = tuple(name for name, m in REGISTRY.items() if not m.structured and not m.needs_calibration())
 
 
@@ -159,8 +160,8 @@ def prune_model(
                                  f"{', '.join(bad_layers[:5])}")
     dtype = compute_dtype_of(compute_dtype)
     if dtype is not None:
-        if method not in CALIBRATED:
-            raise ValueError(f"compute_dtype={compute_dtype!r}: only {', '.join(CALIBRATED)} take a calibration "
+        if method not in layerwise_calibrated():
+            raise ValueError(f"compute_dtype={compute_dtype!r}: only {', '.join(layerwise_calibrated())} take a calibration "
                              f"compute dtype, not {method!r}")
         check_compute_dtype(dtype, next(model.parameters()).device)
     run = spec.load_runner()

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..modules import decoder_layers, is_linear
+from ..options.dtypes import check_compute_dtype as check_dtype_name
 
 
 class LayerPruner(Protocol):
@@ -186,7 +187,8 @@ def _to_dtype(obj, dtype: torch.dtype):
 
 
 def check_compute_dtype(compute_dtype: torch.dtype | None, device: torch.device | str) -> None:
-    """Refuse a calibration compute dtype that cannot work on ``device``, before any heavy work.
+    """Refuse a calibration compute dtype that cannot work on ``device``, before any heavy work
+    (:func:`llm_compression.options.dtypes.check_compute_dtype`; ``None`` = the model's own dtype).
 
     Raises:
         ValueError: not one of float32/bfloat16/float16, or ``float16`` on a CPU (fp16 matmuls on CPU
@@ -195,13 +197,8 @@ def check_compute_dtype(compute_dtype: torch.dtype | None, device: torch.device 
     """
     if compute_dtype is None:
         return
-    if compute_dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"calibration compute dtype {compute_dtype} is not one of float32, bfloat16, float16")
-    if compute_dtype == torch.float16 and torch.device(device).type == "cpu":
-        raise ValueError(
-            "calibration dtype 'float16' is refused on CPU (fp16 matmuls on CPU are slow and float16 "
-            "activations overflow to inf in deep blocks); use 'bfloat16' or 'float32'"
-        )
+    name = str(compute_dtype).removeprefix("torch.") if isinstance(compute_dtype, torch.dtype) else compute_dtype
+    check_dtype_name(name, device, purpose="calibration")
 
 
 def _block_output(out):
