@@ -61,6 +61,32 @@ def report_errors_to_console(log_path: str, console=None, tail: int = CONSOLE_TA
     sys.excepthook = hook
 
 
+def _log_work_ends() -> None:
+    logging.getLogger("llm_compression").info("%s work ends %.3f s after process start", TIMING_PREFIX,
+                                              _seconds_since_process_start())
+
+
+def finish_job() -> None:
+    """End a job that has succeeded, at once: log its end (the second timing line), flush and close the
+    log and the standard streams, and leave the process with status 0 through ``os._exit``, skipping
+    Python's interpreter finalization.
+
+    Finalization only tears down modules, and tearing down the ~3,000 that importing torch and
+    transformers loads takes about 1 s per job on a 2-core CPU (measured: 1.1 s after the last
+    statement with imports only, 0.2 s with ``os._exit``), on every one of a workflow's 150 to 600 jobs.
+    Call it only as the last statement of a job script, once every output is written and closed;
+    atexit handlers registered by libraries are skipped (none of the stages leaves a child process or an
+    unwritten file behind). A job that raises never reaches it and exits through the normal path,
+    with its non-zero status and its traceback in the log and on the console (:func:`setup_job`).
+    """
+    _log_work_ends()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
+
+
 def setup_job(log_path: str | None, threads: int | None = None, seed: int | None = None) -> logging.Logger:
     """Send Python logging, warnings, stdout and stderr of this job to ``log_path`` (if given), set
     torch's thread count to the job's ``threads`` and seed torch/random when ``seed`` is given.
@@ -79,8 +105,7 @@ def setup_job(log_path: str | None, threads: int | None = None, seed: int | None
     # what the job spent before its own work (interpreter, script preamble, imports) and when its work
     # ended: benchmarks/job_overhead.py subtracts these from the rule's benchmark file
     log.info("%s work starts %.3f s after process start", TIMING_PREFIX, _seconds_since_process_start())
-    atexit.register(lambda: log.info("%s work ends %.3f s after process start", TIMING_PREFIX,
-                                     _seconds_since_process_start()))
+    atexit.register(_log_work_ends)  # a job that fails (or never calls finish_job) still logs its end
     if threads is None and seed is None:
         return log  # CPU-only jobs (aggregate, plots) never import torch
     import torch

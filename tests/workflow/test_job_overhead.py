@@ -46,3 +46,27 @@ def test_overhead_table_from_benchmark_and_log_files(tmp_path):
     assert ev["work_s"] == 21.0 and ev["after_s"] == 2.0
     assert ev["overhead_pct"] == pytest.approx(100 * 9 / 30)
     assert rows["plot"]["overhead_pct"] == pytest.approx(100 * 2 / 5)
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["succeeds", "raises"])
+def test_finish_job_exits_0_with_everything_written_and_a_failure_keeps_its_status(tmp_path, fail):
+    """finish_job skips interpreter finalization only on success: the log (both timing lines, the last
+    message), stdout printed before it and a file written before it are all there; a job that raises
+    never reaches it, exits 1 and keeps its traceback in the log."""
+    log, out = tmp_path / "job.log", tmp_path / "out.txt"
+    code = ("import atexit; from llm_compression.runtime import finish_job, setup_job; "
+            f"lg = setup_job({str(log)!r}); open({str(out)!r}, 'w').write('done'); print('printed'); "
+            "atexit.register(lambda: open(" + repr(str(tmp_path / "atexit")) + ", 'w').write('ran')); "
+            + ("raise RuntimeError('boom'); " if fail else "") + "lg.info('last message'); finish_job(); print('never')")
+    r = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(ROOT / "src")}, capture_output=True,
+                       text=True)
+    text = log.read_text()
+    bench = _bench()
+    assert len(bench._START.findall(text)) == 1 and len(bench._END.findall(text)) == 1
+    assert out.read_text() == "done" and "printed" in text and "never" not in text
+    if fail:
+        assert r.returncode == 1 and "RuntimeError: boom" in text and "last message" not in text
+        assert (tmp_path / "atexit").exists()  # the normal exit path ran
+    else:
+        assert r.returncode == 0 and "last message" in text
+        assert not (tmp_path / "atexit").exists()  # finalization skipped

@@ -6,7 +6,7 @@ from llm_compression.evaluate import METRICS_SCHEMA, evaluate_artifact, summary_
 from llm_compression.io import write_json_atomic
 from llm_compression.models import pick_device
 from llm_compression.plan_checks import check_evaluation_job
-from llm_compression.runtime import setup_job
+from llm_compression.runtime import finish_job, setup_job
 
 sm = snakemake  # noqa: F821
 log = setup_job(sm.log[0], sm.threads)
@@ -26,3 +26,4 @@ write_json_atomic(sm.output[0], {
     **rec,
     "wall_seconds": time.perf_counter() - t0,
 })
+finish_job()  # every output is written: exit without tearing down torch and transformers (~1 s)

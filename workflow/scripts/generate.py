@@ -4,7 +4,7 @@ import time
 from llm_compression.evaluate.generate import generate_greedy
 from llm_compression.io import write_json_atomic
 from llm_compression.models import load_checkpoint, pick_device
-from llm_compression.runtime import setup_job
+from llm_compression.runtime import finish_job, setup_job
 
 sm = snakemake  # noqa: F821
 log = setup_job(sm.log[0], sm.threads, seed=0)
@@ -21,3 +21,4 @@ write_json_atomic(sm.output[0], {
     "wall_seconds": time.perf_counter() - t0,
 })
 log.info("generated %d completions", len(gens))
+finish_job()  # every output is written: exit without tearing down torch and transformers (~1 s)

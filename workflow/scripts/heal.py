@@ -4,7 +4,7 @@ import time
 from llm_compression.heal import heal_model, save_healed
 from llm_compression.checkpoint import load_checkpoint, provenance
 from llm_compression.models import pick_device
-from llm_compression.runtime import setup_job
+from llm_compression.runtime import finish_job, setup_job
 
 sm = snakemake  # noqa: F821
 recipe = dict(sm.params.recipe)
@@ -26,3 +26,4 @@ save_healed(result, tok, sm.output[0], provenance(
     wall_seconds=time.perf_counter() - t0,
 ))
 log.info("saved %s (%.1fs)", sm.output[0], time.perf_counter() - t0)
+finish_job()  # every output is written: exit without tearing down torch and transformers (~1 s)

@@ -2,7 +2,7 @@
 import time
 
 from llm_compression.models import load_source, resolve_source, save_checkpoint
-from llm_compression.runtime import setup_job
+from llm_compression.runtime import finish_job, setup_job
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 log = setup_job(sm.log[0], sm.threads)
@@ -18,3 +18,4 @@ save_checkpoint(model, tok, sm.output[0], {
     "dtype": sm.params.dtype,
     "wall_seconds": time.perf_counter() - t0,
 })
+finish_job()  # every output is written: exit without tearing down torch and transformers (~1 s)

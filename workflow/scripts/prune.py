@@ -8,7 +8,7 @@ from llm_compression.plan_checks import check_calibration_corpus, check_pruning_
 from llm_compression.options.pruning import layerwise_calibrated
 from llm_compression.prune import compute_dtype_of, needs_calibration, prune_model
 from llm_compression.prune.calibration import check_compute_dtype
-from llm_compression.runtime import setup_job
+from llm_compression.runtime import finish_job, setup_job
 
 sm = snakemake  # noqa: F821
 p = dict(sm.params.prune)
@@ -45,3 +45,4 @@ save_checkpoint(model, tok, sm.output[0], provenance(
     device=device,
     wall_seconds=time.perf_counter() - t0,
 ))
+finish_job()  # every output is written: exit without tearing down torch and transformers (~1 s)
