@@ -64,3 +64,24 @@ def test_the_probe_detects_a_heavy_import():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "True"
+
+
+def test_the_memory_job_imports_no_torch(tiny_checkpoint):
+    """The memory evaluation measures in a fresh child process; the job's own process (what the evaluate
+    script imports and runs for it) never imports torch, so the job does not pay the import twice."""
+    probe = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'src')!r})\n"
+        "from llm_compression.evaluate import METRICS_SCHEMA, evaluate_artifact, summary_line\n"
+        "from llm_compression.io import write_json_atomic\n"
+        "from llm_compression.models import pick_device\n"
+        "from llm_compression.plan_checks import check_evaluation_job\n"
+        "from llm_compression.runtime import finish_job, setup_job\n"
+        "setup_job(None, None)\n"
+        f"rec = evaluate_artifact({str(tiny_checkpoint)!r}, 'memory', device='auto', threads=1, seqlen=16)\n"
+        "assert rec['metrics']['peak_memory_bytes'] > 0 and rec['runtime']['device'] == 'cpu'\n"
+        f"print([m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "[]"

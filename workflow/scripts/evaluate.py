@@ -9,13 +9,14 @@ from llm_compression.plan_checks import check_evaluation_job
 from llm_compression.runtime import finish_job, setup_job
 
 sm = snakemake  # noqa: F821
-log = setup_job(sm.log[0], sm.threads)
-check_evaluation_job(dict(sm.params.evaluation), sm.input[0])  # before loading the model
 ev = dict(sm.params.evaluation)
 kind = ev.pop("kind")
+fresh = kind == "memory"  # measured in a fresh child process: this one never imports torch
+log = setup_job(sm.log[0], None if fresh else sm.threads)
+check_evaluation_job(dict(sm.params.evaluation), sm.input[0])  # before loading the model
 t0 = time.perf_counter()
-rec = evaluate_artifact(sm.input[0], kind, device=pick_device(sm.params.device), threads=sm.threads, progress=True,
-                        **ev)
+device = sm.params.device if fresh else pick_device(sm.params.device)
+rec = evaluate_artifact(sm.input[0], kind, device=device, threads=sm.threads, progress=True, **ev)
 log.info(summary_line(kind, rec))
 write_json_atomic(sm.output[0], {
     "schema": METRICS_SCHEMA,

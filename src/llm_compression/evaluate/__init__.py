@@ -2,295 +2,44 @@
 zero-shot accuracy (:mod:`.zeroshot`), generation demo (:mod:`.generate`), cost (:mod:`.cost`), peak
 memory (:mod:`.memory`) and latency (:mod:`.latency`).
 
-:func:`evaluate_perplexity`, :func:`evaluate_cost`, :func:`evaluate_memory` and
-:func:`evaluate_latency` load a checkpoint, measure it, and return a
-metrics record: the values *and* the protocol that produced them, so that two numbers are only
-compared when their protocols match.
+:func:`evaluate_perplexity`, :func:`evaluate_zeroshot`, :func:`evaluate_cost`, :func:`evaluate_memory` and
+:func:`evaluate_latency` load a checkpoint, measure it, and return a metrics record: the values *and* the
+protocol that produced them, so that two numbers are only compared when their protocols match.
+:func:`evaluate_artifact` runs one of them by its kind, as the workflow's evaluate job does.
+
+The names are loaded on first use (PEP 562): importing this package imports no torch, so a job that
+only starts a fresh measuring process (the memory evaluation) or a test of the dispatch does not pay
+for it. ``from llm_compression.evaluate import perplexity_of_model`` works as before.
 """
 
 from __future__ import annotations
 
-import time
+import importlib
 
-import torch
+#: public name -> submodule that defines it (the rest of the names of :mod:`.records` are found there too)
+_HOMES = {
+    **dict.fromkeys(("METRICS_SCHEMA", "EVALUATORS", "evaluator", "evaluate_artifact", "summary_line"), "run"),
+    **dict.fromkeys(("evaluate_memory", "measure_peak_memory", "track_peak_memory"), "memory"),
+}
 
-from ..data import load_text, tokenize_stream
-from ..models import load_checkpoint, read_compression
-from ..results import calibration_dtype_of
-from .cost import cost_metrics, cost_notes, nm_pattern
-from .latency import measure_latency
-from .memory import measure_peak_memory
-from .perplexity import bos_rows, check_bos_fed, perplexity, with_bos  # noqa: F401 (BOS helpers, shared)
-from ..protocols import (PRESETS, ProtocolError, check_eval_dtype, expected_windows, model_context_length,  # noqa: F401
-                         resolve_protocol)
-
-METRICS_SCHEMA = "llm-compression/metrics/v1"
+__all__ = ["METRICS_SCHEMA", "EVALUATORS", "evaluator", "evaluate_artifact", "summary_line", "evaluate_memory",
+           "measure_peak_memory", "track_peak_memory", "evaluate_perplexity", "evaluate_zeroshot", "evaluate_cost",
+           "evaluate_latency", "perplexity_of_model", "needs_bos", "resolve_bos", "bos_rows", "check_bos_fed",
+           "with_bos", "perplexity", "PRESETS", "ProtocolError", "check_eval_dtype", "expected_windows",
+           "model_context_length", "resolve_protocol"]
 
 
-def needs_bos(model) -> bool:
-    """Models whose evaluation windows must start with BOS (Gemma: PTB perplexity 111 with it, 352 without)."""
-    return str(getattr(model.config, "model_type", "")).startswith("gemma")
+def __getattr__(name: str):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    module = importlib.import_module(f"{__name__}.{_HOMES.get(name, 'records')}")
+    try:
+        value = getattr(module, name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
 
 
-def _runtime(model) -> dict:
-    p = next(model.parameters())
-    return {"device": str(p.device), "dtype": str(getattr(model, "dtype", p.dtype)).replace("torch.", ""),
-            "torch_threads": torch.get_num_threads()}
-
-
-def resolve_bos(model, tokenizer, bos: str | bool = "auto") -> int | None:
-    """BOS token id to put in front of every window, or None.
-
-    ``"auto"``: only for models that need it (:func:`needs_bos`); ``True``/``False`` force it.
-
-    Raises:
-        ValueError: BOS requested but the tokenizer has none; an unknown ``bos`` value.
-    """
-    if bos not in ("auto", True, False, "true", "false"):
-        raise ValueError(f"bos {bos!r} must be 'auto', true or false")
-    use = needs_bos(model) if bos == "auto" else bos in (True, "true")
-    if use and tokenizer.bos_token_id is None:
-        raise ValueError("bos requested but the tokenizer has no BOS token")
-    return tokenizer.bos_token_id if use else None
-
-
-def perplexity_of_model(
-    model,
-    tokenizer,
-    *,
-    dataset: str,
-    preset: str = "custom",
-    split: str | None = None,
-    join: str | None = None,
-    documents: int | None = None,
-    path: str | None = None,
-    seqlen: int | None = 512,
-    max_tokens: int | None = None,
-    batch_size: int = 1,
-    last_window: str = "drop",
-    bos: str | bool = "auto",
-    device: str | None = None,
-    dtype: str = "float32",
-    progress: bool = False,
-) -> dict:
-    """Perplexity of an already-loaded ``model`` under a named protocol (see :mod:`.protocols`).
-
-    Args:
-        preset: ``sparsegpt``, ``llm-pruner`` or ``custom``; fixes split/join/window rules.
-        seqlen: window length (``None``: the model's ``max_position_embeddings``); llm-pruner uses 128.
-        max_tokens: cap on the token stream (recorded as ``limit_tokens``/``capped``).
-        batch_size: windows per forward pass; the value does not depend on it.
-        bos: ``"auto"`` (BOS per window only for models that need it, e.g. Gemma), True or False.
-        dtype: compute dtype, ``float32`` (default), ``bfloat16`` or ``float16`` (not on CPU): the forward
-            runs under ``torch.autocast`` in it, losses are fp32 (see :func:`.perplexity.perplexity`).
-
-    Returns:
-        ``{"metrics": {"perplexity", "nll_sum"}, "protocol": {...}, "runtime": {...}}``; the protocol holds
-        preset, reference, dataset, split, source, join, seqlen, stride, windows, scored/stream/split
-        tokens, cap, BOS use, last-window rule, batch size and compute ``dtype``; the runtime holds the
-        device, the weights' dtype, threads, wall and CPU seconds, tokens/s and the evaluation's peak
-        memory (``peak_memory_bytes``: CPU resident set or CUDA allocated, model included, bytes).
-
-    Raises:
-        ProtocolError: a setting that contradicts the preset, or a bad ``dtype`` (``float16`` on CPU).
-        CorpusError: the corpus cannot be loaded.
-    """
-    check_eval_dtype(dtype, device if device is not None else next(model.parameters()).device)
-    proto = resolve_protocol(preset, dataset, seqlen=seqlen, split=split, join=join, documents=documents,
-                             last_window=last_window)
-    window = proto.seqlen if proto.seqlen is not None else model_context_length(model)
-    bos_id = resolve_bos(model, tokenizer, bos)
-    corpus = load_text(dataset, proto.split, path=path, join=proto.join, documents=proto.documents)
-    ids = tokenize_stream(tokenizer, corpus.text)
-    full_tokens = int(ids.numel())
-    if proto.max_windows is not None:
-        ids = ids[: proto.max_windows * window]
-    available = int(ids.numel())
-    if max_tokens is not None:
-        ids = ids[:max_tokens]
-    r = perplexity(model, ids, seqlen=window, batch_size=batch_size, bos_token_id=bos_id,
-                   last_window=proto.last_window, device=device, dtype=dtype, progress=progress)
-    protocol = {
-        **corpus.protocol,
-        "preset": proto.preset,
-        "reference": proto.reference,
-        **({"note": proto.note} if proto.note else {}),
-        "seqlen_source": "given" if proto.seqlen is not None else "model max_position_embeddings",
-        "max_windows": proto.max_windows,
-        "split_tokens": full_tokens,
-        "limit_tokens": max_tokens,
-        "capped": max_tokens is not None and max_tokens < available,
-        **{k: r[k] for k in ("seqlen", "stride", "windows", "scored_tokens", "stream_tokens", "bos", "last_window")},
-        "batch_size": batch_size,
-        "dtype": r["dtype"],
-        "dtype_note": ("forward as loaded (runtime.dtype); fp32 losses" if r["dtype"] == "float32" else
-                       f"forward under torch.autocast({r['dtype']}), weights as loaded (runtime.dtype); "
-                       "fp32 log-softmax and NLL sum"),
-    }
-    return {
-        "metrics": {"perplexity": r["perplexity"], "nll_sum": r["nll_sum"]},
-        "protocol": protocol,
-        "runtime": {**_runtime(model), **{k: r[k] for k in ("seconds", "cpu_seconds", "tokens_per_second",
-                                                             "peak_memory_bytes", "memory_before_bytes",
-                                                             "peak_memory_kind")}},
-    }
-
-
-def evaluate_perplexity(ckpt_dir, *, device: str = "cpu", **kwargs) -> dict:
-    """Load the checkpoint at ``ckpt_dir`` and measure :func:`perplexity_of_model` on it.
-
-    Keyword arguments are those of :func:`perplexity_of_model` (dataset, preset, split, join, path,
-    seqlen, max_tokens, batch_size, last_window, bos, dtype, progress). The protocol and the dtype
-    are checked before the model is loaded.
-
-    Raises:
-        ProtocolError, CorpusError, FileNotFoundError (no checkpoint at ``ckpt_dir``).
-    """
-    check_eval_dtype(kwargs.get("dtype", "float32"), device)
-    resolve_protocol(kwargs.get("preset", "custom"), kwargs["dataset"], seqlen=kwargs.get("seqlen", 512),
-                     split=kwargs.get("split"), join=kwargs.get("join"), documents=kwargs.get("documents"),
-                     last_window=kwargs.get("last_window", "drop"))
-    model, tok = load_checkpoint(ckpt_dir, device=device)
-    return perplexity_of_model(model, tok, device=device, **kwargs)
-
-
-def evaluate_zeroshot(ckpt_dir, *, device: str = "cpu", tasks=None, limit=None, batch_size: int = 8,
-                      source: str = "auto") -> dict:
-    """Zero-shot accuracy (lm-eval, :mod:`.zeroshot`) of the checkpoint at ``ckpt_dir`` as loaded by
-    :func:`~llm_compression.models.load_checkpoint` (so pruned and 4-bit checkpoints work).
-
-    Raises:
-        ZeroShotError: unknown task/source or missing data, checked before the model is loaded.
-    """
-    from .zeroshot import TASKS, check_tasks, resolve_source, zeroshot_of_model
-
-    tasks = list(tasks) if tasks else list(TASKS)
-    check_tasks(tasks)
-    resolve_source(source)
-    model, tok = load_checkpoint(ckpt_dir, device=device)
-    return zeroshot_of_model(model, tok, tasks=tasks, limit=limit, batch_size=batch_size, source=source,
-                             device=device)
-
-
-def _quant_scheme(ckpt_dir) -> str | None:
-    return (read_compression(ckpt_dir).get("quantization") or {}).get("scheme")
-
-
-def evaluate_cost(ckpt_dir, *, seqlen: int = 512, device: str = "cpu") -> dict:
-    """Parameters (logical, non-zero, per module type), sparsity over prunable Linear weights, bytes on
-    disk and in memory, stored bits per Linear weight, and MACs of one ``seqlen``-token forward,
-    measured on the checkpoint at ``ckpt_dir`` (see :mod:`.cost`).
-
-    Raises:
-        ValueError: ``seqlen`` < 1.
-    """
-    if int(seqlen) < 1:
-        raise ValueError(f"cost seqlen {seqlen!r} must be >= 1")
-    t0 = time.perf_counter()
-    model, _ = load_checkpoint(ckpt_dir, device=device, tokenizer=False)
-    m = cost_metrics(model, ckpt_dir, seqlen=int(seqlen))
-    scheme = _quant_scheme(ckpt_dir)
-    pattern = nm_pattern(model) if m["sparsity"] > 0 else None
-    return {
-        "metrics": m,
-        "protocol": {"what": "logical parameters (4-bit unpacked), non-zero parameters, sparsity over prunable "
-                             "decoder Linear weights, bytes of *.safetensors on disk, bytes of parameters+buffers+"
-                             "quantization state in memory, MACs of one forward (batch 1, no KV cache): ptflops "
-                             "Linear MACs + attention QK^T and AV over the full LxL",
-                     "macs_seqlen": int(seqlen), "batch": 1,
-                     "macs_counter": "ptflops pytorch backend, count_functional=False, bnb Linear hooks; "
-                                     "attention closed form from module shapes",
-                     "quantization": scheme, "sparsity_pattern": pattern or ("unstructured" if m["sparsity"] > 0 else None)},
-        "notes": cost_notes(sparsity=m["sparsity"], pattern=pattern, quant=scheme),
-        "runtime": {**_runtime(model), "seconds": time.perf_counter() - t0},
-    }
-
-
-def evaluate_memory(ckpt_dir, *, seqlen: int = 512, device: str = "cpu", threads: int | None = None) -> dict:
-    """Peak memory of one ``seqlen``-token forward in a fresh process (see :mod:`.memory`)."""
-    t0 = time.perf_counter()
-    r = measure_peak_memory(ckpt_dir, seqlen=int(seqlen), device=device, threads=threads)
-    kind = r.pop("peak_memory_kind")
-    rss_kind = r.pop("peak_rss_kind")
-    return {
-        "metrics": r,
-        "protocol": {"what": "peak memory of one forward (batch 1, no KV cache) in a fresh process",
-                     "seqlen": int(seqlen), "peak_memory_kind": kind, "peak_rss_kind": rss_kind,
-                     "quantization": _quant_scheme(ckpt_dir)},
-        "notes": ["peak_memory_bytes includes the resident weights; unstructured zeros are stored densely and "
-                  "do not lower it"],
-        "runtime": {"device": r["device"], "torch_threads": r["threads"], "seconds": time.perf_counter() - t0},
-    }
-
-
-def evaluate_latency(ckpt_dir, *, prompt_tokens: int = 128, new_tokens: int = 32, repeats: int = 5,
-                     warmup: int = 1, seed: int = 0, device: str = "cpu") -> dict:
-    """Prefill seconds and greedy decode tokens/s with a KV cache (see :mod:`.latency`)."""
-    t0 = time.perf_counter()
-    model, _ = load_checkpoint(ckpt_dir, device=device, tokenizer=False)
-    r = measure_latency(model, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats,
-                        warmup=warmup, seed=seed)
-    return {
-        "metrics": r,
-        "protocol": {"what": "prefill: one forward of prompt_tokens (use_cache, last-position logits); decode: "
-                             "new_tokens greedy single-token forwards from that KV cache; warm-up repeats "
-                             "discarded; median with min and max over repeats",
-                     **{k: r[k] for k in ("prompt_tokens", "new_tokens", "repeats", "warmup", "threads", "device")},
-                     "seed": seed,
-                     "quantization": _quant_scheme(ckpt_dir)},
-        "notes": ["measured with the dense/bitsandbytes kernels this artifact loads with; unstructured zeros "
-                  "are multiplied like any other weight, so they do not speed it up"],
-        "runtime": {**_runtime(model), "seconds": time.perf_counter() - t0},
-    }
-
-
-#: evaluation kind (``params.evaluation.kind`` of the workflow) -> its ``evaluate_*`` function
-EVALUATORS = {"perplexity": evaluate_perplexity, "zeroshot": evaluate_zeroshot, "cost": evaluate_cost,
-              "memory": evaluate_memory, "latency": evaluate_latency}
-
-
-def evaluate_artifact(ckpt_dir, kind: str, *, device: str = "cpu", threads: int | None = None,
-                      progress: bool = False, **options) -> dict:
-    """One evaluation of one artifact, as a metrics record (``metrics``, ``protocol``, ``runtime``, ...).
-
-    Dispatches to the ``evaluate_*`` function of ``kind`` (:data:`EVALUATORS`) with ``options``, then adds
-    to the protocol what the artifact's own provenance says about how it was made and that changes the
-    numbers: ``calibration_dtype``, the dtype the calibration forwards of its newest pruning ran in
-    (``compression.json``, :func:`llm_compression.results.calibration_dtype_of`), when one was recorded.
-
-    Args:
-        ckpt_dir: checkpoint folder (pruned, healed or quantized).
-        kind: one of :data:`EVALUATORS`.
-        device: ``cpu`` / ``cuda``.
-        threads: the job's torch thread count; recorded by the memory evaluation (latency reads the
-            threads it runs with, set by the job, and ignores an option of that name).
-        progress: a progress bar for perplexity.
-
-    Raises:
-        ValueError: ``kind`` unknown (the message lists the valid kinds); the evaluator's own errors.
-    """
-    if kind not in EVALUATORS:
-        raise ValueError(f"evaluation kind {kind!r} is not one of {', '.join(EVALUATORS)}")
-    options = dict(options)
-    if kind == "perplexity":
-        options["progress"] = progress
-    elif kind == "memory":
-        options["threads"] = threads
-    elif kind == "latency":
-        options.pop("threads", None)
-    rec = EVALUATORS[kind](ckpt_dir, device=device, **options)
-    if "protocol" in rec and (cal_dtype := calibration_dtype_of(read_compression(ckpt_dir))):
-        rec["protocol"]["calibration_dtype"] = cal_dtype
-    return rec
-
-
-def summary_line(kind: str, rec: dict) -> str:
-    """One log line of what an evaluation measured (the job log's record of its result)."""
-    if kind == "perplexity":
-        p, rt = rec["protocol"], rec["runtime"]
-        return (f"{p['dataset']} perplexity ({p.get('preset')}, {p['dtype']}) {rec['metrics']['perplexity']:.3f} over "
-                f"{p['scored_tokens']} scored tokens, {rt.get('tokens_per_second') or 0.0:.1f} tokens/s, peak memory "
-                f"{rt.get('peak_memory_bytes', 0) / 1e6:.0f} MB")
-    if kind == "zeroshot":
-        return f"zero-shot {({t: v['acc'] for t, v in rec['tasks'].items()})}"
-    return f"{kind} {rec['metrics']}"
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

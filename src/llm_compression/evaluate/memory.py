@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -89,8 +90,34 @@ def track_peak_memory(device) -> Iterator[dict]:
         out.update(peak_memory_bytes=peak, memory_before_bytes=before, peak_memory_kind=kind)
 
 
+def quant_scheme(ckpt_dir) -> str | None:
+    """The quantization scheme of a checkpoint (``compression.json``), or None."""
+    from ..checkpoint import read_compression
+
+    return (read_compression(ckpt_dir).get("quantization") or {}).get("scheme")
+
+
+def evaluate_memory(ckpt_dir, *, seqlen: int = 512, device: str = "cpu", threads: int | None = None) -> dict:
+    """Peak memory of one ``seqlen``-token forward in a fresh process (:func:`measure_peak_memory`), as a
+    metrics record. Torch-free in this process: the job that calls it does not import torch twice."""
+    t0 = time.perf_counter()
+    r = measure_peak_memory(ckpt_dir, seqlen=int(seqlen), device=device, threads=threads)
+    kind = r.pop("peak_memory_kind")
+    rss_kind = r.pop("peak_rss_kind")
+    return {
+        "metrics": r,
+        "protocol": {"what": "peak memory of one forward (batch 1, no KV cache) in a fresh process",
+                     "seqlen": int(seqlen), "peak_memory_kind": kind, "peak_rss_kind": rss_kind,
+                     "quantization": quant_scheme(ckpt_dir)},
+        "notes": ["peak_memory_bytes includes the resident weights; unstructured zeros are stored densely and "
+                  "do not lower it"],
+        "runtime": {"device": r["device"], "torch_threads": r["threads"], "seconds": time.perf_counter() - t0},
+    }
+
+
 def probe(ckpt_dir: str, *, seqlen: int, device: str, threads: int | None = None, seed: int = 0) -> dict:
     """Load ``ckpt_dir`` and run one forward of ``seqlen`` tokens in *this* process; return memory figures.
+    ``device`` ``"auto"`` is resolved here (:func:`~llm_compression.models.pick_device`).
 
     Meant to be called in a fresh process (see :func:`measure_peak_memory`).
     """
@@ -98,10 +125,11 @@ def probe(ckpt_dir: str, *, seqlen: int, device: str, threads: int | None = None
 
     import torch
 
-    from ..models import load_checkpoint
+    from ..models import load_checkpoint, pick_device
 
     if threads:
         torch.set_num_threads(int(threads))
+    device = pick_device(device) if device == "auto" else device
     rss_start = _proc_status_bytes("VmRSS")
     cuda = device.startswith("cuda")
     model, _ = load_checkpoint(ckpt_dir, device=device, tokenizer=False)

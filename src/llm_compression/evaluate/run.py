@@ -1,0 +1,79 @@
+"""One evaluation of one artifact by its kind, as the workflow's evaluate job runs it. Torch-free: the
+evaluation's own module is imported when it runs (:data:`EVALUATORS`).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..checkpoint import read_compression
+from ..results import calibration_dtype_of
+
+#: schema tag of every metrics JSON
+METRICS_SCHEMA = "llm-compression/metrics/v1"
+
+
+#: evaluation kind (``params.evaluation.kind`` of the workflow) -> ``"module:function"`` of its
+#: ``evaluate_*`` function, imported when an evaluation of that kind runs (the memory evaluation's own
+#: process then never imports torch: it measures in a fresh child process)
+EVALUATORS = {"perplexity": "records:evaluate_perplexity", "zeroshot": "records:evaluate_zeroshot",
+              "cost": "records:evaluate_cost", "memory": "memory:evaluate_memory",
+              "latency": "records:evaluate_latency"}
+
+
+def evaluator(kind: str):
+    """The ``evaluate_*`` function of an evaluation kind.
+
+    Raises:
+        ValueError: ``kind`` unknown (the message lists the valid kinds).
+    """
+    if kind not in EVALUATORS:
+        raise ValueError(f"evaluation kind {kind!r} is not one of {', '.join(EVALUATORS)}")
+    module, _, name = EVALUATORS[kind].partition(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
+
+
+def evaluate_artifact(ckpt_dir, kind: str, *, device: str = "cpu", threads: int | None = None,
+                      progress: bool = False, **options) -> dict:
+    """One evaluation of one artifact, as a metrics record (``metrics``, ``protocol``, ``runtime``, ...).
+
+    Dispatches to the ``evaluate_*`` function of ``kind`` (:data:`EVALUATORS`) with ``options``, then adds
+    to the protocol what the artifact's own provenance says about how it was made and that changes the
+    numbers: ``calibration_dtype``, the dtype the calibration forwards of its newest pruning ran in
+    (``compression.json``, :func:`llm_compression.results.calibration_dtype_of`), when one was recorded.
+
+    Args:
+        ckpt_dir: checkpoint folder (pruned, healed or quantized).
+        kind: one of :data:`EVALUATORS`.
+        device: ``cpu`` / ``cuda``.
+        threads: the job's torch thread count; recorded by the memory evaluation (latency reads the
+            threads it runs with, set by the job, and ignores an option of that name).
+        progress: a progress bar for perplexity.
+
+    Raises:
+        ValueError: ``kind`` unknown (the message lists the valid kinds); the evaluator's own errors.
+    """
+    run = evaluator(kind)
+    options = dict(options)
+    if kind == "perplexity":
+        options["progress"] = progress
+    elif kind == "memory":
+        options["threads"] = threads
+    elif kind == "latency":
+        options.pop("threads", None)
+    rec = run(ckpt_dir, device=device, **options)
+    if "protocol" in rec and (cal_dtype := calibration_dtype_of(read_compression(ckpt_dir))):
+        rec["protocol"]["calibration_dtype"] = cal_dtype
+    return rec
+
+
+def summary_line(kind: str, rec: dict) -> str:
+    """One log line of what an evaluation measured (the job log's record of its result)."""
+    if kind == "perplexity":
+        p, rt = rec["protocol"], rec["runtime"]
+        return (f"{p['dataset']} perplexity ({p.get('preset')}, {p['dtype']}) {rec['metrics']['perplexity']:.3f} over "
+                f"{p['scored_tokens']} scored tokens, {rt.get('tokens_per_second') or 0.0:.1f} tokens/s, peak memory "
+                f"{rt.get('peak_memory_bytes', 0) / 1e6:.0f} MB")
+    if kind == "zeroshot":
+        return f"zero-shot {({t: v['acc'] for t, v in rec['tasks'].items()})}"
+    return f"{kind} {rec['metrics']}"
