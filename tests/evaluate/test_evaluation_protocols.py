@@ -5,6 +5,7 @@ Token counts are known exactly: the byte tokenizer of conftest.py gives one toke
 import gzip
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -286,3 +287,27 @@ def test_cost_and_latency_jobs_do_not_load_the_tokenizer(tiny_checkpoint, monkey
     assert torch.equal(m2(x).logits, model(x).logits)
     assert evaluate_cost(tiny_checkpoint, seqlen=8)["metrics"]["sparsity"] == 0
     assert evaluate_latency(tiny_checkpoint, prompt_tokens=4, new_tokens=2, repeats=1, warmup=0)["metrics"]
+
+
+def test_every_planned_evaluation_runs_through_evaluate_artifact(tiny_checkpoint):
+    """The params the planner builds for each evaluation of the study's config (sizes shrunk to the tiny
+    model) go to evaluate_artifact as the evaluate job passes them, with the job's thread count: no
+    option clashes with the dispatch's own keywords (the latency params carry ``threads``)."""
+    from llm_compression.config import read_config_yaml, validate_config
+    from llm_compression.evaluate import evaluate_artifact
+    from llm_compression.planning import evaluation_params, evaluations
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = validate_config(read_config_yaml(root / "config" / "study-embedded.yaml"), base_dir=root, check_model=False)
+    small = {"seqlen": 32, "max_tokens": 128, "prompt_tokens": 8, "new_tokens": 2, "repeats": 1, "warmup": 0}
+    kinds = set()
+    for name in evaluations(cfg):
+        params = evaluation_params(cfg, name)
+        kind = params.pop("kind")
+        if kind == "zeroshot" or (kind == "perplexity" and params.get("dataset") != "ptb"):
+            continue  # zero-shot runs in tests/evaluate/test_zeroshot_demo.py; WikiText-2 needs ../shared
+        params.update({k: v for k, v in small.items() if k in params})
+        rec = evaluate_artifact(tiny_checkpoint, kind, device="cpu", job_threads=1, **params)
+        assert rec["metrics"] and rec["protocol"], name
+        kinds.add(kind)
+    assert kinds == {"perplexity", "cost", "memory", "latency"}

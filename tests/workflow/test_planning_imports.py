@@ -78,7 +78,7 @@ def test_the_memory_job_imports_no_torch(tiny_checkpoint):
         "from llm_compression.plan_checks import check_evaluation_job\n"
         "from llm_compression.runtime import finish_job, setup_job\n"
         "setup_job(None, None)\n"
-        f"rec = evaluate_artifact({str(tiny_checkpoint)!r}, 'memory', device='auto', threads=1, seqlen=16)\n"
+        f"rec = evaluate_artifact({str(tiny_checkpoint)!r}, 'memory', device='auto', job_threads=1, seqlen=16)\n"
         "assert rec['metrics']['peak_memory_bytes'] > 0 and rec['runtime']['device'] == 'cpu'\n"
         f"print([m for m in {HEAVY!r} if m in sys.modules])\n"
     )

@@ -33,7 +33,7 @@ def evaluator(kind: str):
     return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
-def evaluate_artifact(ckpt_dir, kind: str, *, device: str = "cpu", threads: int | None = None,
+def evaluate_artifact(ckpt_dir, kind: str, *, device: str = "cpu", job_threads: int | None = None,
                       progress: bool = False, **options) -> dict:
     """One evaluation of one artifact, as a metrics record (``metrics``, ``protocol``, ``runtime``, ...).
 
@@ -46,8 +46,9 @@ def evaluate_artifact(ckpt_dir, kind: str, *, device: str = "cpu", threads: int 
         ckpt_dir: checkpoint folder (pruned, healed or quantized).
         kind: one of :data:`EVALUATORS`.
         device: ``cpu`` / ``cuda``.
-        threads: the job's torch thread count; recorded by the memory evaluation (latency reads the
-            threads it runs with, set by the job, and ignores an option of that name).
+        job_threads: the job's torch thread count: the memory evaluation's child process runs with it
+            (and records it); latency runs with the thread count the job set, so its ``threads`` option
+            (the workflow's ``evaluation.latency.threads``, which is the job's thread count) is dropped.
         progress: a progress bar for perplexity.
 
     Raises:
@@ -58,7 +59,7 @@ def evaluate_artifact(ckpt_dir, kind: str, *, device: str = "cpu", threads: int 
     if kind == "perplexity":
         options["progress"] = progress
     elif kind == "memory":
-        options["threads"] = threads
+        options["threads"] = job_threads
     elif kind == "latency":
         options.pop("threads", None)
     rec = run(ckpt_dir, device=device, **options)
