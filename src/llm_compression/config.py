@@ -239,6 +239,12 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
             spec.options.from_mapping({k: entry[k] for k in taken if k in entry}, level=entry["level"])
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
+        if entry.get("zeros") == "rank" and any(r > 1 for r in entry["repeats"]):
+            raise ConfigError(
+                f"{where}: zeros 'rank' with repeats {entry['repeats']}: ranking a pruned model's zeros inside the "
+                "ratio makes a second pass at the same ratio prune nothing new; use zeros: keep (the default) "
+                "or repeats: [1]"
+            )
         if entry["level"] in ("2:4", "4:8") and any(r > 1 for r in entry["repeats"]):
             raise ConfigError(
                 f"{where}: repeats {entry['repeats']} with level {entry['level']!r}: an N:M pattern cannot be "

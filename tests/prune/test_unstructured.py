@@ -339,3 +339,63 @@ def test_wanda_equals_the_reference_code_arithmetic(level, nm):
     _reference_wanda(ref, ids, 0.5, nm)
     for (name, a), b in zip(prunable_linears(ours).items(), prunable_linears(ref).values()):
         assert torch.equal(a.weight == 0, b.weight == 0), name
+
+
+def _with_exact_zeros(model, fraction=0.02, seed=7):
+    """Zero a random ``fraction`` of every prunable weight, as a Q4_1-dequantized checkpoint holds some."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for lin in prunable_linears(model).values():
+            lin.weight[torch.rand(lin.weight.shape, generator=g) < fraction] = 0
+    return model
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("level,nm", [("unstructured", None), ("2:4", (2, 4))])
+def test_wanda_zeros_rank_is_the_reference_rule_on_a_model_with_exact_zeros(level, nm):
+    """With exact zeros in the weights, zeros='rank' gives the reference code's masks on a whole model; the
+    default zeros='keep' prunes half of the non-zero weights besides the zeros (so it prunes more)."""
+    ids = calib(seed=4)
+    ref = _with_exact_zeros(tiny_llama(seed=2))
+    _reference_wanda(ref, ids, 0.5, nm)
+    rank, keep = _with_exact_zeros(tiny_llama(seed=2)), _with_exact_zeros(tiny_llama(seed=2))
+    prune_model(rank, method="wanda", level=level, ratio=0.5, calib_ids=ids, batch_size=8, zeros="rank")
+    prune_model(keep, method="wanda", level=level, ratio=0.5, calib_ids=ids, batch_size=8)
+    for (name, a), b in zip(prunable_linears(rank).items(), prunable_linears(ref).values()):
+        assert torch.equal(a.weight == 0, b.weight == 0), name
+    if nm is None:
+        assert measure_sparsity(keep)["sparsity"] > measure_sparsity(rank)["sparsity"] + 0.005
+
+
+@torch.no_grad()
+def test_sparsegpt_zeros_rank_counts_the_zeros_inside_the_ratio():
+    """Per 128-column block slice SparseGPT prunes floor(ratio * slice size) weights: with zeros='rank' that
+    count includes the exact zeros already there (the reference's rule), with 'keep' it comes on top."""
+    from llm_compression.prune.sparsegpt import SparseGPTPruner
+
+    g = torch.Generator().manual_seed(0)
+    counts = {}
+    for zeros in ("rank", "keep"):
+        lin = nn.Linear(256, 32, bias=False)
+        lin.weight.data = torch.randn(32, 256, generator=torch.Generator().manual_seed(1))
+        lin.weight.data[:, :16] = 0  # 16 zero columns in the first block slice
+        p = SparseGPTPruner(lin, 0.5, zeros=zeros)
+        p.add_batch(torch.randn(64, 256, generator=g))
+        mask = p.prune()
+        counts[zeros] = [int(mask[:, c:c + 128].sum()) for c in (0, 128)]
+    assert counts["rank"] == [32 * 64, 32 * 64]
+    assert counts["keep"] == [32 * 16 + (32 * 112) // 2, 32 * 64]
+    with pytest.raises(ValueError, match="zeros 'drop' must be 'keep' or 'rank'"):
+        SparseGPTPruner(nn.Linear(8, 8), 0.5, zeros="drop")
+
+
+def test_zeros_rank_is_refused_with_repeats():
+    from llm_compression.config import ConfigError, pruning_options, expand_grid
+
+    entry = {"method": "wanda", "ratios": [0.5], "repeats": [1, 2], "zeros": "rank"}
+    with pytest.raises(ConfigError, match=r"zeros 'rank' with repeats \[1, 2\]: .*prune nothing new"):
+        _cfg([entry])
+    cfg = _cfg([{**entry, "repeats": [1]}])
+    assert pruning_options(cfg, expand_grid(cfg)[0].pruning) == {"zeros": "rank"}
+    with pytest.raises(ConfigError, match="drop"):
+        _cfg([{**entry, "repeats": [1], "zeros": "drop"}])

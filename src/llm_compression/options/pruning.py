@@ -34,6 +34,12 @@ STRUCTURED_LEVELS = (*GROUP_LEVELS, "layer")
 SCOPES = ("layer", "row", "global")
 #: SparseGPT Hessian accumulation dtypes
 HESSIAN_DTYPES = ("float32", "float64")
+#: what the calibrated methods do with weights that are already exactly zero (see ``ZEROS_DOC``)
+ZERO_RULES = ("keep", "rank")
+ZEROS_DOC = ("weights already exactly zero: keep = they stay zero outside the ratio (ratio = fraction of the "
+             "non-zero weights, so pruning a pruned model again removes more); rank = ranked like any weight and "
+             "counted inside the ratio, the SparseGPT/Wanda reference code's rule (for parity with it; with repeats "
+             "a second pass at the same ratio would remove nothing new, so it is refused there)")
 
 #: structured importance criteria (LLM-Pruner Sec. 3.2) and their aliases
 IMPORTANCES = ("element1", "element2", "vector", "l1", "l2", "random", "activation", "contribution", "block-influence",
@@ -206,9 +212,10 @@ class MagnitudeOptions(MethodOptions):
 
 @dataclass(frozen=True)
 class WandaOptions(MethodOptions):
-    """Wanda (|W| * ||X||, per output row; Sun et al. 2024): no options."""
+    """Wanda (|W| * ||X||, per output row; Sun et al. 2024)."""
 
     method: ClassVar[str] = "wanda"
+    zeros: str = option("keep", ZEROS_DOC, choices=ZERO_RULES, in_params=False)
 
 
 @dataclass(frozen=True)
@@ -220,6 +227,7 @@ class SparseGPTOptions(MethodOptions):
     percdamp: float = option(0.01, "Hessian damping, a fraction of its mean diagonal, in (0, 1]")
     hessian_dtype: str = option("float32", "dtype the Hessian is accumulated in", choices=HESSIAN_DTYPES,
                                 in_params=False, config=False)
+    zeros: str = option("keep", ZEROS_DOC, choices=ZERO_RULES, in_params=False)
 
     def validate(self, level: str) -> None:
         super().validate(level)

@@ -271,6 +271,9 @@ class SparseGPTPruner:
         blocksize: lazy-update block width in columns (default 128).
         percdamp: damping fraction of the mean Hessian diagonal (default 0.01).
         hessian_dtype: ``"float32"`` (default; as the reference) or ``"float64"``.
+        zeros: ``"keep"`` (default): weights already exactly zero stay zero and the ratio is a fraction
+            of the others; ``"rank"``: they are ranked like any weight (saliency 0) inside the ratio, as
+            the reference code (IST-DASLab/sparsegpt ``fasterprune``) does.
 
     Raises:
         ValueError: bad ratio/options, or ``in_features`` not a multiple of ``m`` (raised here,
@@ -286,9 +289,13 @@ class SparseGPTPruner:
         blocksize: int = DEFAULT_BLOCKSIZE,
         percdamp: float = DEFAULT_PERCDAMP,
         hessian_dtype: str = "float32",
+        zeros: str = "keep",
     ):
         if not 0.0 <= ratio < 1.0:
             raise ValueError(f"sparsity ratio {ratio!r} is outside [0, 1)")
+        if zeros not in ("keep", "rank"):
+            raise ValueError(f"SparseGPT zeros {zeros!r} must be 'keep' or 'rank'")
+        self.zeros = zeros
         check_sparsegpt_options(blocksize, percdamp, nm)
         if hessian_dtype not in _HESSIAN_DTYPES:
             raise ValueError(f"hessian_dtype {hessian_dtype!r} must be one of {list(_HESSIAN_DTYPES)}")
@@ -358,7 +365,11 @@ class SparseGPTPruner:
             shared.users -= 1
             if shared.users == 0:
                 shared.H = shared.factor = None
-        new_w, mask = _sweep(w.data, *factor, self.ratio, nm=self.nm, blocksize=self.blocksize, already_zero=None)
+        # keep: exact zeros stay pruned outside the ratio; rank: the reference's rule, they are ranked like
+        # any weight (saliency 0) inside it
+        already_zero = None if self.zeros == "keep" else torch.zeros_like(w.data, dtype=torch.bool)
+        new_w, mask = _sweep(w.data, *factor, self.ratio, nm=self.nm, blocksize=self.blocksize,
+                             already_zero=already_zero)
         self.H = self._shared = None  # a shared Hessian is freed once its last user has pruned
         w.data.copy_(new_w.to(w.dtype))
         w.data[mask] = 0  # exact zeros also after a down-cast

@@ -22,12 +22,21 @@ class WandaPruner:
         linear: layer with weight ``[out, in]``.
         ratio: fraction of each row's remaining weights to prune, in [0, 1).
         nm: ``(n, m)`` for an N:M pattern instead of ``ratio``.
+        zeros: ``"keep"`` (default): weights already exactly zero stay zero and the ratio is a fraction
+            of the others; ``"rank"``: they are ranked like any weight (score 0) inside the ratio, as
+            the reference code (locuslab/wanda ``prune_wanda``) does.
+
+    Raises:
+        ValueError: ``zeros`` not ``"keep"`` or ``"rank"``.
     """
 
-    def __init__(self, linear: nn.Linear, ratio: float, nm: tuple[int, int] | None = None):
+    def __init__(self, linear: nn.Linear, ratio: float, nm: tuple[int, int] | None = None, *, zeros: str = "keep"):
+        if zeros not in ("keep", "rank"):
+            raise ValueError(f"Wanda zeros {zeros!r} must be 'keep' or 'rank'")
         self.linear = linear
         self.ratio = ratio
         self.nm = nm
+        self.zeros = zeros
         self.sq_norm = torch.zeros(linear.in_features, dtype=torch.float64, device=linear.weight.device)
         self.tokens = 0
 
@@ -66,7 +75,9 @@ class WandaPruner:
                 "activations: load the model in float32/bfloat16) or NaN/inf weights upstream"
             )
         w = self.linear.weight
-        pruned = w == 0
+        # keep: exact zeros stay pruned and the ratio counts the rest; rank: the reference's rule, zeros
+        # (score 0) are ranked with every other weight inside the ratio
+        pruned = (w == 0) if self.zeros == "keep" else None
         if self.nm is not None:
             mask = nm_mask(self.score(), *self.nm, pruned=pruned)
         else:
