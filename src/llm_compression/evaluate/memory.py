@@ -117,7 +117,7 @@ def evaluate_memory(ckpt_dir, *, seqlen: int = 512, device: str = "cpu", threads
 
 def probe(ckpt_dir: str, *, seqlen: int, device: str, threads: int | None = None, seed: int = 0) -> dict:
     """Load ``ckpt_dir`` and run one forward of ``seqlen`` tokens in *this* process; return memory figures.
-    ``device`` ``"auto"`` is resolved here (:func:`~llm_compression.models.pick_device`).
+    ``device`` (``auto``/``cpu``/``cuda``) is resolved and checked here (:func:`~llm_compression.models.pick_device`).
 
     Meant to be called in a fresh process (see :func:`measure_peak_memory`).
     """
@@ -129,7 +129,7 @@ def probe(ckpt_dir: str, *, seqlen: int, device: str, threads: int | None = None
 
     if threads:
         torch.set_num_threads(int(threads))
-    device = pick_device(device) if device == "auto" else device
+    device = pick_device(device)  # auto resolved here; cuda without a GPU refused with a clear error
     rss_start = _proc_status_bytes("VmRSS")
     cuda = device.startswith("cuda")
     model, _ = load_checkpoint(ckpt_dir, device=device, tokenizer=False)
