@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..options.pruning import HESSIAN_DTYPES, SparseGPTOptions
+from ..options.pruning import HESSIAN_DTYPES, ZERO_RULES, SparseGPTOptions
 from .masks import nm_mask, unstructured_mask
 
 DEFAULT_BLOCKSIZE = SparseGPTOptions.blocksize
@@ -293,8 +293,8 @@ class SparseGPTPruner:
     ):
         if not 0.0 <= ratio < 1.0:
             raise ValueError(f"sparsity ratio {ratio!r} is outside [0, 1)")
-        if zeros not in ("keep", "rank"):
-            raise ValueError(f"SparseGPT zeros {zeros!r} must be 'keep' or 'rank'")
+        if zeros not in ZERO_RULES:
+            raise ValueError(f"SparseGPT zeros {zeros!r} must be {' or '.join(map(repr, ZERO_RULES))}")
         self.zeros = zeros
         check_sparsegpt_options(blocksize, percdamp, nm)
         if hessian_dtype not in _HESSIAN_DTYPES:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..options.pruning import ZERO_RULES
 from .masks import nm_mask, unstructured_mask
 
 
@@ -31,8 +32,8 @@ class WandaPruner:
     """
 
     def __init__(self, linear: nn.Linear, ratio: float, nm: tuple[int, int] | None = None, *, zeros: str = "keep"):
-        if zeros not in ("keep", "rank"):
-            raise ValueError(f"Wanda zeros {zeros!r} must be 'keep' or 'rank'")
+        if zeros not in ZERO_RULES:
+            raise ValueError(f"Wanda zeros {zeros!r} must be {' or '.join(map(repr, ZERO_RULES))}")
         self.linear = linear
         self.ratio = ratio
         self.nm = nm
