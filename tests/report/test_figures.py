@@ -4,6 +4,7 @@ overlapping, timings claim no difference inside their spread, edge cases draw a 
 and each figure's planned inputs are only the evaluations it draws."""
 
 import itertools
+from pathlib import Path
 import math
 
 import matplotlib.pyplot as plt
@@ -256,3 +257,29 @@ def test_each_figure_draws_from_its_inputs_alone(study, figure):
     finally:
         plt.close(full)
         plt.close(mine)
+
+
+def test_study_table_pairs_each_model_with_its_nf4_twin(study, tmp_path):
+    """scripts/study_table.py (the docs' study table): one row per pruned/healed model, the unquantized
+    value next to its NF4-DQ twin's, read from summary.csv as the workflow writes it."""
+    import subprocess
+    import sys
+
+    from llm_compression.report.table import write_table
+
+    csv = tmp_path / "summary.csv"
+    write_table(study, csv)
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[2] / "scripts" / "study_table.py"),
+                          str(csv)], capture_output=True, text=True, check=True).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    w = plots.wide(study)
+    assert len(rows) == int((w.quant == "none").sum())  # one row per unquantized variant
+    cells = {r.split(" | ")[0].lstrip("| "): [c.strip() for c in r.strip("| ").split(" | ")] for r in rows}
+    dense = w[(w.method == "dense") & (w.quant == "none")].iloc[0]
+    dense_q = w[(w.method == "dense") & (w.quant != "none")].iloc[0]
+    ptb = cells["dense"][5]
+    assert ptb == f"{dense.ppl_ptb:.4g} / {dense_q.ppl_ptb:.4g}"
+    assert "SparseGPT 50% x2" in cells and "LLM-Pruner block 25% +lora" in cells
+    bad = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[2] / "scripts" / "study_table.py"),
+                          str(tmp_path / "missing.csv")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "missing.csv is not a file" in bad.stderr
