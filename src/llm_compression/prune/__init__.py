@@ -119,8 +119,9 @@ def prune_model(
             Other methods refuse any value but ``None``.
         method_options: the fields of the method's options dataclass
             (:mod:`llm_compression.options.pruning`): ``scope`` (magnitude: ``layer``/``row``/``global``),
-            ``blocksize``, ``percdamp``, ``hessian_dtype`` (sparsegpt), ``aggregation``, ``attention``,
-            ``layer_range``, ``snap``, ``seed`` (llm-pruner).
+            ``blocksize``, ``percdamp``, ``hessian_dtype`` (sparsegpt), ``zeros`` (sparsegpt, wanda: ``keep``
+            or ``rank``, see :data:`~llm_compression.options.pruning.ZERO_RULES`), ``aggregation``,
+            ``attention``, ``layer_range``, ``snap``, ``seed`` (llm-pruner).
 
     Returns:
         :class:`~llm_compression.results.PruneResult` (readable as a dict) with ``sparsity_before``,
