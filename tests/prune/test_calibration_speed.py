@@ -84,9 +84,24 @@ def test_bfloat16_calibration_prunes_fp32_weights_and_records_dtype():
     # the same weights chosen, up to bfloat16 activations: most masks agree, not all (else bf16 did nothing)
     agree = [((a == 0) == (b == 0)).float().mean().item() for a, b in zip(_weights(model).values(), _weights(ref).values())]
     assert min(agree) > 0.8 and min(agree) < 1.0
-    w = prune_model(tiny_llama(seed=3), method="wanda", ratio=0.5, calib_ids=ids, batch_size=4,
-                    compute_dtype="bfloat16")
+    wm, wm2 = tiny_llama(seed=3), tiny_llama(seed=3)
+    w = prune_model(wm, method="wanda", ratio=0.5, calib_ids=ids, batch_size=4, compute_dtype="bfloat16")
     assert w["compute_dtype"] == "bfloat16"
+    # a torch.dtype is taken as its name: the same masks, the same record
+    w2 = prune_model(wm2, method="wanda", ratio=0.5, calib_ids=ids, batch_size=4, compute_dtype=torch.bfloat16)
+    assert w2["compute_dtype"] == "bfloat16"
+    assert all(torch.equal(a, b) for a, b in zip(_weights(wm).values(), _weights(wm2).values()))
+
+
+def test_wanda_bf16_statistic_is_the_float64_sum_of_squares():
+    from llm_compression.prune.wanda import WandaPruner
+
+    x = (torch.randn(3, 50, 24, generator=torch.Generator().manual_seed(0)) * 40).bfloat16()
+    p = WandaPruner(torch.nn.Linear(24, 4), 0.5)
+    p.add_batch(x[:2])
+    p.add_batch(x[2:])
+    x64 = x.reshape(-1, 24).double()
+    assert torch.allclose(p.sq_norm, (x64 * x64).sum(dim=0), rtol=1e-15, atol=0) and p.tokens == 150
 
 
 def test_float16_on_cpu_and_bad_dtypes_are_refused_before_any_work():
@@ -94,6 +109,8 @@ def test_float16_on_cpu_and_bad_dtypes_are_refused_before_any_work():
     before = _weights(model)
     with pytest.raises(ValueError, match="float16' is refused on CPU.*bfloat16"):
         prune_model(model, method="wanda", ratio=0.5, calib_ids=calib(), compute_dtype="float16")
+    with pytest.raises(ValueError, match="float16' is refused on CPU"):
+        prune_model(model, method="wanda", ratio=0.5, calib_ids=calib(), compute_dtype=torch.float16)
     with pytest.raises(ValueError, match="'half' is not one of float32, bfloat16, float16"):
         prune_model(model, method="sparsegpt", ratio=0.5, calib_ids=calib(), compute_dtype="half")
     with pytest.raises(ValueError, match="only .* take a calibration compute dtype, not 'magnitude'"):

@@ -238,12 +238,15 @@ def test_config_rejects_bad_entries(entry, match):
         _cfg([entry])
 
 
-def test_lowest_k_mask_equals_stable_ranking_with_ties_and_pruned():
+@pytest.mark.parametrize("kth_groups", [32, 1], ids=["kthvalue-per-k", "sort"])
+def test_lowest_k_mask_equals_stable_ranking_with_ties_and_pruned(monkeypatch, kth_groups):
+    from llm_compression.prune import masks
     from llm_compression.prune.masks import lowest_k_mask
 
+    monkeypatch.setattr(masks, "_KTH_GROUPS", kth_groups)  # 1: rows with different k take the sort path
     for trial in range(200):
         g = torch.Generator().manual_seed(trial)
-        G, L = int(torch.randint(1, 5, (1,), generator=g)), int(torch.randint(1, 20, (1,), generator=g))
+        G, L = int(torch.randint(1, 9, (1,), generator=g)), int(torch.randint(1, 20, (1,), generator=g))
         x = torch.randint(0, 4, (G, L), generator=g).float()  # many ties
         x[torch.rand(G, L, generator=g) < 0.3] = float("-inf")  # already pruned
         k = torch.randint(0, L + 1, (G,), generator=g)

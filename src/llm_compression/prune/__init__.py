@@ -51,14 +51,17 @@ CALIBRATED = {"wanda": WandaPruner, "sparsegpt": SparseGPTPruner}
 UNCALIBRATED = tuple(name for name, m in REGISTRY.items() if not m.structured and not m.needs_calibration())
 
 
-def compute_dtype_of(name: str | None) -> torch.dtype | None:
-    """The torch dtype of a calibration compute dtype name (``None`` stays ``None``: the model's own).
+def compute_dtype_of(name: str | torch.dtype | None) -> torch.dtype | None:
+    """The torch dtype of a calibration compute dtype name or ``torch.dtype`` (``None`` stays ``None``: the
+    model's own).
 
     Raises:
-        ValueError: ``name`` is not one of :data:`COMPUTE_DTYPES`.
+        ValueError: ``name`` is not one of :data:`COMPUTE_DTYPES` (as a name or a ``torch.dtype``).
     """
     if name is None:
         return None
+    if isinstance(name, torch.dtype):
+        name = str(name).removeprefix("torch.")
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"calibration compute dtype {name!r} is not one of {', '.join(COMPUTE_DTYPES)}")
     return getattr(torch, name)
@@ -95,7 +98,7 @@ def prune_model(
     log: Callable[[str], None] | None = None,
     share_inputs: bool = True,
     importance: str | None = None,
-    compute_dtype: str | None = None,
+    compute_dtype: str | torch.dtype | None = None,
     **method_options,
 ) -> PruneResult:
     """Prune the decoder-block Linear layers of ``model`` in place.

@@ -59,13 +59,18 @@ def unstructured_mask(
     return lowest_k_mask(groups, k_total).reshape(score.shape)
 
 
+_KTH_GROUPS = 32  # lowest_k_mask: up to this many distinct k, one kthvalue per k; beyond, one sort
+
+
 def lowest_k_mask(groups: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Select the ``k[g]`` lowest entries of each row ``g`` of ``groups``, ties broken by index.
 
     Equivalent to ranking with a stable sort, but by threshold: the k-th smallest value of each row
-    (``kthvalue`` when all rows share one k, else a values-only sort), everything strictly below it,
-    and the first tied entries at it (in index order) up to ``k``. One layer-wide group of ~1M
-    weights takes a few ms instead of a full argsort.
+    (``kthvalue``, once per distinct k over the rows that share it; a values-only sort when the rows
+    have more than :data:`_KTH_GROUPS` distinct k), everything strictly below it, and the first tied
+    entries at it (in index order) up to ``k``. One layer-wide group of ~1M weights takes a few ms
+    instead of a full argsort; per-row k that differ by a few weights already pruned (repeated
+    pruning, exact zeros of a quantized base) cost a few ``kthvalue`` calls, not a sort of every row.
 
     Args:
         groups: float ``[G, L]`` (``-inf`` allowed, NaN not).
@@ -79,8 +84,14 @@ def lowest_k_mask(groups: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     kk = k.clamp(min=1, max=max(L, 1))
     if L == 0:
         return torch.zeros_like(groups, dtype=torch.bool)
-    if bool((kk == kk[0]).all()):
-        thresh = torch.kthvalue(groups, int(kk[0]), dim=1, keepdim=True).values
+    distinct = torch.unique(kk)
+    if distinct.numel() == 1:
+        thresh = torch.kthvalue(groups, int(distinct[0]), dim=1, keepdim=True).values
+    elif distinct.numel() <= _KTH_GROUPS:
+        thresh = torch.empty(G, 1, dtype=groups.dtype, device=groups.device)
+        for kv in distinct.tolist():
+            rows = (kk == kv).nonzero().squeeze(1)
+            thresh[rows] = torch.kthvalue(groups[rows], kv, dim=1, keepdim=True).values
     else:
         thresh = torch.sort(groups, dim=1).values.gather(1, (kk - 1).unsqueeze(1))
     mask = groups < thresh
