@@ -15,6 +15,12 @@ FP16_CPU_REASON = ("CPU has no fast fp16 matmul kernels, and float16 activations
                    "silently")
 
 
+def dtype_name(dtype) -> str:
+    """The name of a dtype given by name (returned unchanged) or as a ``torch.dtype``
+    (``torch.bfloat16`` -> ``"bfloat16"``)."""
+    return dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+
+
 def device_type(device) -> str:
     """``"cpu"`` / ``"cuda"`` / ... of a device given as a string (``"cuda:0"``) or a ``torch.device``."""
     return str(getattr(device, "type", device)).split(":")[0]

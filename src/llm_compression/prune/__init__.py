@@ -35,6 +35,7 @@ from ..options.pruning import STRUCTURED_LEVELS, PruningMethod, canonical_import
 from ..options.pruning import needs_calibration  # noqa: F401  (re-exported: one definition, torch-free)
 from ..options.pruning import layerwise_calibrated
 from ..options.dtypes import COMPUTE_DTYPES  # noqa: F401  (re-exported)
+from ..options.dtypes import dtype_name
 from .calibration import check_compute_dtype, sequential_prune
 from .magnitude import prune_global_magnitude, prune_linear_magnitude
 from .masks import parse_nm
@@ -60,8 +61,7 @@ def compute_dtype_of(name: str | torch.dtype | None) -> torch.dtype | None:
     """
     if name is None:
         return None
-    if isinstance(name, torch.dtype):
-        name = str(name).removeprefix("torch.")
+    name = dtype_name(name)
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"calibration compute dtype {name!r} is not one of {', '.join(COMPUTE_DTYPES)}")
     return getattr(torch, name)
@@ -207,7 +207,7 @@ def _run_calibrated(cls, model, *, ratio, nm, options, calib_ids, batch_size, sh
         compute_dtype=compute_dtype,
     )
     dtype = compute_dtype if compute_dtype is not None else next(model.parameters()).dtype
-    return {"blocks": blocks, "compute_dtype": str(dtype).removeprefix("torch.")}
+    return {"blocks": blocks, "compute_dtype": dtype_name(dtype)}
 
 
 def run_wanda(model, **kw) -> dict:

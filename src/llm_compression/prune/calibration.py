@@ -35,6 +35,7 @@ from torch import nn
 
 from ..modules import decoder_layers, is_linear
 from ..options.dtypes import check_compute_dtype as check_dtype_name
+from ..options.dtypes import dtype_name
 
 
 class LayerPruner(Protocol):
@@ -197,8 +198,7 @@ def check_compute_dtype(compute_dtype: torch.dtype | None, device: torch.device 
     """
     if compute_dtype is None:
         return
-    name = str(compute_dtype).removeprefix("torch.") if isinstance(compute_dtype, torch.dtype) else compute_dtype
-    check_dtype_name(name, device, purpose="calibration")
+    check_dtype_name(dtype_name(compute_dtype), device, purpose="calibration")
 
 
 def _block_output(out):
