@@ -23,7 +23,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from llm_compression.report.plots import _ordered_families, display_name, ppl_columns, wide  # noqa: E402
+from llm_compression.report.plots import ordered_families, display_name, ppl_columns, wide  # noqa: E402
 
 
 def _num(v, fmt: str) -> str:
@@ -43,7 +43,7 @@ def paired(a, b, fmt: str) -> str:
 def study_table(df: pd.DataFrame) -> str:
     w = wide(df)
     key = ["method", "level", "importance", "ratio", "repeat", "healing"]
-    w["_fam"] = w.family.map(_ordered_families(w).index)  # the figures' legend order
+    w["_fam"] = w.family.map(ordered_families(w).index)  # the figures' legend order
     w["_healed"] = w.healing != "none"
     base = w[w.quant == "none"].sort_values(["_fam", "level", "_healed", "measured_sparsity", "repeat"], kind="stable")
     quant = w[w.quant != "none"].set_index(key)

@@ -375,7 +375,9 @@ def _family_handles(families, colors) -> list:
     return [Line2D([], [], marker="o", linestyle="", markersize=7, color=colors[f], label=f) for f in families]
 
 
-def _ordered_families(w: pd.DataFrame) -> list[str]:
+def ordered_families(w: pd.DataFrame) -> list[str]:
+    """The method families present in ``w`` (a table with a ``family`` column), in the order of the
+    figures' legends (:data:`FAMILY_COLORS`; families it lacks last, by name)."""
     order = list(FAMILY_COLORS)
     fams = list(dict.fromkeys(w.family))
     return sorted(fams, key=lambda f: (order.index(f) if f in order else len(order), f))
@@ -566,7 +568,7 @@ def perplexity_vs_nonzero(df: pd.DataFrame):
         if note:
             _note(ax, note, "bottom")
         ax._label_items = items
-    _outside_legend(axes[0][-1], _family_handles(_ordered_families(w), colors) + _marker_handles(w),
+    _outside_legend(axes[0][-1], _family_handles(ordered_families(w), colors) + _marker_handles(w),
                     title="method family / marker")
     fig.suptitle(f"{w.model.iloc[0]}: perplexity against non-zero parameters (embeddings included)", fontsize=10)
     fig.tight_layout()
@@ -627,7 +629,7 @@ def perplexity_vs_parameters(df: pd.DataFrame, dataset: str):
                 _note(ax, "\n".join(notes), "bottom")
             ax._label_items = items
     legend_ax = axes[0][-1]
-    leg = _outside_legend(legend_ax, _family_handles(_ordered_families(w), colors) + _marker_handles(w, quants=False),
+    leg = _outside_legend(legend_ax, _family_handles(ordered_families(w), colors) + _marker_handles(w, quants=False),
                           title="method family")
     if has_gmacs:
         key = [plt.scatter([], [], s=v * k, facecolor="none", edgecolor="0.3", label=f"{v:g} GMACs")
@@ -660,7 +662,7 @@ def _bases(w: pd.DataFrame) -> pd.Series:
 
 
 def _variant_order(w: pd.DataFrame) -> pd.DataFrame:
-    fams = _ordered_families(w)
+    fams = ordered_families(w)
     return w.assign(_f=w.family.map(fams.index), _h=w.healing != "none").sort_values(
         ["_f", "_h", "healing", "measured_sparsity", "repeat"], kind="stable")
 
@@ -774,7 +776,7 @@ def _points(ax, d, col, scale, color, marker, spread, hollow, healing, size=36):
 
 
 def _line_handles(w, colors, quants=("none",), repeats=True) -> list:
-    handles = _family_handles(_ordered_families(w), colors)
+    handles = _family_handles(ordered_families(w), colors)
     handles.append(Line2D([], [], marker="*", markersize=10, linestyle="", color="black", label="dense (0%)"))
     handles.append(Line2D([], [], color="0.3", linestyle="-", label="one-shot (x1), unquantized"))
     if "nf4-dq" in quants or len(quants) > 1:
@@ -928,7 +930,7 @@ def pareto(df: pd.DataFrame):
         ax._obstacles = [(p[0], p[1], 4.0) for p in pts]
         ax._segments = bars
     front_handle = Line2D([], [], color="tab:orange", label="Pareto front (variants named)")
-    _outside_legend(axes[0][-1], [front_handle] + _family_handles(_ordered_families(w), colors) + _marker_handles(w),
+    _outside_legend(axes[0][-1], [front_handle] + _family_handles(ordered_families(w), colors) + _marker_handles(w),
                     title="method family / marker")
     fig.suptitle(f"{w.model.iloc[0]}: quality against memory and latency (axes from 0)", fontsize=10)
     fig.tight_layout()
