@@ -69,7 +69,7 @@ ID_COLUMNS = ["model", "variant", "method", "level", "ratio", "repeat", "healing
 #: a perplexity axis is logarithmic when max/min of its drawn values exceeds this
 LOG_SPAN = 10.0
 #: area (points^2) of the largest bubble of a bubble plot; areas are proportional to GMACs
-MAX_BUBBLE_AREA = 520.0
+MAX_BUBBLE_AREA = 360.0
 
 #: metric name -> (candidates in order of preference, axis label, scale to display units)
 METRIC_CHOICES = {
@@ -408,6 +408,8 @@ def _outside_legend(ax, handles, title: str | None = None, y: float = 1.0, **kw)
 _DIRECTIONS = [(1, 0), (0.7071, 0.7071), (0.7071, -0.7071), (-1, 0), (-0.7071, 0.7071), (-0.7071, -0.7071),
                (0, 1), (0, -1)]
 _RADII_PT = [2, 6, 11, 17, 24, 32, 42, 54, 68]
+#: least clear space (points) between two placed labels, so two labels never read as one
+LABEL_GAP_PT = 3.0
 
 
 def _overlap(a: Bbox, b: Bbox) -> float:
@@ -416,14 +418,39 @@ def _overlap(a: Bbox, b: Bbox) -> float:
     return w * h if w > 0 and h > 0 else 0.0
 
 
+#: cost (display px^2) of one line sample (every ``_LINE_STEP_PX``) inside a label's box
+LINE_COST_PX2 = 20.0
+_LINE_STEP_PX = 2.0
+
+
+def _line_samples(ax) -> np.ndarray:
+    """Points every ``_LINE_STEP_PX`` display pixels along the axes' drawn lines (``[n, 2]``, display
+    coordinates; marker-only lines and non-finite points skipped)."""
+    out = []
+    for line in ax.get_lines():
+        if not line.get_visible() or line.get_linestyle() in ("None", "none", "", " "):
+            continue
+        xy = np.column_stack([np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)])
+        xy = xy[np.isfinite(xy).all(axis=1)]
+        if len(xy) < 2:
+            continue
+        d = line.get_transform().transform(xy)
+        for a, b in zip(d[:-1], d[1:]):
+            n = max(2, int(np.hypot(*(b - a)) / _LINE_STEP_PX) + 1)
+            t = np.linspace(0.0, 1.0, n)[:, None]
+            out.append(a + t * (b - a))
+    return np.concatenate(out) if out else np.empty((0, 2))
+
+
 def place_labels(ax, items: list[tuple[float, float, str, float]], fontsize: float = 6.5, color: str = "0.1",
                  obstacles: list[tuple[float, float, float]] = (),
-                 segments: list[tuple[float, float, float, float]] = ()) -> list:
+                 segments: list[tuple[float, float, float, float]] = (),
+                 gap_pt: float = LABEL_GAP_PT, avoid_lines: bool = True) -> list:
     """Label points without overlaps: a deterministic greedy repel.
 
     Each label tries offsets of growing radius (points) from its marker's edge in eight directions and
-    takes the first whose text box lies inside the axes and overlaps neither a placed label nor any
-    marker; if none does, the inside position free of labels that covers the least marker area; if
+    takes the first whose text box lies inside the axes, keeps ``gap_pt`` points clear of every placed
+    label (two labels side by side never read as one) and overlaps no marker; if none does, the inside position free of labels that covers the least marker area; if
     there is none either, the label is left out (never clipped at the frame, never over another label). A label moved away from its point
     gets a thin leader line. Call it last, after the axes' limits, scales and layout are final (it works
     in display coordinates).
@@ -432,6 +459,10 @@ def place_labels(ax, items: list[tuple[float, float, str, float]], fontsize: flo
         items: ``(x, y, text, marker_radius_pt)`` in data coordinates; non-finite points are skipped.
         obstacles: further markers ``(x, y, radius_pt)`` that labels must not cover.
         segments: error bars ``(x0, y0, x1, y1)`` (data coordinates) that labels should not cover.
+        gap_pt: least clear space between two labels (points; a label's box padded by it must not
+            touch another's).
+        avoid_lines: count the axes' drawn lines (``ax.lines`` with a line style) as obstacles too, so
+            a label sits beside a curve rather than across it when there is room.
 
     Returns:
         the created :class:`matplotlib.text.Annotation` objects.
@@ -455,7 +486,9 @@ def place_labels(ax, items: list[tuple[float, float, str, float]], fontsize: flo
         if all(np.isfinite(v) for v in (x0, y0, x1, y1)):
             (a, b), (c, d) = ax.transData.transform([(x0, y0), (x1, y1)])
             markers.append(Bbox.from_extents(min(a, c) - 2, min(b, d) - 2, max(a, c) + 2, max(b, d) + 2))
+    line_pts = _line_samples(ax) if avoid_lines else np.empty((0, 2))
     placed: list[Bbox] = []
+    gap = gap_pt * px
     out = []
     order = sorted(range(len(pts)), key=lambda i: (disp[i][0], disp[i][1]))
     for i in order:
@@ -474,9 +507,14 @@ def place_labels(ax, items: list[tuple[float, float, str, float]], fontsize: flo
                 box = Bbox.from_bounds(x0, y0, tw, th)
                 if not (axbox.x0 <= box.x0 and box.x1 <= axbox.x1 and axbox.y0 <= box.y0 and box.y1 <= axbox.y1):
                     continue
-                if any(_overlap(box, b) > 0 for b in placed):
-                    continue  # never over another label
+                padded = box.padded(gap)
+                if any(_overlap(padded, b) > 0 for b in placed):
+                    continue  # never over (or against) another label
                 cost = sum(_overlap(box, m) for m in markers)
+                if len(line_pts):  # a drawn line through the text: as bad as a small marker per 2 px of it
+                    inside = ((line_pts[:, 0] >= box.x0) & (line_pts[:, 0] <= box.x1)
+                              & (line_pts[:, 1] >= box.y0) & (line_pts[:, 1] <= box.y1))
+                    cost += LINE_COST_PX2 * int(inside.sum())
                 if best is None or cost < best[0] - 1e-9:
                     best = (cost, radius, ux, uy, box)
                 if cost == 0:
@@ -555,7 +593,9 @@ def perplexity_vs_nonzero(df: pd.DataFrame):
     if not cols:
         return note_figure("perplexity vs non-zero parameters", "no perplexity measured in this table")
     colors = family_colors(w.family)
-    fig, axes = plt.subplots(1, len(cols), figsize=(6.4 * len(cols), 5.0), squeeze=False)
+    # every point is labelled: a grid of many variants gets taller panels (up to 9 in), so labels find room
+    height = 5.0 + min(4.0, max(0, len(w) - 30) / 15)
+    fig, axes = plt.subplots(1, len(cols), figsize=(6.8 * len(cols), height), squeeze=False)
     for ax, col in zip(axes[0], cols):
         d = w[w[col].notna()]
         items = _ppl_scatter(ax, d, col, colors, "nonzero_parameters", 1e-6)
@@ -606,7 +646,7 @@ def perplexity_vs_parameters(df: pd.DataFrame, dataset: str):
     k = MAX_BUBBLE_AREA / gmax if has_gmacs else None
     sizes = (w.gmacs.fillna(gmax) * k) if has_gmacs else pd.Series(250.0, index=w.index)
     all_vals = [v for c in cols for v in w[c]]
-    fig, axes = plt.subplots(len(cols), len(quants), figsize=(6.0 * len(quants) + 2.4, 6.0 * len(cols)),
+    fig, axes = plt.subplots(len(cols), len(quants), figsize=(6.0 * len(quants) + 2.4, 7.0 * len(cols)),
                              squeeze=False, sharex=True, sharey=True)
     for ri, col in enumerate(cols):
         for ci, q in enumerate(quants):
@@ -804,8 +844,16 @@ def perplexity_vs_ratio(df: pd.DataFrame):
     if not cols:
         return note_figure("perplexity against sparsity", "no perplexity measured in this table")
     colors = family_colors(w.family)
-    fig, axes = plt.subplots(1, len(cols), figsize=(5.8 * len(cols) + 2.4, 4.8), squeeze=False)
-    for ax, col in zip(axes[0], cols):
+    # at most two panels a row (three in a row made a 2,900-pixel-wide strip); the legend takes the free
+    # cell of an odd count, else sits right of the first row
+    ncol = min(len(cols), 2)
+    nrow = math.ceil(len(cols) / ncol)
+    spare = nrow * ncol > len(cols)
+    fig, grid = plt.subplots(nrow, ncol, figsize=(6.0 * ncol + (0 if spare else 2.4), 4.6 * nrow), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[len(cols):]:
+        ax.set_axis_off()
+    for ax, col in zip(axes, cols):
         items = _lines_against_sparsity(ax, w, col, colors)
         d = w[(w.quant == "none") & w[col].notna()]
         if col.startswith("ppl_"):
@@ -814,7 +862,9 @@ def perplexity_vs_ratio(df: pd.DataFrame):
             note = _nonfinite_note(d, col)
         else:
             ax.set_ylabel("zero-shot accuracy, mean over tasks (fraction)")
-            ax.set_ylim(0, 1)
+            top = d[col].max() if len(d) else float("nan")
+            # from 0; the top a tenth above the best variant (1 when unknown), so the lines are not pressed flat
+            ax.set_ylim(0, min(1.0, math.ceil((top + 0.1) * 10) / 10) if np.isfinite(top) else 1.0)
             note = ""
         if set(d.method) <= {"dense"}:
             note = (note + "\n" if note else "") + "only the dense model: nothing pruned to compare"
@@ -822,11 +872,16 @@ def perplexity_vs_ratio(df: pd.DataFrame):
             _note(ax, note, "bottom")
         ax.set_xlabel(SPARSITY_LABEL, fontsize=8)
         ax._label_items = items
-    _outside_legend(axes[0][-1], _line_handles(w, colors), title="unquantized variants")
+    handles = _line_handles(w, colors)
+    if spare:
+        axes[-1].legend(handles, [h.get_label() for h in handles], title="unquantized variants", fontsize=8,
+                        title_fontsize=8, loc="center", frameon=False)
+    else:
+        _outside_legend(axes[ncol - 1], handles, title="unquantized variants")
     fig.suptitle(f"{w.model.iloc[0]}: repeated pruning at its measured sparsity next to one-shot pruning"
                  + ("" if (w.repeat > 1).any() else " (no repeated pruning in this grid)"), fontsize=10)
     fig.tight_layout()
-    for ax in axes[0]:
+    for ax in axes[:len(cols)]:
         place_labels(ax, ax._label_items)
     return fig
 
