@@ -309,16 +309,46 @@ def _read_text(p: Path) -> str:
 
 # --- token streams and calibration --------------------------------------------------------------
 
+#: texts at least this long (characters) are followed by :func:`release_freed_heap` once tokenized
+RELEASE_AFTER_CHARS = 1_000_000
+
+
+def release_freed_heap() -> bool:
+    """Give the C heap's freed memory back to the operating system (glibc ``malloc_trim(0)``); True
+    when it ran. A no-op returning False where the C library has no ``malloc_trim`` (macOS, musl).
+
+    A fast tokenizer's encoding of a whole corpus (the Rust side keeps ids, offsets and token strings
+    per token) is freed as soon as the ids are copied out, but glibc keeps the pages: tokenizing the
+    5.1 MB PTB train split left the process 540 MB larger (measured: 449 MB before, 990 MB after, 489
+    MB after the trim), and every later peak of a calibration or an evaluation sat on top of it.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
+
+
 def tokenize_stream(tokenizer, text: str, *, max_tokens: int | None = None, add_special_tokens: bool = False):
     """Tokenize ``text`` as one stream -> LongTensor ``[n_tokens]``; without special tokens unless
     ``add_special_tokens`` (then whatever the tokenizer's template adds, e.g. a leading BOS).
 
-    ``max_tokens`` truncates the stream (to cap evaluation cost); ``None`` keeps all of it.
+    ``max_tokens`` truncates the stream (to cap evaluation cost); ``None`` keeps all of it. The text is
+    always tokenized whole (a cut would change the tokens at the cut); after a text of
+    :data:`RELEASE_AFTER_CHARS` or more the tokenizer's freed memory is handed back to the operating
+    system (:func:`release_freed_heap`), so it does not add to every later peak.
     """
     import torch
 
     ids = tokenizer(text, add_special_tokens=add_special_tokens, return_attention_mask=False)["input_ids"]
     ids = torch.tensor(ids, dtype=torch.long)
+    if len(text) >= RELEASE_AFTER_CHARS:
+        release_freed_heap()
     return ids[:max_tokens] if max_tokens is not None else ids
 
 
