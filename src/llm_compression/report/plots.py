@@ -14,8 +14,9 @@ Conventions shared by every figure:
   metrics of the artifact, so repeated pruning sits at the sparsity it reached, not at the one asked for;
 - perplexity axes are logarithmic when the drawn values span more than a factor 10 (:data:`LOG_SPAN`);
   non-finite perplexities are not drawn but named in a note; cost axes start at 0;
-- point labels are placed by a small deterministic repel (:func:`place_labels`): never over another
-  label, never outside the axes, with a leader line when moved away from their point;
+- point labels are placed by a small deterministic repel (:func:`place_labels`): never over or against
+  another label (3 pt apart), never outside the axes, off drawn lines when there is room, with a leader
+  line when moved away from their point;
 - timings are drawn as the median with a min-max bar over the timed repeats; a variant is called
   faster or slower than the dense model only when the two ranges do not overlap (:func:`timing_verdicts`).
 
@@ -450,10 +451,11 @@ def place_labels(ax, items: list[tuple[float, float, str, float]], fontsize: flo
 
     Each label tries offsets of growing radius (points) from its marker's edge in eight directions and
     takes the first whose text box lies inside the axes, keeps ``gap_pt`` points clear of every placed
-    label (two labels side by side never read as one) and overlaps no marker; if none does, the inside position free of labels that covers the least marker area; if
-    there is none either, the label is left out (never clipped at the frame, never over another label). A label moved away from its point
-    gets a thin leader line. Call it last, after the axes' limits, scales and layout are final (it works
-    in display coordinates).
+    label (two labels side by side never read as one) and covers no marker and no drawn line; if none
+    does, the inside position clear of labels that covers the least marker area and line length; if
+    there is none either, the label is left out (never clipped at the frame, never over another label).
+    A label moved away from its point gets a thin leader line. Call it last, after the axes' limits,
+    scales and layout are final (it works in display coordinates).
 
     Args:
         items: ``(x, y, text, marker_radius_pt)`` in data coordinates; non-finite points are skipped.
