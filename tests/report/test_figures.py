@@ -133,6 +133,44 @@ def test_memory_and_cost_axes_start_at_zero(study):
     try:
         mem = [ax for ax in fig.axes if "memory (MB)" in ax.get_xlabel()]
         assert len(mem) == 2 and all(ax.get_xlim()[0] == 0 for ax in mem)
+        # log-scale perplexity bars run from 1 (length = log ppl, the cross-entropy), not from the axis edge
+        ppl = [ax for ax in fig.axes if "bars from 1" in ax.get_xlabel()]
+        assert ppl and all(ax.get_xscale() == "log" and ax.get_xlim()[0] == 1 for ax in ppl)
+        w = plots.wide(study)
+        for ax in ppl:
+            bars = [p for p in ax.patches if p.get_width() > 0]
+            assert bars and all(p.get_x() == 1 for p in bars)
+            col = next(c for c in plots.ppl_columns(w) if plots._dataset_of(study, c) in ax.get_xlabel())
+            ends = sorted(round(p.get_x() + p.get_width(), 6) for p in bars)
+            assert ends == sorted(round(v, 6) for v in w[col].dropna() if np.isfinite(v))
+    finally:
+        plt.close(fig)
+
+
+def test_step_lines_are_avoided_as_drawn():
+    """A Pareto front is a step line: its samples follow the corners that are drawn, not the diagonal
+    between its vertices."""
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.step([0, 2], [0, 2], where="post")
+    ax.set_xlim(-0.5, 2.5)
+    ax.set_ylim(-0.5, 2.5)
+    fig.canvas.draw()
+    pts = ax.transData.inverted().transform(plots._line_samples(ax))
+    corner = np.array([2.0, 0.0])  # steps-post: (0,0) -> (2,0) -> (2,2)
+    assert np.min(np.hypot(*(pts - corner).T)) < 0.02
+    assert np.min(np.hypot(*(pts - np.array([1.0, 1.0])).T)) > 0.5  # nothing on the diagonal
+    plt.close(fig)
+
+
+def test_line_figures_name_dense_once(study):
+    """The dense model is a star in the sparsity figures: one legend entry (the star), not also a dot."""
+    fig = plots.build("perplexity_vs_ratio", study)
+    try:
+        labels = [t.get_text() for leg in fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+                  for t in leg.get_texts()]
+        labels += [t.get_text() for ax in fig.axes for a in ax.artists if hasattr(a, "get_texts")
+                   for t in a.get_texts()]
+        assert "dense (0%)" in labels and "dense" not in labels
     finally:
         plt.close(fig)
 

@@ -35,6 +35,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.cbook import STEP_LOOKUP_MAP  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.legend import Legend  # noqa: E402
@@ -431,7 +432,11 @@ def _line_samples(ax) -> np.ndarray:
     for line in ax.get_lines():
         if not line.get_visible() or line.get_linestyle() in ("None", "none", "", " "):
             continue
-        xy = np.column_stack([np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)])
+        x, y = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+        style = line.get_drawstyle()
+        if style in STEP_LOOKUP_MAP and style != "default":  # a step line: its corners, as drawn
+            x, y = STEP_LOOKUP_MAP[style](x, y)
+        xy = np.column_stack([x, y])
         xy = xy[np.isfinite(xy).all(axis=1)]
         if len(xy) < 2:
             continue
@@ -731,6 +736,9 @@ def quantization_effect(df: pd.DataFrame):
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 2.6, height), squeeze=False, sharey=True)
     bar_h = 0.8 / max(len(quants), 1)
     for ax, (col, label, scale) in zip(axes[0], panels):
+        # a log-scale perplexity bar starts at 1 (the least perplexity there is), so its length is the
+        # cross-entropy log(ppl) and two lengths compare as losses; from the axis edge they would not
+        log_ppl = col.startswith("ppl_") and wants_log(list(w[col]))
         for qi, q in enumerate(quants):
             ys, xs = [], []
             for bi, b in enumerate(bases):
@@ -738,18 +746,20 @@ def quantization_effect(df: pd.DataFrame):
                 if not v.empty and pd.notna(v.iloc[0]) and np.isfinite(v.iloc[0]):
                     ys.append(bi + (qi - (len(quants) - 1) / 2) * bar_h)
                     xs.append(v.iloc[0] * scale)
-            ax.barh(ys, xs, height=bar_h * 0.95, color=QUANT_BAR_COLORS.get(q, "0.5"), edgecolor="black",
-                    linewidth=0.3, label=QUANT_NAMES.get(q, q))
+            ax.barh(ys, [x - 1 for x in xs] if log_ppl else xs, left=1 if log_ppl else 0, height=bar_h * 0.95,
+                    color=QUANT_BAR_COLORS.get(q, "0.5"), edgecolor="black", linewidth=0.3, label=QUANT_NAMES.get(q, q))
         if col.startswith("ppl_"):
             vals = [v for v in w[col]]
-            if wants_log(vals):
+            if log_ppl:
                 ax.set_xscale("log")
-                _log_ticks(ax.xaxis, vals)
-                label += " (log scale)"
+                ax.set_xlim(left=1)
+                _log_ticks(ax.xaxis, [1.0] + vals)
+                label += " (log scale, bars from 1)"
             ax.set_title(textwrap.fill(_protocol_of(df, col), 34), fontsize=6.5)
         else:
             ax.set_xlim(left=0)
         ax.set_xlabel(label, fontsize=8)
+        ax.set_axisbelow(True)  # grid lines behind the bars, not through them
         ax.grid(True, axis="x", which="both", alpha=0.3)
     axes[0][0].set_yticks(range(len(bases)))
     axes[0][0].set_yticklabels([names[b] for b in bases], fontsize=7)
@@ -818,7 +828,8 @@ def _points(ax, d, col, scale, color, marker, spread, hollow, healing, size=36):
 
 
 def _line_handles(w, colors, quants=("none",), repeats=True) -> list:
-    handles = _family_handles(ordered_families(w), colors)
+    # the dense model is drawn as a star only: no "dense" colour dot beside its star entry
+    handles = _family_handles([f for f in ordered_families(w) if f != "dense"], colors)
     handles.append(Line2D([], [], marker="*", markersize=10, linestyle="", color="black", label="dense (0%)"))
     handles.append(Line2D([], [], color="0.3", linestyle="-", label="one-shot (x1), unquantized"))
     if "nf4-dq" in quants or len(quants) > 1:
