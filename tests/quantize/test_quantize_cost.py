@@ -343,6 +343,11 @@ def test_memory_probe_fresh_process(tmp_path):
     assert r["device"] == "cpu" and r["threads"] == 1
     assert r["rss_after_load_bytes"] > r["rss_after_imports_bytes"] > 0
     assert r["peak_memory_bytes"] >= r["rss_after_load_bytes"] * 0.9
+    # the resident set split into anonymous and file-backed pages at each stage (Linux)
+    for stage, total in (("after_imports", "rss_after_imports_bytes"), ("after_load", "rss_after_load_bytes")):
+        anon, file = r[f"rss_anon_{stage}_bytes"], r[f"rss_file_{stage}_bytes"]
+        assert anon > 0 and file > 0 and anon + file == pytest.approx(r[total], rel=0.05)
+    assert r["rss_anon_after_forward_bytes"] > 0 and r["rss_file_after_forward_bytes"] > 0
 
 
 @pytest.mark.slow  # > 20 s on 2 loaded cores (--durations)

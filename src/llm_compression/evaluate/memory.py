@@ -10,6 +10,14 @@ process, and the peak of loading (reading a checkpoint, quantizing) would hide t
   baselines; the kernel's high-water mark ``VmHWM`` is then reset (``/proc/self/clear_refs`` ``5``,
   Linux >= 4.0) so the reported peak covers the forward pass only (with the loaded model resident).
   Where the reset is refused, the whole-process peak ``ru_maxrss`` is reported and flagged.
+  The resident set counts file-backed pages too: the safetensors weights (mapped, so they show as
+  file pages once a forward has touched them) and the shared libraries' code. How many library pages
+  are resident depends on the operating system's page cache (the kernel maps cached neighbours of a
+  faulting page too), not on the model: the same checkpoint measured from two virtualenvs of the same
+  packages gave 1,016 and 1,077 MB, with the anonymous part identical (143 MB after imports, 278 MB
+  after loading) and the file-backed part 40-50 MB apart. So the record also gives ``RssAnon`` and
+  ``RssFile`` after imports, after loading and after the forward (``rss_anon_*`` / ``rss_file_*``):
+  compare variants within one run, and read a shift between runs against the file part.
 
 Run as ``python -m llm_compression.evaluate.memory CKPT --seqlen N --device cpu`` it prints one
 JSON line; :func:`measure_peak_memory` starts it and parses that line.
@@ -115,6 +123,15 @@ def evaluate_memory(ckpt_dir, *, seqlen: int = 512, device: str = "cpu", threads
     }
 
 
+def _rss_split(out: dict, stage: str, values: tuple | None = None) -> None:
+    """Add ``rss_anon_<stage>_bytes`` and ``rss_file_<stage>_bytes`` (``/proc/self/status`` RssAnon and
+    RssFile, now or as given) to ``out`` where the kernel reports them."""
+    anon, file = values if values is not None else (_proc_status_bytes("RssAnon"), _proc_status_bytes("RssFile"))
+    if anon is not None and file is not None:
+        out[f"rss_anon_{stage}_bytes"] = anon
+        out[f"rss_file_{stage}_bytes"] = file
+
+
 def probe(ckpt_dir: str, *, seqlen: int, device: str, threads: int | None = None, seed: int = 0) -> dict:
     """Load ``ckpt_dir`` and run one forward of ``seqlen`` tokens in *this* process; return memory figures.
     ``device`` (``auto``/``cpu``/``cuda``) is resolved and checked here (:func:`~llm_compression.models.pick_device`).
@@ -131,6 +148,7 @@ def probe(ckpt_dir: str, *, seqlen: int, device: str, threads: int | None = None
         torch.set_num_threads(int(threads))
     device = pick_device(device)  # auto resolved here; cuda without a GPU refused with a clear error
     rss_start = _proc_status_bytes("VmRSS")
+    rss_split_start = (_proc_status_bytes("RssAnon"), _proc_status_bytes("RssFile"))
     cuda = device.startswith("cuda")
     model, _ = load_checkpoint(ckpt_dir, device=device, tokenizer=False)
     vocab = int(model.get_input_embeddings().num_embeddings)
@@ -142,6 +160,8 @@ def probe(ckpt_dir: str, *, seqlen: int, device: str, threads: int | None = None
         out["cuda_allocated_after_load_bytes"] = int(torch.cuda.memory_allocated())
         torch.cuda.reset_peak_memory_stats()
     out["rss_after_load_bytes"] = _proc_status_bytes("VmRSS")
+    _rss_split(out, "after_imports", rss_split_start)
+    _rss_split(out, "after_load")
     out["peak_rss_through_load_bytes"] = _proc_status_bytes("VmHWM")
     reset = _reset_peak_rss()
     with torch.no_grad():
@@ -152,6 +172,7 @@ def probe(ckpt_dir: str, *, seqlen: int, device: str, threads: int | None = None
         out["peak_memory_kind"] = "cuda max_memory_allocated over one forward"
         out["peak_memory_over_load_bytes"] = out["peak_memory_bytes"] - out["cuda_allocated_after_load_bytes"]
     hwm = _proc_status_bytes("VmHWM")
+    _rss_split(out, "after_forward")
     if reset and hwm is not None:
         out["peak_rss_forward_bytes"] = hwm
         rss_kind = "VmHWM over one forward (reset after load)"
