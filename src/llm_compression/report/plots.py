@@ -931,7 +931,8 @@ def cost_vs_ratio(df: pd.DataFrame):
                          f"filled: beyond it ({n['faster']} faster, {n['slower']} slower)", fontsize=6.5)
             spread = spread if all(c in w.columns for c in spread) else None
         _lines_against_sparsity(ax, w, col, colors, scale=scale, spread=spread, hollow=hollow, quants=quants)
-        ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1e-9))
+        # from 0, with 6% headroom so the highest markers (often every variant at the dense value) clear the frame
+        ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1] * 1.06, 1e-9))
         ax.set_ylabel(label, fontsize=8)
         ax.set_xlabel(SPARSITY_LABEL, fontsize=7)
     _outside_legend(axes[0][-1], _line_handles(w, colors, quants=quants), title="variants (healed ones not drawn)")
