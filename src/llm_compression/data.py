@@ -323,11 +323,9 @@ def release_freed_heap() -> bool:
     MB after the trim), and every later peak of a calibration or an evaluation sat on top of it.
     """
     import ctypes
-    import ctypes.util
 
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+    try:  # the symbols this process already has loaded: the C library whose heap holds the memory
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return False
     trim(0)

@@ -123,13 +123,11 @@ def evaluate_memory(ckpt_dir, *, seqlen: int = 512, device: str = "cpu", threads
     }
 
 
-def _rss_split(out: dict, stage: str, values: tuple | None = None) -> None:
-    """Add ``rss_anon_<stage>_bytes`` and ``rss_file_<stage>_bytes`` (``/proc/self/status`` RssAnon and
-    RssFile, now or as given) to ``out`` where the kernel reports them."""
-    anon, file = values if values is not None else (_proc_status_bytes("RssAnon"), _proc_status_bytes("RssFile"))
-    if anon is not None and file is not None:
-        out[f"rss_anon_{stage}_bytes"] = anon
-        out[f"rss_file_{stage}_bytes"] = file
+def _rss_split(stage: str) -> dict:
+    """``rss_anon_<stage>_bytes`` and ``rss_file_<stage>_bytes``: ``/proc/self/status`` RssAnon and RssFile
+    now (empty where the kernel does not report them)."""
+    anon, file = _proc_status_bytes("RssAnon"), _proc_status_bytes("RssFile")
+    return {} if anon is None or file is None else {f"rss_anon_{stage}_bytes": anon, f"rss_file_{stage}_bytes": file}
 
 
 def probe(ckpt_dir: str, *, seqlen: int, device: str, threads: int | None = None, seed: int = 0) -> dict:
@@ -148,7 +146,7 @@ def probe(ckpt_dir: str, *, seqlen: int, device: str, threads: int | None = None
         torch.set_num_threads(int(threads))
     device = pick_device(device)  # auto resolved here; cuda without a GPU refused with a clear error
     rss_start = _proc_status_bytes("VmRSS")
-    rss_split_start = (_proc_status_bytes("RssAnon"), _proc_status_bytes("RssFile"))
+    split_after_imports = _rss_split("after_imports")
     cuda = device.startswith("cuda")
     model, _ = load_checkpoint(ckpt_dir, device=device, tokenizer=False)
     vocab = int(model.get_input_embeddings().num_embeddings)
@@ -160,8 +158,8 @@ def probe(ckpt_dir: str, *, seqlen: int, device: str, threads: int | None = None
         out["cuda_allocated_after_load_bytes"] = int(torch.cuda.memory_allocated())
         torch.cuda.reset_peak_memory_stats()
     out["rss_after_load_bytes"] = _proc_status_bytes("VmRSS")
-    _rss_split(out, "after_imports", rss_split_start)
-    _rss_split(out, "after_load")
+    out.update(split_after_imports)
+    out.update(_rss_split("after_load"))
     out["peak_rss_through_load_bytes"] = _proc_status_bytes("VmHWM")
     reset = _reset_peak_rss()
     with torch.no_grad():
@@ -172,7 +170,7 @@ def probe(ckpt_dir: str, *, seqlen: int, device: str, threads: int | None = None
         out["peak_memory_kind"] = "cuda max_memory_allocated over one forward"
         out["peak_memory_over_load_bytes"] = out["peak_memory_bytes"] - out["cuda_allocated_after_load_bytes"]
     hwm = _proc_status_bytes("VmHWM")
-    _rss_split(out, "after_forward")
+    out.update(_rss_split("after_forward"))
     if reset and hwm is not None:
         out["peak_rss_forward_bytes"] = hwm
         rss_kind = "VmHWM over one forward (reset after load)"

@@ -738,7 +738,8 @@ def quantization_effect(df: pd.DataFrame):
     for ax, (col, label, scale) in zip(axes[0], panels):
         # a log-scale perplexity bar starts at 1 (the least perplexity there is), so its length is the
         # cross-entropy log(ppl) and two lengths compare as losses; from the axis edge they would not
-        log_ppl = col.startswith("ppl_") and wants_log(list(w[col]))
+        vals = list(w[col]) if col.startswith("ppl_") else []
+        log_ppl = bool(vals) and wants_log(vals)
         for qi, q in enumerate(quants):
             ys, xs = [], []
             for bi, b in enumerate(bases):
@@ -749,7 +750,6 @@ def quantization_effect(df: pd.DataFrame):
             ax.barh(ys, [x - 1 for x in xs] if log_ppl else xs, left=1 if log_ppl else 0, height=bar_h * 0.95,
                     color=QUANT_BAR_COLORS.get(q, "0.5"), edgecolor="black", linewidth=0.3, label=QUANT_NAMES.get(q, q))
         if col.startswith("ppl_"):
-            vals = [v for v in w[col]]
             if log_ppl:
                 ax.set_xscale("log")
                 ax.set_xlim(left=1)
