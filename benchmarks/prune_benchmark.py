@@ -54,7 +54,7 @@ def child(args) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT / "src"))
-    from llm_compression.data import load_text, sample_calibration
+    from llm_compression.data import load_text, sample_calibration, windows_sha256
     from llm_compression.models import load_checkpoint
     from llm_compression.prune import needs_calibration, prune_model
 
@@ -102,6 +102,7 @@ def child(args) -> dict:
         "block_seconds_max": max(blocks) if blocks else None,
         "sparsity": r["sparsity_after"],
         "load_avg_1min_end": os.getloadavg()[0],
+        "windows_sha256": windows_sha256(ids) if ids is not None else None,
     }
 
 
@@ -219,6 +220,10 @@ def main(argv=None) -> int:
         print(f"{name:26s} {r['prune_seconds']:8.1f} {r['prune_cpu_seconds']:8.1f} {(r['block_seconds_mean'] or 0):8.2f} "
               f"{r['peak_rss_mb']:12.0f} {r['rss_after_load_mb']:14.0f} {r['sparsity']:9.4f} {ppl} "
               f"{r['load_avg_1min_end']:6.1f}")
+    hashes = {r["windows_sha256"] for r in rows if r.get("windows_sha256")}
+    if hashes:
+        print("calibration windows: " + ("the same tokens in every row" if len(hashes) == 1 else
+                                         f"DIFFERENT in {len(hashes)} groups of rows"))
     ratios = ratio_rows(rows)
     if ratios:
         print()

@@ -8,8 +8,11 @@ window captured into one ``[n, seqlen, hidden]`` buffer, then per block: one win
 through the block with forward hooks feeding the layer objects, prune every Linear (SparseGPT
 ``fasterprune(ratio, 0, 0, percdamp, blocksize)``; Wanda ``|W| * sqrt(scaler_row)``, the lowest
 ``int(cols * ratio)`` of each row by a stable sort), one window at a time again for the next
-block's inputs. Only the model and data loading are this project's (the imported fp32 checkpoint,
-the same calibration windows as ours), so the two are timed on the same work.
+block's inputs. The corpus is tokenized as their data loaders do it, the whole text in one
+tokenizer call (that call's transient memory is part of the reference code's peak RSS, as it is
+when their scripts run). The model loading and the window starts are this project's (the imported
+fp32 checkpoint; the starts of our default sampler), so the windows are ours, token for token
+(``windows_sha256`` in the row), and the two are timed on the same work.
 
     python benchmarks/reference_prune.py --reference-dir DIR --method sparsegpt --out row.json
 
@@ -40,7 +43,7 @@ def run(args) -> dict:
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT / "src"))
-    from llm_compression.data import load_text, sample_calibration
+    from llm_compression.data import load_text, torch_starts, windows_sha256
     from llm_compression.models import load_checkpoint
 
     ref = Path(args.reference_dir)
@@ -58,7 +61,12 @@ def run(args) -> dict:
     model, tok = load_checkpoint(args.checkpoint, dtype="float32")
     model.config.use_cache = False
     corpus = load_text(args.corpus, args.split)
-    ids = sample_calibration(tok, corpus.text, samples=args.samples, seqlen=args.seqlen, seed=args.seed)
+    # the reference loaders' tokenization (get_ptb / get_wikitext2 / get_c4 of both repositories): the
+    # whole text in one tokenizer call, kept as a tensor; no special tokens, as our default sampler
+    # (SmolLM2's tokenizer adds none either way), and our sampler's starts, so the windows are ours
+    stream = tok(corpus.text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+    starts = torch_starts(stream.numel(), samples=args.samples, seqlen=args.seqlen, seed=args.seed)
+    ids = torch.stack([stream[s : s + args.seqlen] for s in starts])
     del corpus
     rss_loaded = proc.memory_info().rss
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -136,6 +144,7 @@ def run(args) -> dict:
         "rss_after_load_mb": rss_loaded / 1e6, "blocks": len(layers),
         "block_seconds_mean": prune_s / len(layers), "block_seconds_max": None,
         "sparsity": zeros / total, "load_avg_1min_end": os.getloadavg()[0],
+        "windows_sha256": windows_sha256(ids),
     }
 
 

@@ -309,7 +309,15 @@ def _read_text(p: Path) -> str:
 
 # --- token streams and calibration --------------------------------------------------------------
 
-#: texts at least this long (characters) are followed by :func:`release_freed_heap` once tokenized
+#: a text of at least twice this many characters is tokenized in pieces of about this size when
+#: every cut between them passes its check (see :func:`tokenize_stream`)
+PIECE_CHARS = 1 << 17
+
+#: characters on each side of a cut that are tokenized whole and split at the cut, to check it
+JOIN_CHECK_CHARS = 512
+
+#: texts at least this long (characters) that had to be tokenized whole are followed by
+#: :func:`release_freed_heap`
 RELEASE_AFTER_CHARS = 1_000_000
 
 
@@ -332,21 +340,92 @@ def release_freed_heap() -> bool:
     return True
 
 
+def _ids(tokenizer, text: str, add_special_tokens: bool = False) -> list[int]:
+    return tokenizer(text, add_special_tokens=add_special_tokens, return_attention_mask=False)["input_ids"]
+
+
+def _cuts(text: str, piece_chars: int) -> list[int]:
+    """Cut positions about ``piece_chars`` apart: each the index of a space with a non-whitespace
+    character on both sides (a word boundary inside a line), searched forward from every multiple of
+    ``piece_chars``; none closer than ``piece_chars`` to the end."""
+    cuts, pos = [], piece_chars
+    while pos < len(text) - piece_chars:
+        p = text.find(" ", pos)
+        while p != -1 and p < len(text) - 1 and (text[p - 1].isspace() or text[p + 1].isspace()):
+            p = text.find(" ", p + 1)
+        if p == -1 or p >= len(text) - piece_chars:
+            break
+        cuts.append(p)
+        pos = p + piece_chars
+    return cuts
+
+
+def _cut_is_safe(tokenizer, text: str, cut: int, margin: int) -> bool:
+    """True when ``text[cut - margin : cut + margin]`` tokenizes to the ids of its two halves (split at
+    ``cut``) concatenated."""
+    left, right = text[max(cut - margin, 0):cut], text[cut:cut + margin]
+    return _ids(tokenizer, left + right) == _ids(tokenizer, left) + _ids(tokenizer, right)
+
+
+def _special_affixes(tokenizer, sample: str) -> tuple[list[int], list[int]] | None:
+    """The ids the tokenizer adds before and after a text (e.g. ``[bos]``, ``[]``), read off ``sample``
+    tokenized with and without special tokens; ``None`` when the plain ids are not a contiguous run
+    inside the other."""
+    with_special, plain = _ids(tokenizer, sample, True), _ids(tokenizer, sample)
+    for k in range(len(with_special) - len(plain) + 1):
+        if with_special[k:k + len(plain)] == plain:
+            return with_special[:k], with_special[k + len(plain):]
+    return None
+
+
 def tokenize_stream(tokenizer, text: str, *, max_tokens: int | None = None, add_special_tokens: bool = False):
     """Tokenize ``text`` as one stream -> LongTensor ``[n_tokens]``; without special tokens unless
     ``add_special_tokens`` (then whatever the tokenizer's template adds, e.g. a leading BOS).
 
-    ``max_tokens`` truncates the stream (to cap evaluation cost); ``None`` keeps all of it. The text is
-    always tokenized whole (a cut would change the tokens at the cut); after a text of
-    :data:`RELEASE_AFTER_CHARS` or more the tokenizer's freed memory is handed back to the operating
-    system (:func:`release_freed_heap`), so it does not add to every later peak.
+    ``max_tokens`` truncates the stream (to cap evaluation cost); ``None`` keeps all of it. The ids are
+    meant to be those of the whole text tokenized in one call (a cut in the wrong place changes the
+    tokens at the cut), but a long text (at least ``2 * PIECE_CHARS`` characters) is tokenized in
+    pieces of about :data:`PIECE_CHARS` characters when every cut passes a check:
+
+    - each cut is a space between two non-whitespace characters (a word boundary inside a line);
+    - the :data:`JOIN_CHECK_CHARS` characters either side of it, tokenized whole, give the ids of
+      the two halves concatenated. A byte-level BPE with a GPT-2 or Llama-3 style pre-tokenizer (the
+      text splits into pieces by a regex whose only lookahead is one character, and merges stay inside
+      a piece) passes at every word boundary; a SentencePiece tokenizer that starts every call with a
+      space marker fails, and so would one whose tokens span a space;
+    - with ``add_special_tokens``, the tokens a call adds before and after a text are read off a
+      sample and put around the stream (if the plain ids are not a contiguous run inside the
+      other, the check fails).
+
+    If any check fails the text is tokenized whole. Pieces bound the tokenizer's transient memory (a
+    fast tokenizer keeps offsets and token strings per token: the 5.1 MB PTB train split took about
+    0.7 GB at once) and let a capped stream stop once it has ``max_tokens``. After a text of
+    :data:`RELEASE_AFTER_CHARS` or more tokenized whole, the tokenizer's freed memory is handed back to
+    the operating system (:func:`release_freed_heap`), so it does not add to every later peak.
     """
     import torch
 
-    ids = tokenizer(text, add_special_tokens=add_special_tokens, return_attention_mask=False)["input_ids"]
-    ids = torch.tensor(ids, dtype=torch.long)
-    if len(text) >= RELEASE_AFTER_CHARS:
-        release_freed_heap()
+    pieces = None
+    if len(text) >= 2 * PIECE_CHARS:
+        cuts = _cuts(text, PIECE_CHARS)
+        affixes = _special_affixes(tokenizer, text[:JOIN_CHECK_CHARS]) if add_special_tokens else ([], [])
+        if cuts and affixes is not None and all(_cut_is_safe(tokenizer, text, c, JOIN_CHECK_CHARS) for c in cuts):
+            pieces = (affixes, [0, *cuts, len(text)])
+    if pieces is None:
+        ids = torch.tensor(_ids(tokenizer, text, add_special_tokens), dtype=torch.long)
+        if len(text) >= RELEASE_AFTER_CHARS:
+            release_freed_heap()
+        return ids[:max_tokens] if max_tokens is not None else ids
+    (prefix, suffix), bounds = pieces
+    parts, n = [torch.tensor(prefix, dtype=torch.long)], len(prefix)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if max_tokens is not None and n >= max_tokens:
+            break
+        parts.append(torch.tensor(_ids(tokenizer, text[a:b]), dtype=torch.long))
+        n += parts[-1].numel()
+    else:
+        parts.append(torch.tensor(suffix, dtype=torch.long))
+    ids = torch.cat(parts)
     return ids[:max_tokens] if max_tokens is not None else ids
 
 
@@ -387,9 +466,17 @@ def calibration_windows(tokenizer, text: str, *, samples: int, seqlen: int, seed
     if sampler == "reference":
         starts = reference_starts(n, samples=samples, seqlen=seqlen, seed=seed)
     else:
-        g = torch.Generator().manual_seed(seed)
-        starts = torch.randint(0, n - seqlen, (samples,), generator=g).tolist()
+        starts = torch_starts(n, samples=samples, seqlen=seqlen, seed=seed)
     return torch.stack([ids[s : s + seqlen] for s in starts]), starts
+
+
+def torch_starts(n_tokens: int, *, samples: int, seqlen: int, seed: int) -> list[int]:
+    """Window starts of the ``torch`` sampler: ``torch.randint(0, n_tokens - seqlen, (samples,))`` drawn
+    from a ``torch.Generator`` seeded with ``seed``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, n_tokens - seqlen, (samples,), generator=g).tolist()
 
 
 def reference_starts(n_tokens: int, *, samples: int, seqlen: int, seed: int) -> list[int]:

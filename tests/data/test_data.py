@@ -156,3 +156,66 @@ def test_release_freed_heap_runs_on_glibc():
         assert release_freed_heap() in (True, False)  # never raises where there is no malloc_trim
     else:
         assert release_freed_heap() is True
+
+
+def _trained_tokenizer(kind: str, text: str, *, bos: bool = False):
+    """A real tokenizer trained on ``text``: ``bpe`` = byte-level BPE with the GPT-2 pre-tokenizer
+    (SmolLM2's kind); ``unsplit`` = byte-level BPE without the pre-tokenizer's regex, so its merges
+    may span spaces. With ``bos`` its template puts ``<s>`` before every text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=kind == "bpe")
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator([text], trainers.BpeTrainer(vocab_size=600, special_tokens=["<s>", "<unk>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
+    if bos:
+        tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", unk_token="<unk>")
+
+
+def _spy_calls(monkeypatch):
+    import llm_compression.data as data
+
+    texts, ids = [], data._ids
+    monkeypatch.setattr(data, "_ids", lambda tok, text, special=False: texts.append(text) or ids(tok, text, special))
+    return texts
+
+
+@pytest.mark.parametrize("special", [False, True])
+def test_tokenize_stream_in_pieces_gives_the_whole_texts_ids(monkeypatch, special):
+    """PTB's validation split (396 k characters) in pieces of 4,096 characters, with a byte-level BPE
+    of the GPT-2 kind: every one of the ~96 cuts passes its check, and the ids (BOS included where the
+    template adds one) equal one call on the whole text; a capped stream stops tokenizing early."""
+    import llm_compression.data as data
+
+    text = load_text("ptb", "valid").text
+    tok = _trained_tokenizer("bpe", load_text("ptb", "test").text[:100_000], bos=special)
+    whole = tok(text, add_special_tokens=special)["input_ids"]
+    monkeypatch.setattr(data, "PIECE_CHARS", 4096)
+    calls = _spy_calls(monkeypatch)
+    ids = tokenize_stream(tok, text, add_special_tokens=special)
+    assert ids.tolist() == whole and (whole[0] == 0) == special
+    assert max(map(len, calls)) < 2 * 4096 and sum(len(t) > 2 * 512 for t in calls) >= 90  # pieces, not one call
+    calls.clear()
+    capped = tokenize_stream(tok, text, add_special_tokens=special, max_tokens=3000)
+    assert capped.tolist() == whole[:3000]
+    assert sum(len(t) for t in calls if len(t) > 2 * 512) < len(text) // 10  # stopped after a few pieces
+
+
+def test_tokenize_stream_falls_back_to_one_call_when_a_cut_changes_the_ids(monkeypatch):
+    """A BPE whose tokens span spaces (no pre-tokenizer regex) has tokens across a word boundary, so a
+    cut there changes the ids: the check fails and the text is tokenized in one call."""
+    import llm_compression.data as data
+
+    text = load_text("ptb", "test").text[:60_000]
+    tok = _trained_tokenizer("unsplit", text)
+    cut = text.index(" b", 1000)
+    assert tok(text[:cut + 10])["input_ids"] != tok(text[:cut])["input_ids"] + tok(text[cut:cut + 10])["input_ids"]
+    monkeypatch.setattr(data, "PIECE_CHARS", 4096)
+    calls = _spy_calls(monkeypatch)
+    ids = tokenize_stream(tok, text)
+    assert ids.tolist() == tok(text)["input_ids"]
+    assert [t for t in calls if len(t) > 2 * 512] == [text]
