@@ -309,9 +309,13 @@ def _read_text(p: Path) -> str:
 
 # --- token streams and calibration --------------------------------------------------------------
 
-#: a text of at least twice this many characters is tokenized in pieces of about this size when
-#: every cut between them passes its check (see :func:`tokenize_stream`)
-PIECE_CHARS = 1 << 17
+#: a text of at least this many characters is tokenized in pieces when every cut between them passes
+#: its check (see :func:`tokenize_stream`); one call on it would hold about 2.3 GB at once (the fast
+#: tokenizer's encoding took about 140 bytes per character of the PTB train split)
+PIECEWISE_FROM_CHARS = 16 << 20
+
+#: characters per piece of a text tokenized in pieces
+PIECE_CHARS = 1 << 20
 
 #: characters on each side of a cut that are tokenized whole and split at the cut, to check it
 JOIN_CHECK_CHARS = 512
@@ -384,8 +388,8 @@ def tokenize_stream(tokenizer, text: str, *, max_tokens: int | None = None, add_
 
     ``max_tokens`` truncates the stream (to cap evaluation cost); ``None`` keeps all of it. The ids are
     meant to be those of the whole text tokenized in one call (a cut in the wrong place changes the
-    tokens at the cut), but a long text (at least ``2 * PIECE_CHARS`` characters) is tokenized in
-    pieces of about :data:`PIECE_CHARS` characters when every cut passes a check:
+    tokens at the cut), but a long text (:data:`PIECEWISE_FROM_CHARS` characters or more, e.g. a C4
+    shard) is tokenized in pieces of about :data:`PIECE_CHARS` characters when every cut passes a check:
 
     - each cut is a space between two non-whitespace characters (a word boundary inside a line);
     - the :data:`JOIN_CHECK_CHARS` characters either side of it, tokenized whole, give the ids of
@@ -399,14 +403,17 @@ def tokenize_stream(tokenizer, text: str, *, max_tokens: int | None = None, add_
 
     If any check fails the text is tokenized whole. Pieces bound the tokenizer's transient memory (a
     fast tokenizer keeps offsets and token strings per token: the 5.1 MB PTB train split took about
-    0.7 GB at once) and let a capped stream stop once it has ``max_tokens``. After a text of
-    :data:`RELEASE_AFTER_CHARS` or more tokenized whole, the tokenizer's freed memory is handed back to
-    the operating system (:func:`release_freed_heap`), so it does not add to every later peak.
+    0.7 GB at once, 13 MB in pieces of 131,072 characters) and let a capped stream stop once it has
+    ``max_tokens``. Shorter texts are tokenized whole: on PTB train, pieces did not lower the peak of
+    the pruning that followed (that peak is the calibration's own; it moved by 0.1-0.2 GB from run to
+    run with the state of the C heap). After a text of :data:`RELEASE_AFTER_CHARS` or more tokenized whole, the tokenizer's
+    freed memory is handed back to the operating system (:func:`release_freed_heap`), so it does not
+    add to every later peak.
     """
     import torch
 
     pieces = None
-    if len(text) >= 2 * PIECE_CHARS:
+    if len(text) >= max(PIECEWISE_FROM_CHARS, 2 * PIECE_CHARS):
         cuts = _cuts(text, PIECE_CHARS)
         affixes = _special_affixes(tokenizer, text[:JOIN_CHECK_CHARS]) if add_special_tokens else ([], [])
         if cuts and affixes is not None and all(_cut_is_safe(tokenizer, text, c, JOIN_CHECK_CHARS) for c in cuts):

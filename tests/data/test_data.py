@@ -195,6 +195,7 @@ def test_tokenize_stream_in_pieces_gives_the_whole_texts_ids(monkeypatch, specia
     tok = _trained_tokenizer("bpe", load_text("ptb", "test").text[:100_000], bos=special)
     whole = tok(text, add_special_tokens=special)["input_ids"]
     monkeypatch.setattr(data, "PIECE_CHARS", 4096)
+    monkeypatch.setattr(data, "PIECEWISE_FROM_CHARS", 8192)
     calls = _spy_calls(monkeypatch)
     ids = tokenize_stream(tok, text, add_special_tokens=special)
     assert ids.tolist() == whole and (whole[0] == 0) == special
@@ -215,6 +216,7 @@ def test_tokenize_stream_falls_back_to_one_call_when_a_cut_changes_the_ids(monke
     cut = text.index(" b", 1000)
     assert tok(text[:cut + 10])["input_ids"] != tok(text[:cut])["input_ids"] + tok(text[cut:cut + 10])["input_ids"]
     monkeypatch.setattr(data, "PIECE_CHARS", 4096)
+    monkeypatch.setattr(data, "PIECEWISE_FROM_CHARS", 8192)
     calls = _spy_calls(monkeypatch)
     ids = tokenize_stream(tok, text)
     assert ids.tolist() == tok(text)["input_ids"]
