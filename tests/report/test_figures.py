@@ -342,3 +342,50 @@ def test_study_table_pairs_each_model_with_its_nf4_twin(study, tmp_path):
     bad = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[2] / "scripts" / "study_table.py"),
                           str(tmp_path / "missing.csv")], capture_output=True, text=True)
     assert bad.returncode == 2 and "missing.csv is not a file" in bad.stderr
+
+
+def test_point_labels_take_their_familys_colour(study):
+    """Where a Wanda and a SparseGPT point coincide, their labels still say which is which: each label is
+    drawn in its marker's colour (darkened), in every figure that labels points."""
+    w = plots.wide(study)
+    colors = plots.family_colors(w.family)
+    wanted = {tuple(round(c, 6) for c in plots.label_color(colors[f])) for f in set(w.family)}
+    for figure in ("perplexity_vs_parameters_ptb", "perplexity_vs_nonzero", "perplexity_vs_ratio"):
+        fig = plots.build(figure, study)
+        try:
+            got = {tuple(round(c, 6) for c in t.get_color()) for _, t in _annotations(fig)}
+            assert got and got <= wanted, (figure, got - wanted)
+            if figure != "perplexity_vs_ratio":  # that one labels only the repeated points (one family)
+                assert len(got) >= 3, figure
+        finally:
+            plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.set_xlim(0, 3)
+    ax.set_ylim(0, 3)
+    a, b = plots.place_labels(ax, [(1.0, 1.0, "50%", 6.0, "tab:blue"), (1.0, 1.0, "50%", 6.0, "tab:green")])
+    assert a.get_color() == "tab:blue" and b.get_color() == "tab:green"
+    (c,) = plots.place_labels(ax, [(2.0, 2.0, "x", 3.0)], color="0.1")
+    assert c.get_color() == "0.1"
+    plt.close(fig)
+
+
+def test_gmacs_axis_names_the_forward_length(study):
+    fig = plots.build("cost_vs_ratio", study)
+    try:
+        assert "GMACs per 512-token forward" in [ax.get_ylabel() for ax in fig.axes]
+    finally:
+        plt.close(fig)
+    assert plots.macs_tokens(study) == "512"
+    assert plots.macs_tokens(study[study.metric != "gmacs"]) is None
+
+
+def test_quantization_effect_has_no_band_under_its_title(study):
+    fig = plots.build("quantization_effect", study)
+    try:
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        title_bottom = fig._suptitle.get_window_extent(r).y0
+        top = max(ax.get_tightbbox(r).y1 for ax in fig.axes)
+        assert 0 < title_bottom - top <= 12 * fig.dpi / 72  # the 8 pt gap, not an empty band
+    finally:
+        plt.close(fig)

@@ -130,6 +130,14 @@ def family_colors(families) -> dict[str, str]:
     return out
 
 
+def label_color(color) -> tuple:
+    """The text colour of a point label: its marker's colour darkened to 60%, so a label names the
+    family even where markers of two families coincide, and a light colour stays readable."""
+    from matplotlib.colors import to_rgb
+
+    return tuple(0.6 * c for c in to_rgb(color))
+
+
 def _pct(ratio: float) -> str:
     return f"{100 * ratio:.4g}%"
 
@@ -229,6 +237,14 @@ def pick_metric(w: pd.DataFrame, kind: str) -> tuple[str | None, str]:
         if c in w.columns and w[c].notna().any():
             return c, (MEMORY_LABELS.get(c, c) if label is None else label)
     return None, f"{kind.replace('_', ' ')} (not measured)"
+
+
+def macs_tokens(df: pd.DataFrame) -> str | None:
+    """The forward length GMACs were counted at (the cost protocol's ``macs_seqlen``), e.g. ``"512"``;
+    None when no GMACs are in the (long) table or their protocol does not say."""
+    cost = df[df.metric == "gmacs"] if "metric" in df.columns else df.iloc[0:0]
+    proto = cost.protocol.iloc[0] if not cost.empty and "protocol" in cost.columns else ""
+    return proto.replace("macs_seqlen=", "") if isinstance(proto, str) and proto.startswith("macs_seqlen=") else None
 
 
 def ppl_columns(w: pd.DataFrame) -> list[str]:
@@ -448,7 +464,7 @@ def _line_samples(ax) -> np.ndarray:
     return np.concatenate(out) if out else np.empty((0, 2))
 
 
-def place_labels(ax, items: list[tuple[float, float, str, float]], fontsize: float = 6.5, color: str = "0.1",
+def place_labels(ax, items: list[tuple], fontsize: float = 6.5, color: str = "0.1",
                  obstacles: list[tuple[float, float, float]] = (),
                  segments: list[tuple[float, float, float, float]] = (),
                  gap_pt: float = LABEL_GAP_PT, avoid_lines: bool = True) -> list:
@@ -463,7 +479,8 @@ def place_labels(ax, items: list[tuple[float, float, str, float]], fontsize: flo
     scales and layout are final (it works in display coordinates).
 
     Args:
-        items: ``(x, y, text, marker_radius_pt)`` in data coordinates; non-finite points are skipped.
+        items: ``(x, y, text, marker_radius_pt)`` in data coordinates, optionally with a fifth entry,
+            that label's colour (else ``color``); non-finite points are skipped.
         obstacles: further markers ``(x, y, radius_pt)`` that labels must not cover.
         segments: error bars ``(x0, y0, x1, y1)`` (data coordinates) that labels should not cover.
         gap_pt: least clear space between two labels (points; a label's box padded by it must not
@@ -479,7 +496,9 @@ def place_labels(ax, items: list[tuple[float, float, str, float]], fontsize: flo
     renderer = fig.canvas.get_renderer()
     axbox = ax.get_window_extent(renderer).padded(-2)
     px = fig.dpi / 72.0
-    pts = [(x, y, t, r) for x, y, t, r in items if np.isfinite(x) and np.isfinite(y) and t]
+    pts = [(x, y, t, r) for x, y, t, r, *_ in items if np.isfinite(x) and np.isfinite(y) and t]
+    colors = [it[4] if len(it) > 4 else color for it in items
+              if np.isfinite(it[0]) and np.isfinite(it[1]) and it[2]]
     if not pts:
         return []
     disp = ax.transData.transform([(x, y) for x, y, _, _ in pts])
@@ -536,7 +555,7 @@ def place_labels(ax, items: list[tuple[float, float, str, float]], fontsize: flo
         va = "bottom" if uy > 0.1 else "top" if uy < -0.1 else "center"
         arrow = {"arrowstyle": "-", "lw": 0.5, "color": "0.45", "shrinkA": 0, "shrinkB": rad} if radius > 6 else None
         out.append(ax.annotate(text, (x, y), xytext=(ux * off, uy * off), textcoords="offset points", ha=ha, va=va,
-                               fontsize=fontsize, color=color, arrowprops=arrow, zorder=6))
+                               fontsize=fontsize, color=colors[i], arrowprops=arrow, zorder=6))
         placed.append(box)
     return out
 
@@ -587,7 +606,7 @@ def _ppl_scatter(ax, d: pd.DataFrame, col: str, colors: dict, x_col: str, x_scal
         ax.scatter(g[x_col] * x_scale, g[col], s=s, color=colors[fam], alpha=alpha, zorder=3, gid=gid,
                    marker=quant_marker or QUANT_MARKERS.get(quant, "o"), **_healing_style(healing))
         for (_, r), si in zip(g.iterrows(), s):
-            items.append((r[x_col] * x_scale, r[col], short_label(r), math.sqrt(si) / 2))
+            items.append((r[x_col] * x_scale, r[col], short_label(r), math.sqrt(si) / 2, label_color(colors[fam])))
     return items
 
 
@@ -685,10 +704,8 @@ def perplexity_vs_parameters(df: pd.DataFrame, dataset: str):
         bb = leg.get_window_extent(fig.canvas.get_renderer()).transformed(legend_ax.transAxes.inverted())
         _outside_legend(legend_ax, key, title="bubble area = GMACs", y=bb.y0 - 0.06, labelspacing=2.2,
                         borderpad=1.0, handletextpad=1.6)
-    seqlen = ""
-    cost = df[(df.metric == "gmacs")]
-    if not cost.empty and cost.protocol.iloc[0]:
-        seqlen = f" ({cost.protocol.iloc[0].replace('macs_seqlen=', '')}-token forward)"
+    tokens = macs_tokens(df)
+    seqlen = f" ({tokens}-token forward)" if tokens else ""
     fig.suptitle(f"{w.model.iloc[0]}: {dataset} perplexity against non-zero parameters; bubble area = GMACs"
                  f"{seqlen}" + (f"\n{_protocol_of(df, cols[0])}" if len(cols) == 1 else ""), fontsize=9)
     caption = ("x: non-zero parameters, embeddings included (structured pruning removes parameters, unstructured "
@@ -770,9 +787,24 @@ def quantization_effect(df: pd.DataFrame):
     bad = sorted({n for c in cols for n in [_nonfinite_note(w[w[c].notna()], c)] if n})
     fig.suptitle(f"{w.model.iloc[0]}: each variant with and without quantization"
                  + ("" if len(quants) > 1 else " (no quantized variant in this grid)")
-                 + "".join(f"\n{n}" for n in bad), fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - (0.3 + 0.18 * len(bad)) / height))
+                 + "".join(f"\n{n}" for n in bad), fontsize=10, y=1 - 0.06 / height, va="top")
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.12 + 0.18 * len(bad)) / height))
+    _snug_under_suptitle(fig)
     return fig
+
+
+def _snug_under_suptitle(fig, gap_pt: float = 8.0) -> None:
+    """Move the axes up until what they draw above themselves (panel titles, legends) is ``gap_pt``
+    points under the figure title: ``tight_layout`` left an empty band there."""
+    st = fig._suptitle
+    if st is None or not fig.axes:
+        return
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    top = max(ax.get_tightbbox(r).y1 for ax in fig.axes if ax.get_visible())
+    room = st.get_window_extent(r).y0 - top - gap_pt * fig.dpi / 72
+    if room > 0:
+        fig.subplots_adjust(top=fig.subplotpars.top + room / (fig.get_figheight() * fig.dpi))
 
 
 def _lines_against_sparsity(ax, w: pd.DataFrame, col: str, colors: dict, scale: float = 1.0,
@@ -796,7 +828,8 @@ def _lines_against_sparsity(ax, w: pd.DataFrame, col: str, colors: dict, scale: 
             rep = g[g.repeat > 1]
             if not rep.empty:
                 _points(ax, rep, col, scale, colors[fam], "X", spread, hollow, healing, size=70)
-                items += [(r.measured_sparsity, r[col] * scale, short_label(r), 5.0) for _, r in rep.iterrows()]
+                items += [(r.measured_sparsity, r[col] * scale, short_label(r), 5.0, label_color(colors[fam]))
+                          for _, r in rep.iterrows()]
         if not dense.empty:
             ax.scatter(dense.measured_sparsity, dense[col] * scale, marker="*", s=140, color="black", zorder=5)
             if spread:
@@ -913,6 +946,8 @@ def cost_vs_ratio(df: pd.DataFrame):
     panels = [("nonzero_parameters", "non-zero parameters (M)", 1e-6)]
     for kind in ("gmacs", "weight_memory", "peak_memory", "tokens_per_second", "latency"):
         c, label = pick_metric(w, kind)
+        if kind == "gmacs" and c is not None and macs_tokens(df):
+            label = f"GMACs per {macs_tokens(df)}-token forward"
         panels.append((c, label, METRIC_CHOICES[kind][2]))
     fig, axes = plt.subplots(2, 3, figsize=(15.5, 8.6))
     for ax, (col, label, scale) in zip(axes.flat, panels):
