@@ -395,8 +395,8 @@ def tokenize_stream(tokenizer, text: str, *, max_tokens: int | None = None, add_
     - the :data:`JOIN_CHECK_CHARS` characters either side of it, tokenized whole, give the ids of
       the two halves concatenated. A byte-level BPE with a GPT-2 or Llama-3 style pre-tokenizer (the
       text splits into pieces by a regex whose only lookahead is one character, and merges stay inside
-      a piece) passes at every word boundary; a SentencePiece tokenizer that starts every call with a
-      space marker fails, and so would one whose tokens span a space;
+      a piece) passes at every word boundary; a tokenizer with tokens across a space (a BPE without a
+      splitting pre-tokenizer) fails;
     - with ``add_special_tokens``, the tokens a call adds before and after a text are read off a
       sample and put around the stream (if the plain ids are not a contiguous run inside the
       other, the check fails).
@@ -405,10 +405,10 @@ def tokenize_stream(tokenizer, text: str, *, max_tokens: int | None = None, add_
     fast tokenizer keeps offsets and token strings per token: the 5.1 MB PTB train split took about
     0.7 GB at once, 13 MB in pieces of 131,072 characters) and let a capped stream stop once it has
     ``max_tokens``. Shorter texts are tokenized whole: on PTB train, pieces did not lower the peak of
-    the pruning that followed (that peak is the calibration's own; it moved by 0.1-0.2 GB from run to
-    run with the state of the C heap). After a text of :data:`RELEASE_AFTER_CHARS` or more tokenized whole, the tokenizer's
-    freed memory is handed back to the operating system (:func:`release_freed_heap`), so it does not
-    add to every later peak.
+    the pruning that followed (that peak is the calibration's own, and it varied by up to 0.4 GB
+    between identical runs with the state of the C heap). After a text of :data:`RELEASE_AFTER_CHARS`
+    or more tokenized whole, the tokenizer's freed memory is handed back to the operating system
+    (:func:`release_freed_heap`), so it does not add to every later peak.
     """
     import torch
 
