@@ -496,9 +496,9 @@ def place_labels(ax, items: list[tuple], fontsize: float = 6.5, color: str = "0.
     renderer = fig.canvas.get_renderer()
     axbox = ax.get_window_extent(renderer).padded(-2)
     px = fig.dpi / 72.0
-    pts = [(x, y, t, r) for x, y, t, r, *_ in items if np.isfinite(x) and np.isfinite(y) and t]
-    colors = [it[4] if len(it) > 4 else color for it in items
-              if np.isfinite(it[0]) and np.isfinite(it[1]) and it[2]]
+    kept = [it for it in items if np.isfinite(it[0]) and np.isfinite(it[1]) and it[2]]
+    pts = [tuple(it[:4]) for it in kept]
+    colors = [it[4] if len(it) > 4 else color for it in kept]
     if not pts:
         return []
     disp = ax.transData.transform([(x, y) for x, y, _, _ in pts])
