@@ -904,7 +904,7 @@ def perplexity_vs_ratio(df: pd.DataFrame):
         d = w[(w.quant == "none") & w[col].notna()]
         if col.startswith("ppl_"):
             _set_ppl_scale(ax, d[col], f"{_dataset_of(df, col)} perplexity")
-            ax.set_title(_protocol_of(df, col), fontsize=7)
+            ax.set_title(f"{_dataset_of(df, col)}: {_protocol_of(df, col)}", fontsize=7)
             note = _nonfinite_note(d, col)
         else:
             ax.set_ylabel("zero-shot accuracy, mean over tasks (fraction)")
@@ -1025,7 +1025,7 @@ def pareto(df: pd.DataFrame):
         _set_ppl_scale(ax, d[col], f"{_dataset_of(df, col)} perplexity (lower is better)")
         ax.set_xlabel(xl)
         ax.set_xlim(left=0, right=max(ax.get_xlim()[1], 1e-9) * 1.05)
-        ax.set_title(_protocol_of(df, col), fontsize=7)
+        ax.set_title(f"{_dataset_of(df, col)}: {_protocol_of(df, col)}", fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
         note = _nonfinite_note(w[w[xc].notna() & w[col].notna()], col)
         if note:
