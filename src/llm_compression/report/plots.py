@@ -241,7 +241,9 @@ def pick_metric(w: pd.DataFrame, kind: str) -> tuple[str | None, str]:
 
 def macs_tokens(df: pd.DataFrame) -> str | None:
     """The forward length GMACs were counted at (the cost protocol's ``macs_seqlen``), e.g. ``"512"``;
-    None when no GMACs are in the (long) table or their protocol does not say."""
+    None when no GMACs are in the (long) table or their protocol does not say. The tidy table carries
+    a protocol only as its text (:func:`llm_compression.report.table.protocol_label`), so this reads it
+    back from there."""
     cost = df[df.metric == "gmacs"] if "metric" in df.columns else df.iloc[0:0]
     proto = cost.protocol.iloc[0] if not cost.empty and "protocol" in cost.columns else ""
     return proto.replace("macs_seqlen=", "") if isinstance(proto, str) and proto.startswith("macs_seqlen=") else None
@@ -350,6 +352,11 @@ def _protocol_of(df: pd.DataFrame, col: str) -> str:
 def _dataset_of(df: pd.DataFrame, col: str) -> str:
     ds, pr = _ppl_groups(df).get(col, (col[4:], ""))
     return f"{ds} ({pr})" if pr else ds
+
+
+def _panel_title(df: pd.DataFrame, col: str) -> str:
+    """Title of a panel that draws one perplexity column: its dataset, then its protocol."""
+    return f"{_dataset_of(df, col)}: {_protocol_of(df, col)}"
 
 
 def _require(w: pd.DataFrame, cols: list[str], figure: str) -> None:
@@ -627,7 +634,7 @@ def perplexity_vs_nonzero(df: pd.DataFrame):
         items = _ppl_scatter(ax, d, col, colors, "nonzero_parameters", 1e-6)
         _set_ppl_scale(ax, d[col], f"{_dataset_of(df, col)} perplexity")
         ax.set_xlabel("non-zero parameters (M)")
-        ax.set_title(f"{_dataset_of(df, col)}: {_protocol_of(df, col)}", fontsize=8)
+        ax.set_title(_panel_title(df, col), fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
         ax.margins(0.08)
         note = _nonfinite_note(d, col)
@@ -904,7 +911,7 @@ def perplexity_vs_ratio(df: pd.DataFrame):
         d = w[(w.quant == "none") & w[col].notna()]
         if col.startswith("ppl_"):
             _set_ppl_scale(ax, d[col], f"{_dataset_of(df, col)} perplexity")
-            ax.set_title(f"{_dataset_of(df, col)}: {_protocol_of(df, col)}", fontsize=7)
+            ax.set_title(_panel_title(df, col), fontsize=7)
             note = _nonfinite_note(d, col)
         else:
             ax.set_ylabel("zero-shot accuracy, mean over tasks (fraction)")
@@ -946,8 +953,8 @@ def cost_vs_ratio(df: pd.DataFrame):
     panels = [("nonzero_parameters", "non-zero parameters (M)", 1e-6)]
     for kind in ("gmacs", "weight_memory", "peak_memory", "tokens_per_second", "latency"):
         c, label = pick_metric(w, kind)
-        if kind == "gmacs" and c is not None and macs_tokens(df):
-            label = f"GMACs per {macs_tokens(df)}-token forward"
+        if kind == "gmacs" and c is not None and (tokens := macs_tokens(df)):
+            label = f"GMACs per {tokens}-token forward"
         panels.append((c, label, METRIC_CHOICES[kind][2]))
     fig, axes = plt.subplots(2, 3, figsize=(15.5, 8.6))
     for ax, (col, label, scale) in zip(axes.flat, panels):
@@ -1025,7 +1032,7 @@ def pareto(df: pd.DataFrame):
         _set_ppl_scale(ax, d[col], f"{_dataset_of(df, col)} perplexity (lower is better)")
         ax.set_xlabel(xl)
         ax.set_xlim(left=0, right=max(ax.get_xlim()[1], 1e-9) * 1.05)
-        ax.set_title(f"{_dataset_of(df, col)}: {_protocol_of(df, col)}", fontsize=7)
+        ax.set_title(_panel_title(df, col), fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
         note = _nonfinite_note(w[w[xc].notna() & w[col].notna()], col)
         if note:
