@@ -178,3 +178,20 @@ def test_evaluate_artifact_records_the_calibration_dtype_of_the_artifact(tmp_pat
         assert rec["protocol"].get("calibration_dtype") == want
     with pytest.raises(ValueError, match="evaluation kind 'ppl' is not one of perplexity, zeroshot, cost"):
         evaluate_artifact(d, "ppl")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_wanda_statistic_in_chunks_is_the_float64_sum_of_squares(monkeypatch, dtype):
+    # batches longer than a chunk (uneven last chunk): the same sums as one float64 pass, and the
+    # caller's activations untouched (a float64 input is squared on a copy, never in place)
+    from llm_compression.prune import wanda
+
+    monkeypatch.setattr(wanda, "NORM_CHUNK_VALUES", 24 * 7)
+    x = (torch.randn(2, 45, 24, generator=torch.Generator().manual_seed(1)) * 3).to(dtype)
+    before = x.clone()
+    p = wanda.WandaPruner(torch.nn.Linear(24, 4), 0.5)
+    p.add_batch(x)
+    assert torch.equal(x, before)
+    x64 = x.reshape(-1, 24).double()
+    torch.testing.assert_close(p.sq_norm, (x64 * x64).sum(dim=0), rtol=1e-14, atol=0)
+    assert p.tokens == 90

@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from llm_compression.prune.sparsegpt import SparseGPTPruner, sparsegpt_prune_weight
+from llm_compression.prune.sparsegpt import (
+    SparseGPTPruner,
+    accumulate_gram_upper_,
+    gram_block_width,
+    mirror_upper_,
+    sparsegpt_prune_weight,
+)
 
 
 def reference_sparsegpt(W, X, ratio, *, nm=None, blocksize=128, percdamp=0.01, already=None):
@@ -136,6 +142,38 @@ def test_pruner_float32_close_to_float64_and_running_mean():
     assert (got[ref_mask & (got == 0)] == 0).all()
     rel = torch.linalg.norm(X @ (got - ref_W).T) / torch.linalg.norm(X @ W.T)
     assert rel < 1e-2
+
+
+@pytest.mark.parametrize("cols", [100, 255, 256, 300, 576, 1100])
+def test_upper_gram_blocks_mirrored_equal_the_full_product(cols):
+    # below two blocks one full product; above it, block rows on and above the diagonal, the last
+    # block narrower when cols is not a multiple of the width
+    g = torch.Generator().manual_seed(cols)
+    x = torch.randn(700, cols, generator=g)
+    full = torch.full((cols, cols), 0.5)
+    full.addmm_(x.t(), x, alpha=0.25)
+    G = torch.full((cols, cols), 0.5)
+    accumulate_gram_upper_(G, x, 0.25)
+    b = gram_block_width(cols)
+    if cols >= 2 * b:  # the lower blocks were not touched
+        assert (G[b:, :b] == 0.5).all()
+    mirror_upper_(G)
+    torch.testing.assert_close(G, full, rtol=1e-6, atol=1e-4)
+    assert torch.equal(G, G.t())
+
+
+def test_pruner_hessian_read_between_batches_stays_whole():
+    # reading H mirrors it; later batches accumulate the upper blocks again and a second read
+    # mirrors again, so H equals 2/n X^T X after every read
+    cols = 300
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(900, cols, generator=g, dtype=torch.float64)
+    p = SparseGPTPruner(nn.Linear(cols, 8, bias=False), 0.5, hessian_dtype="float64")
+    seen = 0
+    for chunk in X.split(250):
+        p.add_batch(chunk)
+        seen += chunk.shape[0]
+        torch.testing.assert_close(p.H, _hessian(X[:seen]), rtol=1e-10, atol=1e-10)
 
 
 def test_repeat_reaches_cumulative_sparsity():

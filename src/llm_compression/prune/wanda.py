@@ -16,6 +16,10 @@ from ..options.pruning import ZERO_RULES
 from .masks import nm_mask, unstructured_mask
 
 
+#: values per chunk of :meth:`WandaPruner.add_batch`'s sums of squares (1 MiB in float64)
+NORM_CHUNK_VALUES = 1 << 17
+
+
 class WandaPruner:
     """Accumulates ``||X_j||_2^2`` over calibration tokens for one Linear, then prunes it.
 
@@ -42,16 +46,21 @@ class WandaPruner:
         self.tokens = 0
 
     def add_batch(self, inp: torch.Tensor, out: torch.Tensor | None = None) -> None:
-        """Add calibration inputs ``[..., in_features]`` to the float64 sums of squares."""
+        """Add calibration inputs ``[..., in_features]`` to the float64 sums of squares.
+
+        The tokens are taken in chunks of about :data:`NORM_CHUNK_VALUES` values, so the widened copy
+        that is squared stays small and is reused from the allocator's cache: one float64 copy of a
+        whole batch (e.g. 4,096 x 1,536 values, 50 MB) is fresh memory, and faulting its pages in
+        took ten times as long as the arithmetic (2-core CPU: 35 ms against 2.4 ms per batch).
+        """
         x = inp.reshape(-1, inp.shape[-1])
-        if x.dtype in (torch.bfloat16, torch.float16):
-            # a square of a bf16/fp16 value (8/11-bit mantissa) is exact in float32: the same terms as
-            # in float64, at half the memory traffic (bf16 calibration forwards)
-            xf = x.float()
-            self.sq_norm += (xf * xf).sum(dim=0, dtype=torch.float64)
-        else:
-            x = x.to(torch.float64)
-            self.sq_norm += (x * x).sum(dim=0)
+        # a square of a bf16/fp16 value (8/11-bit mantissa) is exact in float32: the same terms as in
+        # float64, at half the memory traffic (bf16 calibration forwards); float32 values are widened
+        wide = torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else torch.float64
+        rows = max(1, NORM_CHUNK_VALUES // max(1, x.shape[-1]))
+        for chunk in x.split(rows):
+            sq = chunk.to(wide, copy=True).square_()  # copy: never squares the caller's activations
+            self.sq_norm += sq.sum(dim=0, dtype=torch.float64)
         self.tokens += x.shape[0]
 
     def share_from(self, leader: "WandaPruner") -> None:
