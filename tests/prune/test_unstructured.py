@@ -238,6 +238,22 @@ def test_config_rejects_bad_entries(entry, match):
         _cfg([entry])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_kth_smallest_is_torch_kthvalue(dtype):
+    # numpy's introselect on CPU float32/64 (bf16 keeps torch.kthvalue): the same value per row, also
+    # with ties, -inf (already pruned) and a non-contiguous view
+    from llm_compression.prune.masks import kth_smallest
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 50, (40, 300), generator=g).to(dtype)
+    x[torch.rand(40, 300, generator=g) < 0.2] = float("-inf")
+    for groups in (x, x[::2, 7:], x.t()[:30]):
+        for k in (1, 2, groups.shape[1] // 2, groups.shape[1]):
+            got = kth_smallest(groups, k)
+            assert got.shape == (groups.shape[0], 1) and got.dtype == groups.dtype
+            assert torch.equal(got, torch.kthvalue(groups, k, dim=1, keepdim=True).values)
+
+
 @pytest.mark.parametrize("kth_groups", [32, 1], ids=["kthvalue-per-k", "sort"])
 def test_lowest_k_mask_equals_stable_ranking_with_ties_and_pruned(monkeypatch, kth_groups):
     from llm_compression.prune import masks
