@@ -94,17 +94,22 @@ def test_bubble_area_is_proportional_to_gmacs(study):
         dense_g = round(w[w.method == "dense"].gmacs.iloc[0], 3)
         assert len(sizes_by_gmacs[dense_g]) == 1
         assert max(sizes_by_gmacs) == dense_g and len(sizes_by_gmacs) > 1
-        # the size key names round GMACs values with their areas on the same scale
+        # the size key names the smallest and the largest bubble drawn (their GMACs)
         key = [t.get_text() for leg in fig.axes[-1].get_children() if isinstance(leg, plt.matplotlib.legend.Legend)
                for t in leg.get_texts() if t.get_text().endswith("GMACs")]
         assert 2 <= len(key) <= 3, key
+        assert key[0] == f"{w.gmacs.min():.3g} GMACs" and key[-1] == f"{w.gmacs.max():.3g} GMACs", key
     finally:
         plt.close(fig)
 
 
 def test_size_key_values_are_round_and_in_range():
-    assert plots.size_key_values(77.913) == [20.0, 40.0, 60.0]
-    assert all(0 < v <= 43.5 for v in plots.size_key_values(43.5))
+    # the key names the bubbles the plot draws: its smallest and largest GMACs, a round one between
+    # them only when they span more than a factor of 3
+    assert plots.size_key_values(52.9, 77.913) == [52.9, 77.913]
+    assert plots.size_key_values(77.9, 77.9) == [77.9] == plots.size_key_values(76.0, 77.9)
+    assert plots.size_key_values(5.0, 80.0) == [5.0, 50.0, 80.0]
+    assert all(10.0 <= v <= 43.5 for v in plots.size_key_values(10.0, 43.5))
 
 
 def test_log_scale_only_past_a_tenfold_span(tmp_path, study):
@@ -389,3 +394,12 @@ def test_quantization_effect_has_no_band_under_its_title(study):
         assert 0 < title_bottom - top <= 12 * fig.dpi / 72  # the 8 pt gap, not an empty band
     finally:
         plt.close(fig)
+
+
+def test_readable_protocol_spells_out_the_table_text():
+    assert plots.readable_protocol("sparsegpt seqlen=512 windows=8 scored=4088 join=space cap=4096") == (
+        "sparsegpt protocol: 8 windows of 512 tokens, 4,088 scored (first 4,096 tokens of the split)")
+    assert plots.readable_protocol("llm-pruner seqlen=128 windows=1 scored=127 join=blank dtype=bfloat16") == (
+        "llm-pruner protocol: 1 window of 128 tokens, 127 scored, in bfloat16")
+    assert plots.readable_protocol("macs_seqlen=512") == "macs_seqlen=512"  # not a perplexity protocol
+    assert plots.readable_protocol("") == ""

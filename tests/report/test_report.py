@@ -74,7 +74,13 @@ def test_summary_markdown_groups_by_method_and_sorts_by_ratio(metric_files):
                    "magnitude_unstructured_0.3_x2", "magnitude_unstructured_0.3_x2+nf4-dq",
                    "magnitude_unstructured_0.5_x1", "magnitude_unstructured_0.5_x1+nf4-dq",
                    "magnitude_unstructured_0.5_x2", "magnitude_unstructured_0.5_x2+nf4-dq"]
-    assert "ppl_ptb" in md and "peak_memory_bytes" in md and "decode_tokens_per_second_median" in md
+    assert "ppl_ptb" in md and "decode_tokens_per_second_median" in md
+    # headers carry the unit their cells are printed in (bytes are printed in MB, parameters in M)
+    header = next(line for line in md.splitlines() if line.startswith("| variant"))
+    assert "peak_memory (MB)" in header and "disk (MB)" in header and "_bytes" not in header
+    assert "nonzero_parameters (M)" in header
+    dense = next(line for line in md.splitlines() if line.startswith("| dense |"))
+    assert " MB" not in dense and " M |" not in dense
 
 
 @pytest.mark.parametrize("figure", figure_names(["ppl-ptb", "ppl-wikitext2", "cost"]))

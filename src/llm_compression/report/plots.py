@@ -274,9 +274,9 @@ def summary_markdown(df: pd.DataFrame) -> str:
         if isinstance(v, float) and math.isnan(v):
             return ""
         if col.endswith("parameters"):
-            return f"{v / 1e6:.2f} M"
+            return f"{v / 1e6:.2f}"
         if col.endswith("bytes"):
-            return f"{v / 1e6:.1f} MB"
+            return f"{v / 1e6:.1f}"
         if col in ("sparsity", "zeroshot_acc"):
             return f"{100 * v:.1f}%"
         if isinstance(v, float):
@@ -287,11 +287,21 @@ def summary_markdown(df: pd.DataFrame) -> str:
     lines = ["# Summary", "", "One row per variant; perplexity columns are `ppl_<dataset>`.", ""]
     if protocols:
         lines += ["Protocols:", ""] + [f"- `{p}`" for p in protocols] + [""]
-    lines.append("| " + " | ".join(cols) + " |")
+    lines.append("| " + " | ".join(_markdown_header(c) for c in cols) + " |")
     lines.append("|" + "---|" * len(cols))
     for _, r in w.iterrows():
         lines.append("| " + " | ".join(fmt(r[c], c) for c in cols) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _markdown_header(col: str) -> str:
+    """A summary.md column header with the unit its cells are printed in: ``disk_bytes`` -> ``disk (MB)``,
+    ``nonzero_parameters`` -> ``nonzero_parameters (M)``; other columns keep their table name."""
+    if col.endswith("_bytes"):
+        return f"{col[: -len('_bytes')]} (MB)"
+    if col.endswith("parameters"):
+        return f"{col} (M)"
+    return col
 
 
 # --------------------------------------------------------------------------- helpers
@@ -340,13 +350,37 @@ def _set_ppl_scale(ax, values, label: str) -> None:
     ax.set_ylabel(f"{label}" + (" (log scale)" if log else ""))
 
 
+def readable_protocol(text: str) -> str:
+    """A perplexity protocol of the table in words, for a figure.
+
+    The table keeps it as compact text (:func:`llm_compression.report.table.protocol_label`), e.g.
+    ``sparsegpt seqlen=512 windows=8 scored=4088 join=space cap=4096`` ->
+    ``sparsegpt protocol: 8 windows of 512 tokens, 4,088 scored (first 4,096 tokens of the split)``.
+    The joining rule stays in the table. Text of another form is returned as it is.
+    """
+    parts = text.split()
+    kv = dict(p.split("=", 1) for p in parts if "=" in p)
+    names = [p for p in parts if "=" not in p]
+    try:
+        windows, seqlen, scored = (int(kv[k]) for k in ("windows", "seqlen", "scored"))
+    except (KeyError, ValueError):
+        return text
+    out = (f"{names[0]} protocol: " if names else "") + (
+        f"{windows:,} window{'s' if windows != 1 else ''} of {seqlen:,} tokens, {scored:,} scored")
+    if kv.get("cap", "").isdigit():
+        out += f" (first {int(kv['cap']):,} tokens of the split)"
+    if kv.get("dtype"):
+        out += f", in {kv['dtype']}"
+    return out
+
+
 def _protocol_of(df: pd.DataFrame, col: str) -> str:
-    """Protocol text of a perplexity column of :func:`wide` (preset and window/cap details)."""
+    """Protocol of a perplexity column of :func:`wide` in words (:func:`readable_protocol`)."""
     ds, pr = _ppl_groups(df).get(col, (col[4:], ""))
     rows = df[(df.metric == "perplexity") & (df.dataset == ds)]
     if "preset" in rows.columns and pr:
         rows = rows[rows.preset.fillna("") == pr]
-    return rows.protocol.iloc[0] if not rows.empty else ""
+    return readable_protocol(rows.protocol.iloc[0]) if not rows.empty else ""
 
 
 def _dataset_of(df: pd.DataFrame, col: str) -> str:
@@ -355,8 +389,9 @@ def _dataset_of(df: pd.DataFrame, col: str) -> str:
 
 
 def _panel_title(df: pd.DataFrame, col: str) -> str:
-    """Title of a panel that draws one perplexity column: its dataset, then its protocol."""
-    return f"{_dataset_of(df, col)}: {_protocol_of(df, col)}"
+    """Title of a panel that draws one perplexity column: its dataset, and under it its protocol in words
+    (wrapped, so that side-by-side panels' titles do not run into each other)."""
+    return f"{_dataset_of(df, col)}\n" + textwrap.fill(_protocol_of(df, col), 72)
 
 
 def _require(w: pd.DataFrame, cols: list[str], figure: str) -> None:
@@ -650,17 +685,25 @@ def perplexity_vs_nonzero(df: pd.DataFrame):
     return fig
 
 
-def size_key_values(gmax: float) -> list[float]:
-    """2-3 round GMACs values up to ``gmax`` for the bubble size key (e.g. 77.9 -> 20, 40, 60)."""
-    ticks = [float(t) for t in MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]).tick_values(0, gmax)
-             if 0 < t <= gmax * 1.001]
-    return ticks[-3:] if ticks else [gmax]
+def size_key_values(gmin: float, gmax: float) -> list[float]:
+    """GMACs values for the bubble size key: the smallest and the largest bubble of the plot (one value
+    when they are within 5%), and a round value between them when they span more than a factor of 3
+    (the round value nearest their midpoint; e.g. 52.9, 77.9 -> [52.9, 77.9]; 77.9, 77.9 -> [77.9];
+    5, 80 -> [5, 50, 80])."""
+    if gmax <= gmin * 1.05:
+        return [gmax]
+    mid = []
+    if gmax > 3 * gmin:
+        inside = [float(t) for t in MaxNLocator(nbins=3, steps=[1, 2, 2.5, 5, 10]).tick_values(gmin, gmax)
+                  if gmin * 1.5 < t < gmax / 1.5]
+        mid = sorted(inside, key=lambda t: abs(t - (gmin + gmax) / 2))[:1]
+    return [gmin] + mid + [gmax]
 
 
 def perplexity_vs_parameters(df: pd.DataFrame, dataset: str):
     """Bubble plot for one dataset: perplexity against non-zero parameters (M; embeddings included;
     structured pruning removes parameters, unstructured pruning zeroes them), bubble AREA proportional to
-    GMACs of one forward (a size key names 2-3 reference bubbles), colour = method family, one panel per
+    GMACs of one forward (the size key shows the smallest and the largest bubble), colour = method family, one panel per
     quantization scheme (columns) and protocol preset (rows), healed variants outlined and hatched.
 
     Unstructured zeros are multiplied like any other weight, so every unstructured variant has the dense
@@ -705,8 +748,8 @@ def perplexity_vs_parameters(df: pd.DataFrame, dataset: str):
     leg = _outside_legend(legend_ax, _family_handles(ordered_families(w), colors) + _marker_handles(w, quants=False),
                           title="method family")
     if has_gmacs:
-        key = [plt.scatter([], [], s=v * k, facecolor="none", edgecolor="0.3", label=f"{v:g} GMACs")
-               for v in size_key_values(gmax)]
+        key = [plt.scatter([], [], s=v * k, facecolor="none", edgecolor="0.3", label=f"{v:.3g} GMACs")
+               for v in size_key_values(float(w.gmacs.min()), gmax)]
         fig.canvas.draw()
         bb = leg.get_window_extent(fig.canvas.get_renderer()).transformed(legend_ax.transAxes.inverted())
         _outside_legend(legend_ax, key, title="bubble area = GMACs", y=bb.y0 - 0.06, labelspacing=2.2,
