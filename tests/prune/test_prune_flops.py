@@ -35,6 +35,10 @@ def test_pass_counts_by_hand():
     # sweep: rows x cols^2 / 2 + cols^3 per Linear, per block
     per_block = sum(r * c * c // 2 + c ** 3 for c, r in shapes["linears"].values())
     assert ours["sweep"] == ref["sweep"] == 2 * 3 * per_block
+    # ours' Hessians at real widths: upper column blocks only (576: blocks of 128; 1,536: blocks of 192)
+    assert b.gram_upper_macs(576) == 128 * (576 + 448 + 320 + 192) + 64 * 64
+    assert b.gram_upper_macs(1536) == 192 * 192 * sum(range(1, 9))
+    assert b.gram_upper_macs(200) == 200 * 200  # below two blocks: one whole product
     wanda = b.work("wanda", "ours", shapes, T, L)
     assert wanda["hessian"] == wanda["sweep"] == 0 and wanda["forward"] == ours["forward"]
 
