@@ -264,8 +264,9 @@ GRAM_MIN_BLOCK = 128
 
 def gram_block_width(cols: int) -> int:
     """Column block width of :func:`accumulate_gram_upper_` for a ``[cols, cols]`` Gram matrix: an
-    eighth of ``cols``, at least :data:`GRAM_MIN_BLOCK` (on a 2-core CPU, for 4,096 tokens, this saves
-    31-36% of the time of one full product for ``cols`` = 576 to 4,096; ``benchmarks/prune_benchmark.py``)."""
+    eighth of ``cols``, at least :data:`GRAM_MIN_BLOCK` (on a 2-core CPU, for 4,096 tokens, this saved
+    31-36% of the time of one full product for ``cols`` = 576 to 4,096; ``benchmarks/prune_flops.py``
+    times both at a calibration batch's shapes)."""
     return max(GRAM_MIN_BLOCK, -(-cols // 8))
 
 
@@ -277,8 +278,10 @@ def accumulate_gram_upper_(G: torch.Tensor, x: torch.Tensor, alpha: float) -> No
     ``x^T x`` is symmetric, so of a grid of ``k x k`` column blocks only the ``k (k + 1) / 2`` on and
     above the diagonal are computed (block row ``i`` is ``x[:, i]^T x[:, i:]``, one matrix product):
     about ``(k + 1) / 2k`` of the multiply-adds of one full product. Each entry is the same dot product
-    over the same tokens as in the full product (on this machine's BLAS the completed matrix equals
-    the full product bit for bit; tested), the lower blocks are left as they were.
+    over the same tokens as in the full product (with the CPU build of torch 2.13 on the 2-core
+    development machine the completed matrix equalled the full product bit for bit, and SparseGPT's
+    pruned model was bit-identical; another BLAS may round differently, so the tests ask for float
+    tolerance). The lower blocks are left as they were.
 
     Args:
         G: ``[cols, cols]`` float32/float64, updated in place.
