@@ -88,13 +88,10 @@ def pass_macs(shapes: dict, seqlen: int) -> dict:
 def gram_upper_macs(d: int) -> int:
     """MACs per token of ours' ``X^T X`` for input width ``d``: the block rows of
     :func:`llm_compression.prune.sparsegpt.accumulate_gram_upper_` (row ``i`` times the columns from
-    its first on), or ``d^2`` when ``d`` is below two blocks."""
-    from llm_compression.prune.sparsegpt import gram_block_width
+    its first on), ``d^2`` when ``d`` is below two blocks (one block)."""
+    from llm_compression.prune.sparsegpt import gram_blocks
 
-    b = gram_block_width(d)
-    if d < 2 * b:
-        return d * d
-    return sum(min(b, d - s) * (d - s) for s in range(0, d, b))
+    return sum((j - i) * (d - i) for i, j in gram_blocks(d))
 
 
 def sweep_macs(shapes: dict) -> int:

@@ -10,6 +10,7 @@ from llm_compression.prune.sparsegpt import (
     SparseGPTPruner,
     accumulate_gram_upper_,
     gram_block_width,
+    gram_blocks,
     mirror_upper_,
     sparsegpt_prune_weight,
 )
@@ -154,9 +155,13 @@ def test_upper_gram_blocks_mirrored_equal_the_full_product(cols):
     full.addmm_(x.t(), x, alpha=0.25)
     G = torch.full((cols, cols), 0.5)
     accumulate_gram_upper_(G, x, 0.25)
-    b = gram_block_width(cols)
-    if cols >= 2 * b:  # the lower blocks were not touched
-        assert (G[b:, :b] == 0.5).all()
+    blocks = gram_blocks(cols)
+    assert blocks[0][0] == 0 and blocks[-1][1] == cols and all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+    if cols >= 2 * gram_block_width(cols):  # the lower blocks were not touched
+        b = blocks[0][1]
+        assert len(blocks) > 1 and (G[b:, :b] == 0.5).all()
+    else:
+        assert blocks == [(0, cols)]
     mirror_upper_(G)
     torch.testing.assert_close(G, full, rtol=1e-6, atol=1e-4)
     assert torch.equal(G, G.t())

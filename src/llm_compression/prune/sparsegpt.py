@@ -270,6 +270,16 @@ def gram_block_width(cols: int) -> int:
     return max(GRAM_MIN_BLOCK, -(-cols // 8))
 
 
+def gram_blocks(cols: int) -> list[tuple[int, int]]:
+    """The column blocks ``(start, stop)`` of :func:`accumulate_gram_upper_`'s grid for ``cols``
+    columns: :func:`gram_block_width` wide, the last one narrower when the width does not divide
+    ``cols``; one block (the whole product) when ``cols`` is below two widths."""
+    b = gram_block_width(cols)
+    if cols < 2 * b:
+        return [(0, cols)]
+    return [(i, min(i + b, cols)) for i in range(0, cols, b)]
+
+
 @torch.no_grad()
 def accumulate_gram_upper_(G: torch.Tensor, x: torch.Tensor, alpha: float) -> None:
     """``G += alpha * x^T x`` on the blocks on and above the diagonal only; :func:`mirror_upper_`
@@ -288,24 +298,16 @@ def accumulate_gram_upper_(G: torch.Tensor, x: torch.Tensor, alpha: float) -> No
         x: ``[n_tokens, cols]`` in ``G``'s dtype.
         alpha: scale of the product.
     """
-    cols = G.shape[0]
-    b = gram_block_width(cols)
-    if cols < 2 * b:
-        G.addmm_(x.t(), x, alpha=alpha)
-        return
-    for i in range(0, cols, b):
-        G[i : i + b, i:].addmm_(x[:, i : i + b].t(), x[:, i:], alpha=alpha)
+    for i, j in gram_blocks(G.shape[0]):
+        G[i:j, i:].addmm_(x[:, i:j].t(), x[:, i:], alpha=alpha)
 
 
 @torch.no_grad()
 def mirror_upper_(G: torch.Tensor) -> torch.Tensor:
     """Copy the blocks above the diagonal of :func:`accumulate_gram_upper_`'s grid onto those below
     it, in place, so ``G`` is the whole symmetric matrix; returns ``G``."""
-    cols = G.shape[0]
-    b = gram_block_width(cols)
-    if cols >= 2 * b:
-        for i in range(0, cols - b, b):
-            G[i + b :, i : i + b] = G[i : i + b, i + b :].t()
+    for i, j in gram_blocks(G.shape[0])[:-1]:
+        G[j:, i:j] = G[i:j, j:].t()
     return G
 
 

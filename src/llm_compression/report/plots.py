@@ -246,7 +246,14 @@ def macs_tokens(df: pd.DataFrame) -> str | None:
     back from there."""
     cost = df[df.metric == "gmacs"] if "metric" in df.columns else df.iloc[0:0]
     proto = cost.protocol.iloc[0] if not cost.empty and "protocol" in cost.columns else ""
-    return proto.replace("macs_seqlen=", "") if isinstance(proto, str) and proto.startswith("macs_seqlen=") else None
+    return _protocol_fields(proto)[1].get("macs_seqlen") if isinstance(proto, str) else None
+
+
+def _protocol_fields(text: str) -> tuple[list[str], dict[str, str]]:
+    """A protocol's compact text (:func:`llm_compression.report.table.protocol_label`) read back: its
+    bare words (e.g. the preset name) and its ``key=value`` fields."""
+    parts = text.split()
+    return [p for p in parts if "=" not in p], dict(p.split("=", 1) for p in parts if "=" in p)
 
 
 def ppl_columns(w: pd.DataFrame) -> list[str]:
@@ -358,9 +365,7 @@ def readable_protocol(text: str) -> str:
     ``sparsegpt protocol: 8 windows of 512 tokens, 4,088 scored (first 4,096 tokens of the split)``.
     The joining rule stays in the table. Text of another form is returned as it is.
     """
-    parts = text.split()
-    kv = dict(p.split("=", 1) for p in parts if "=" in p)
-    names = [p for p in parts if "=" not in p]
+    names, kv = _protocol_fields(text)
     try:
         windows, seqlen, scored = (int(kv[k]) for k in ("windows", "seqlen", "scored"))
     except (KeyError, ValueError):
