@@ -283,7 +283,8 @@ def gram_blocks(cols: int) -> list[tuple[int, int]]:
 @torch.no_grad()
 def accumulate_gram_upper_(G: torch.Tensor, x: torch.Tensor, alpha: float) -> None:
     """``G += alpha * x^T x`` on the blocks on and above the diagonal only; :func:`mirror_upper_`
-    completes it.
+    completes it. This is how :class:`SparseGPTPruner` accumulates its Hessian ``H = 2/n X^T X``
+    (Frantar & Alistarh 2023, Sec. 3.1).
 
     ``x^T x`` is symmetric, so of a grid of ``k x k`` column blocks only the ``k (k + 1) / 2`` on and
     above the diagonal are computed (block row ``i`` is ``x[:, i]^T x[:, i:]``, one matrix product):
@@ -305,7 +306,7 @@ def accumulate_gram_upper_(G: torch.Tensor, x: torch.Tensor, alpha: float) -> No
 @torch.no_grad()
 def mirror_upper_(G: torch.Tensor) -> torch.Tensor:
     """Copy the blocks above the diagonal of :func:`accumulate_gram_upper_`'s grid onto those below
-    it, in place, so ``G`` is the whole symmetric matrix; returns ``G``."""
+    it, in place, so ``G`` ``[cols, cols]`` is the whole symmetric matrix; returns ``G``."""
     for i, j in gram_blocks(G.shape[0])[:-1]:
         G[j:, i:j] = G[i:j, j:].t()
     return G
