@@ -280,10 +280,10 @@ def summary_markdown(df: pd.DataFrame) -> str:
     def fmt(v, col):
         if isinstance(v, float) and math.isnan(v):
             return ""
-        if col.endswith("parameters"):
-            return f"{v / 1e6:.2f}"
-        if col.endswith("bytes"):
-            return f"{v / 1e6:.1f}"
+        scaled = _scaled_unit(col)
+        if scaled:
+            _, divisor, digits, _ = scaled
+            return f"{v / divisor:.{digits}f}"
         if col in ("sparsity", "zeroshot_acc"):
             return f"{100 * v:.1f}%"
         if isinstance(v, float):
@@ -301,14 +301,25 @@ def summary_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: summary.md columns printed scaled, by name suffix: (suffix, divisor, decimals, unit in the header);
+#: the cells (:func:`summary_markdown`) and the headers (:func:`_markdown_header`) both read it
+_SCALED_UNITS = (("parameters", 1e6, 2, "M"), ("bytes", 1e6, 1, "MB"))
+
+
+def _scaled_unit(col: str) -> tuple | None:
+    """The :data:`_SCALED_UNITS` entry of a summary.md column, or None (printed as it is)."""
+    return next((u for u in _SCALED_UNITS if col.endswith(u[0])), None)
+
+
 def _markdown_header(col: str) -> str:
     """A summary.md column header with the unit its cells are printed in: ``disk_bytes`` -> ``disk (MB)``,
     ``nonzero_parameters`` -> ``nonzero_parameters (M)``; other columns keep their table name."""
-    if col.endswith("_bytes"):
-        return f"{col[: -len('_bytes')]} (MB)"
-    if col.endswith("parameters"):
-        return f"{col} (M)"
-    return col
+    scaled = _scaled_unit(col)
+    if scaled is None:
+        return col
+    suffix, _, _, unit = scaled
+    name = col[: -len(suffix) - 1] if suffix == "bytes" and col.endswith("_bytes") else col
+    return f"{name} ({unit})"
 
 
 # --------------------------------------------------------------------------- helpers
