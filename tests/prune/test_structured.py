@@ -501,3 +501,23 @@ def test_layer_level_on_gemma3_keeps_layer_types(tmp_path):
     x = ids(1, 12)
     with torch.no_grad():
         assert torch.equal(m2(x).logits, m(x).logits)
+
+
+def test_width_multiple_rounds_kept_mlp_channels_and_hidden_size():
+    # block: 96 MLP channels at 0.3 -> 67 kept, rounded to a multiple of 32 -> 64; heads are not rounded
+    msgs = []
+    m = llama(8, 2, inter=96)
+    r = prune_structured(m, level="block", ratio=0.3, importance="l2", layer_range=[0, 4], width_multiple=32,
+                         log=msgs.append)
+    assert [s["intermediate_size"] for s in r["layer_shapes"]] == [64] * 4
+    assert any("a multiple of 32" in s and "width_multiple 32" in s for s in msgs)
+    unrounded = prune_structured(llama(8, 2, inter=96), level="block", ratio=0.3, importance="l2", layer_range=[0, 4])
+    assert [s["intermediate_size"] for s in unrounded["layer_shapes"]] == [67] * 4
+    # channel: 72 hidden (9 heads) at 0.3 -> 50.4; multiple of lcm(9, 6) = 18 -> 54
+    r = prune_structured(llama(9, 3, hidden=72), level="channel", ratio=0.3, importance="l2", width_multiple=6)
+    assert r["hidden_size"] == 54 and r["hidden_size"] % 18 == 0
+    r = prune_structured(llama(8, 2, hidden=128, inter=96), level="channel", ratio=0.3, importance="l2",
+                         width_multiple=32)
+    assert r["hidden_size"] == 96  # 128 * 0.7 = 89.6 -> nearest multiple of lcm(8, 32) = 32
+    with pytest.raises(StructuredPruningError, match="width_multiple"):
+        prune_structured(llama(), level="block", ratio=0.3, importance="l2", width_multiple=0)

@@ -255,6 +255,9 @@ class LLMPrunerOptions(MethodOptions):
     layer_range: Any = option(None, "decoder layers [start, end) of the block and layer levels; None = all but "
                               "the first and last")
     snap: bool = option(True, "round a head ratio that is no whole number of heads (false refuses)")
+    width_multiple: int = option(1, "round kept MLP channels and the kept hidden size to a multiple of this (e.g. 32 "
+                                 "for llama.cpp's Q8_0/Q4_0 blocks, 256 for its k-quants); 1 = no rounding",
+                                 in_params=False)
     seed: int = option(0, "seed of the random criterion (the workflow passes the calibration seed)",
                        config=False)
 
@@ -264,6 +267,9 @@ class LLMPrunerOptions(MethodOptions):
         if self.attention not in ATTENTION_UNITS:
             raise StructuredPruningError(
                 f"attention unit {self.attention!r} is not one of {', '.join(ATTENTION_UNITS)}")
+        if not isinstance(self.width_multiple, int) or isinstance(self.width_multiple, bool) or self.width_multiple < 1:
+            raise StructuredPruningError(f"width_multiple {self.width_multiple!r} must be an integer >= 1 "
+                                         "(e.g. 32 or 256 for llama.cpp's quantizers)")
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,33 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def apply_width_multiple(groupsets, width_multiple: int) -> None:
+    """Ask :func:`.apply.select` to keep a multiple of ``width_multiple`` MLP channels per layer and hidden
+    channels (the latter combined with the head-count multiple already there, by least common multiple), where
+    that multiple fits in the group set. Query heads and key/value groups are left as they are.
+
+    Raises:
+        StructuredPruningError: ``width_multiple`` < 1.
+    """
+    import math
+
+    m = int(width_multiple)
+    if m < 1:
+        raise StructuredPruningError(f"width_multiple {width_multiple!r} must be >= 1")
+    if m == 1:
+        return
+    for gs in groupsets:
+        if gs.kind not in ("mlp_channel", "hidden_channel"):
+            continue
+        multiple = math.lcm(m, int(gs.meta.get("keep_multiple", 1)))
+        if multiple > gs.n_groups:
+            continue
+        reason = gs.meta.get("keep_multiple_reason")
+        gs.meta["keep_multiple"] = multiple
+        gs.meta["keep_multiple_reason"] = ("; ".join(x for x in (reason, f"width_multiple {m} (row lengths "
+                                                                          "llama.cpp's quantizers take whole)") if x))
+
+
 def prune_structured(
     model,
     *,
@@ -90,6 +117,7 @@ def prune_structured(
     calib_ids: torch.Tensor | None = None,
     batch_size: int = 1,
     seed: int = 0,
+    width_multiple: int = 1,
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Structurally prune ``model`` in place (LLM-Pruner, Ma et al. 2023, Sec. 3).
@@ -114,6 +142,10 @@ def prune_structured(
             multi-head layer, as many key/value heads as query heads, a head goes with its k/v slices),
             ``kv_group`` (a key/value head with all its query heads) or ``none`` (MLP only).
         snap: round a head ratio that is no whole number of heads (logged); False raises instead.
+        width_multiple: round the kept MLP channels of each layer (block level) and the kept hidden size
+            (channel level, together with the head-count rule) to a multiple of this, the nearest one, at least
+            one multiple: row lengths that llama.cpp's block quantizers take whole (32 for Q8_0/Q4_0, 256 for
+            k-quants). Head counts are not rounded (they move in whole key/value groups); 1 = no rounding.
         calib_ids: LongTensor ``[samples, seqlen]``; required by the gradient and activation criteria.
         batch_size: samples per backward pass (``element2`` always uses 1).
         seed: seed of ``random`` importance.
@@ -148,6 +180,7 @@ def prune_structured(
                              layer_range=layer_range, snap=snap, calib_ids=calib_ids, batch_size=batch_size,
                              seed=seed, log=log, t0=t0)
     groupsets = build_groups(model, level, layer_range=layer_range, attention=attention)
+    apply_width_multiple(groupsets, width_multiple)
     before = count_parameters(model)
     shapes_before = layer_shapes(model)
     # scores, then the kept indices (validates snapping) before any tensor changes
