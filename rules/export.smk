@@ -2,6 +2,7 @@
 # front matter) in results/{model}/export/{pruning}/{healing}/{quant}/. Which variants: config
 # `report.export` ('all' or labels; default none). Nothing is uploaded.
 from llm_compression.export import base_model_info, select_export_variants
+from llm_compression.planning import variant_evaluations
 from llm_compression.variants import export_dir
 
 EXPORT_VARIANTS = select_export_variants(CFG["report"]["export"], VARIANTS)
@@ -15,7 +16,8 @@ def export_targets():
 
 def export_input(wildcards):
     v = variant_of(wildcards)
-    return {"checkpoint": R(artifact_dir(MODEL, v)), "metrics": [R(metrics_path(MODEL, v, e)) for e in EVALUATIONS]}
+    return {"checkpoint": R(artifact_dir(MODEL, v)),
+            "metrics": [R(metrics_path(MODEL, v, e)) for e in variant_evaluations(v, EVALUATIONS)]}
 
 
 rule export:

@@ -256,8 +256,31 @@ def _step_text(rec: dict) -> str:
     return f"**{stage}**"
 
 
+def runtimes_section(folder: str, *, plain_loadable: bool, quantized: bool, gguf: dict | None) -> list[str]:
+    """The model card's "Runtimes" lines: which runtimes load the exported folder (transformers plain, this
+    library's loader, llama.cpp) and how."""
+    if gguf:
+        arch = gguf.get("architecture")
+        return ["| runtime | loads it | how |", "|---|---|---|",
+                "| transformers `from_pretrained` | no | a GGUF file for llama.cpp; the PyTorch checkpoint it was "
+                "exported from is the variant without the `gguf-*` quantization |",
+                "| llm-compression `load_checkpoint` | no | as above |",
+                f"| llama.cpp | yes (`{arch}` architecture{', per-layer widths' if arch == 'deci' else ''}, "
+                f"{gguf.get('file_type')}) | `llama-cli -m {folder}/model.gguf`, or in Python "
+                f"`llama_cpp.Llama(model_path=\"{folder}/model.gguf\")` (llama-cpp-python) |", ""]
+    plain = "yes" if plain_loadable else "no (per-layer widths)"
+    llama = ("no (bitsandbytes NF4/int8 tensors; export the unquantized variant with a `gguf-*` quantization)"
+             if quantized else "after conversion: the `gguf-*` quantizations of the workflow write it, or "
+             f"`llm_compression.gguf_export.export_gguf(\"{folder}\", \"model.gguf\")`")
+    return ["| runtime | loads it | how |", "|---|---|---|",
+            f"| transformers `from_pretrained` | {plain} | "
+            + (f"`AutoModelForCausalLM.from_pretrained(\"{folder}\")`" if plain_loadable else "see below") + " |",
+            f"| llm-compression `load_checkpoint` | yes | `load_checkpoint(\"{folder}\")` |",
+            f"| llama.cpp | {llama} | |", ""]
+
+
 def model_card(compression: dict, records: list[dict], *, model: str, variant: dict, base: dict,
-               folder: str, plain_loadable: bool, quantized: bool) -> str:
+               folder: str, plain_loadable: bool, quantized: bool, gguf: dict | None = None) -> str:
     """The model card (``README.md``) text of an exported variant.
 
     Args:
@@ -268,6 +291,7 @@ def model_card(compression: dict, records: list[dict], *, model: str, variant: d
         folder: the path shown in the loading examples.
         plain_loadable: whether ``AutoModelForCausalLM.from_pretrained`` can build it (uniform layer widths).
         quantized: a bitsandbytes checkpoint (loading needs bitsandbytes).
+        gguf: the ``gguf.json`` record of a GGUF artifact (a ``gguf-*`` quantization), else None.
     """
     from huggingface_hub import ModelCardData
 
@@ -317,8 +341,15 @@ def model_card(compression: dict, records: list[dict], *, model: str, variant: d
             lines += ["", *[f"- {n}" for n in dict.fromkeys(notes)]]
     else:
         lines += ["No evaluation was configured for this variant."]
-    lines += ["", "## How to load", ""]
-    if plain_loadable:
+    lines += ["", "## Runtimes", ""] + runtimes_section(folder, plain_loadable=plain_loadable, quantized=quantized,
+                                                         gguf=gguf)
+    lines += ["## How to load", ""]
+    if gguf:
+        lines += ["```python", "from llama_cpp import Llama", "",
+                  f'llm = Llama(model_path="{folder}/model.gguf")', "```", "",
+                  "`gguf.json` lists the type llama.cpp stored each tensor as (row lengths that are no multiple of "
+                  "a quantizer's block fall back to another type) and any zero-width layer written padded."]
+    elif plain_loadable:
         lines += ["With transformers" + (" (and bitsandbytes, for the 4-bit/8-bit layers)" if quantized else "") + ":",
                   "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
                   f'model = AutoModelForCausalLM.from_pretrained("{folder}")',
@@ -329,9 +360,10 @@ def model_card(compression: dict, records: list[dict], *, model: str, variant: d
         lines += ["Its decoder layers have different widths (structured pruning), which "
                   "`AutoModelForCausalLM.from_pretrained` cannot build: load it with llm-compression, which resizes "
                   "every layer to its saved shape before loading the weights:", ""]
-    lines += ["```python", "from llm_compression.models import load_checkpoint", "",
-              f'model, tokenizer = load_checkpoint("{folder}")', "```"]
-    if plain_loadable:
+    if not gguf:
+        lines += ["```python", "from llm_compression.models import load_checkpoint", "",
+                  f'model, tokenizer = load_checkpoint("{folder}")', "```"]
+    if plain_loadable and not gguf:
         lines += ["", "## Evaluate with lm-evaluation-harness", "",
                   "```bash", f"lm_eval --model hf --model_args pretrained={folder},dtype=float32 \\",
                   "  --tasks arc_easy,piqa --device cpu --batch_size 8", "```"]
@@ -365,20 +397,26 @@ def export_checkpoint(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     """
     from .models import needs_structured_loader, read_compression
 
+    from .gguf_export import GGUF_RECORD, is_gguf_artifact
+
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
-    if not (ckpt_dir / "config.json").is_file():
-        raise ExportError(f"{ckpt_dir} is not a checkpoint (no config.json)")
+    gguf = read_json(ckpt_dir / GGUF_RECORD) if is_gguf_artifact(ckpt_dir) else None
+    if gguf is None and not (ckpt_dir / "config.json").is_file():
+        raise ExportError(f"{ckpt_dir} is not a checkpoint (no config.json) nor a GGUF artifact")
     records = [read_json(f) for f in metrics_files]
     for f, rec in zip(metrics_files, records):
         if rec.get("variant", {}).get("variant") != variant["variant"] or rec.get("model") != model:
             raise ExportError(f"metrics file {f} belongs to {rec.get('model')}/{rec.get('variant', {}).get('variant')}, "
                               f"not {model}/{variant['variant']}")
     compression = read_compression(ckpt_dir)
-    config = json.loads((ckpt_dir / "config.json").read_text())
-    quantized = config.get("quantization_config") is not None
-    plain = not needs_structured_loader(ckpt_dir)
+    if gguf:
+        quantized, plain = True, False
+    else:
+        config = json.loads((ckpt_dir / "config.json").read_text())
+        quantized = config.get("quantization_config") is not None
+        plain = not needs_structured_loader(ckpt_dir)
     card = model_card(compression, records, model=model, variant=variant, base=base, folder=str(out_dir),
-                      plain_loadable=plain, quantized=quantized)
+                      plain_loadable=plain, quantized=quantized, gguf=gguf)
     with atomic_dir(out_dir) as tmp:
         for item in sorted(ckpt_dir.iterdir()):
             if item.name in (CARD_FILE, METRICS_DIR) or item.name.startswith(".snakemake"):

@@ -111,18 +111,19 @@ def check_duplicate_artifacts(cfg: dict) -> None:
                 for m in entry_methods(entry):
                     seg = Pruning(m, entry.get("level", "unstructured"), float(r), int(rep)).segment
                     claim(seg, f"grid.pruning[{i}].ratios[{j}] ({r!r}) x repeats[{k}] ({rep!r})")
-    for key in ("healing", "quantization"):
+    for key in ("healing", "quantization", "dense_quantization"):
         names: dict[str, int] = {}
         for j, name in enumerate(cfg["grid"].get(key, [])):
             if name in names:
                 raise _error(f"grid.{key}[{names[name]}] and grid.{key}[{j}] are both {name!r}; keep one")
             names[name] = j
     for i, entry in enumerate(cfg["grid"]["pruning"]):
-        names = {}
-        for j, name in enumerate(entry.get("healing", [])):
-            if name in names:
-                raise _error(f"grid.pruning[{i}].healing[{names[name]}] and [{j}] are both {name!r}; keep one")
-            names[name] = j
+        for key in ("healing", "quantization"):
+            names = {}
+            for j, name in enumerate(entry.get(key, [])):
+                if name in names:
+                    raise _error(f"grid.pruning[{i}].{key}[{names[name]}] and [{j}] are both {name!r}; keep one")
+                names[name] = j
 
 
 def model_config_path(cfg: dict, base_dir: str | os.PathLike = ".") -> Path | None:
@@ -211,7 +212,10 @@ def read_gguf_config(path: str | os.PathLike) -> dict:
             if not key.startswith("tokenizer."):
                 meta[key] = v
     arch = meta.get("general.architecture")
-    return {name: int(meta[f"{arch}.{k}"]) for k, name in _GGUF_KEYS.items() if f"{arch}.{k}" in meta}
+    out = {name: int(meta[f"{arch}.{k}"]) for k, name in _GGUF_KEYS.items() if f"{arch}.{k}" in meta}
+    if arch:
+        out["model_type"] = {"gemma3": "gemma3_text"}.get(arch, arch)  # as transformers names the config
+    return out
 
 
 def check_context_length(seqlen: int | None, context: int | None, where: str, source: str) -> None:
@@ -273,7 +277,8 @@ def check_against_model(cfg: dict, model_cfg: dict, source: str, prune_mem_mb: i
     """Every config value bounded by the model: token windows against its context
     (``evaluation.perplexity.seqlen`` of presets sparsegpt/custom, ``calibration.seqlen`` and the entries'
     overrides, ``evaluation.memory.seqlen``, the latency prompt plus new tokens, each healing recipe's
-    ``seqlen``), ``layer_range`` against its depth, and the calibration windows of Wanda/SparseGPT against the prune job's memory.
+    ``seqlen``), ``layer_range`` against its depth, the calibration windows of Wanda/SparseGPT against the prune
+    job's memory, and GGUF quantizations against the model's architecture (:func:`check_gguf_exportable`).
 
     Raises:
         ConfigError: the first bad value, named with the model's figure and ``source`` (its config.json).
@@ -311,6 +316,23 @@ def check_against_model(cfg: dict, model_cfg: dict, source: str, prune_mem_mb: i
     for i, entry in enumerate(cfg["grid"]["pruning"]):
         if entry["method"] == STRUCTURED_CONFIG_METHOD and "layer_range" in entry:
             check_layer_range(entry["layer_range"], n_layers, f"grid.pruning[{i}].layer_range", source)
+    check_gguf_exportable(cfg, model_cfg.get("model_type"), source)
+
+
+def check_gguf_exportable(cfg: dict, model_type: str | None, source: str) -> None:
+    """GGUF quantizations (``gguf-*``) need a model the GGUF writer exports (Llama family).
+
+    Raises:
+        ConfigError: a ``gguf-*`` scheme in the grid for another ``model_type``, naming both.
+    """
+    from .gguf_export import GGUF_SCHEMES
+    from .planning import quantization_names
+
+    asked = [q for q in quantization_names(cfg) if q in GGUF_SCHEMES]
+    if asked and model_type is not None and model_type != "llama":
+        raise _error(f"grid quantization {', '.join(asked)}: the GGUF export writes Llama-family models only; "
+                     f"{source} is model_type {model_type!r} (Gemma-3's w-1 norms, scaled embeddings and sliding "
+                     "windows are not written yet). Use none, nf4, nf4-dq, fp4 or int8 for it")
 
 
 def check_pruning_job(prune_params: dict, checkpoint_dir: str | os.PathLike, mem_mb: int | None = None) -> None:

@@ -90,6 +90,22 @@ def healing_names(cfg: dict, pruning: Pruning | None = None) -> list[str]:
     return list(cfg["grid"]["healing"])
 
 
+def quantization_names(cfg: dict, pruning: Pruning | None = None) -> list[str]:
+    """Quantization names of one pruning step: ``grid.dense_quantization`` for dense (when set), its entry's
+    ``quantization`` list when it has one, else ``grid.quantization``. Without ``pruning``: every name used
+    anywhere in the grid."""
+    grid = cfg["grid"]
+    if pruning is None:
+        names = list(grid["quantization"]) + [n for n in grid.get("dense_quantization") or [] if n not in grid["quantization"]]
+        for entry in grid["pruning"]:
+            names += [n for n in entry.get("quantization", []) if n not in names]
+        return names
+    if pruning.is_dense:
+        return list(grid.get("dense_quantization") or grid["quantization"])
+    entry = _entry_of(cfg, pruning)
+    return list(entry["quantization"]) if entry and "quantization" in entry else list(grid["quantization"])
+
+
 def expand_grid(cfg: dict) -> list[Variant]:
     """All variants of a validated config, dense first, in config order, without duplicates.
 
@@ -114,7 +130,7 @@ def expand_grid(cfg: dict) -> list[Variant]:
         for healing in healing_names(cfg, p):
             if p.is_dense and healing != NO_HEALING:
                 continue
-            for quant in cfg["grid"]["quantization"]:
+            for quant in quantization_names(cfg, p):
                 v = Variant(p, healing, quant)
                 if v not in out:
                     out.append(v)
@@ -224,6 +240,15 @@ def evaluation_params(cfg: dict, name: str) -> dict:
     return {"kind": kind, **evaluation_options(cfg, kind)}
 
 
+def variant_evaluations(variant: Variant, evaluations: list[str]) -> list[str]:
+    """The evaluations a variant runs: all of ``evaluations``, except zero-shot for a llama.cpp (GGUF) variant
+    (lm-eval drives the PyTorch model here; the GGUF's perplexity, cost, memory and latency are measured in
+    llama.cpp)."""
+    if variant.runtime == "llama.cpp":
+        return [e for e in evaluations if not is_zeroshot_evaluation(e)]
+    return list(evaluations)
+
+
 # --------------------------------------------------------------------------- figures
 
 #: figures drawn when the run has perplexity and cost evaluations (see :mod:`llm_compression.report.plots`)
@@ -320,7 +345,8 @@ class Plan:
 
     # targets
     def metrics_files(self) -> list[str]:
-        return [self.path(metrics_path(self.model, v, e)) for v in self.variants for e in self.evaluations]
+        return [self.path(metrics_path(self.model, v, e)) for v in self.variants
+                for e in variant_evaluations(v, self.evaluations)]
 
     def demo_files(self) -> list[str]:
         return [self.path(demo_path(self.model, v)) for v in self.variants]
@@ -404,11 +430,12 @@ class Plan:
             ValueError: unknown figure.
         """
         evals = figure_evaluations(figure, self.evaluations)
-        return [self.path(metrics_path(self.model, v, e)) for v in self.variants for e in evals]
+        return [self.path(metrics_path(self.model, v, e)) for v in self.variants
+                for e in variant_evaluations(v, evals)]
 
 
 __all__ = [
     "FIGURES", "FIGURE_READS", "PER_DATASET", "Plan", "STRUCTURED_METHOD", "entry_methods", "evaluation_options",
     "evaluation_params", "evaluations", "expand_grid", "figure_evaluations", "figure_names", "healing_names",
-    "prune_params", "pruning_calibration", "pruning_options",
+    "prune_params", "pruning_calibration", "pruning_options", "quantization_names", "variant_evaluations",
 ]

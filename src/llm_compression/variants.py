@@ -35,6 +35,8 @@ LEVELS = {"unstructured": "unstructured", "2:4": "2of4", "4:8": "4of8", "block":
 LEVELS_FROM_PATH = {v: k for k, v in LEVELS.items()}
 NO_HEALING = "none"
 NO_QUANT = "none"
+#: quantization names that leave a GGUF file measured in llama.cpp (llm_compression.gguf_export.GGUF_SCHEMES)
+GGUF_PREFIX = "gguf-"
 DENSE = "dense"
 
 _PRUNING_RE = re.compile(
@@ -45,7 +47,7 @@ _PRUNING_RE = re.compile(
 WILDCARD_CONSTRAINTS = {
     "pruning": r"dense|[a-z0-9-]+_[a-z0-9]+_[0-9.]+_x[0-9]+",
     "healing": r"[a-z0-9-]+",
-    "quant": r"[a-z0-9-]+",
+    "quant": r"[a-z0-9_-]+",
     "evaluation": r"[a-z0-9-]+",
 }
 #: the constraints of the figure wildcards (``plots/{figure}.{ext}``)
@@ -195,7 +197,13 @@ class Variant:
             "repeat": p.repeat if not p.is_dense else 0,
             "healing": self.healing,
             "quant": self.quant,
+            "runtime": self.runtime,
         }
+
+    @property
+    def runtime(self) -> str:
+        """Where the variant is measured: ``llama.cpp`` for a GGUF quantization (``gguf-*``), else ``pytorch``."""
+        return "llama.cpp" if self.quant.startswith(GGUF_PREFIX) else "pytorch"
 
     @property
     def label(self) -> str:

@@ -119,7 +119,8 @@ def evaluate_memory(ckpt_dir, *, seqlen: int = 512, device: str = "cpu", threads
                      "quantization": quant_scheme(ckpt_dir)},
         "notes": ["peak_memory_bytes includes the resident weights; unstructured zeros are stored densely and "
                   "do not lower it"],
-        "runtime": {"device": r["device"], "torch_threads": r["threads"], "seconds": time.perf_counter() - t0},
+        "runtime": ({"engine": r["engine"], "device": r["device"], "threads": r["threads"]} if r.get("engine") else
+                    {"device": r["device"], "torch_threads": r["threads"]}) | {"seconds": time.perf_counter() - t0},
     }
 
 
@@ -134,8 +135,15 @@ def probe(ckpt_dir: str, *, seqlen: int, device: str, threads: int | None = None
     """Load ``ckpt_dir`` and run one forward of ``seqlen`` tokens in *this* process; return memory figures.
     ``device`` (``auto``/``cpu``/``cuda``) is resolved and checked here (:func:`~llm_compression.models.pick_device`).
 
-    Meant to be called in a fresh process (see :func:`measure_peak_memory`).
+    Meant to be called in a fresh process (see :func:`measure_peak_memory`). A GGUF artifact is measured in
+    llama.cpp (:func:`~llm_compression.evaluate.llamacpp.probe_gguf`), without importing torch.
     """
+    from ..gguf_export import is_gguf_artifact
+
+    if is_gguf_artifact(ckpt_dir):
+        from .llamacpp import probe_gguf
+
+        return probe_gguf(ckpt_dir, seqlen=seqlen, threads=threads, seed=seed)
     import resource
 
     import torch

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 
 from ..checkpoint import read_compression
+from ..gguf_export import is_gguf_artifact
 from ..results import calibration_dtype_of
 
 #: schema tag of every metrics JSON
@@ -21,15 +22,23 @@ EVALUATORS = {"perplexity": "records:evaluate_perplexity", "zeroshot": "records:
               "latency": "records:evaluate_latency"}
 
 
-def evaluator(kind: str):
+#: the evaluators of a GGUF artifact (a ``gguf-*`` quantization), run in llama.cpp (:mod:`.llamacpp`); zero-shot
+#: is not among them (lm-eval drives PyTorch models here)
+GGUF_EVALUATORS = {"perplexity": "llamacpp:evaluate_perplexity_gguf", "cost": "llamacpp:evaluate_cost_gguf",
+                   "memory": "memory:evaluate_memory", "latency": "llamacpp:evaluate_latency_gguf"}
+
+
+def evaluator(kind: str, gguf: bool = False):
     """The ``evaluate_*`` function of an evaluation kind.
 
     Raises:
         ValueError: ``kind`` unknown (the message lists the valid kinds).
     """
-    if kind not in EVALUATORS:
-        raise ValueError(f"evaluation kind {kind!r} is not one of {', '.join(EVALUATORS)}")
-    module, _, name = EVALUATORS[kind].partition(":")
+    table = GGUF_EVALUATORS if gguf else EVALUATORS
+    if kind not in table:
+        raise ValueError(f"evaluation kind {kind!r} is not one of {', '.join(table)}"
+                         + (" (on a GGUF artifact, measured in llama.cpp)" if gguf else ""))
+    module, _, name = table[kind].partition(":")
     return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
@@ -44,7 +53,8 @@ def evaluate_artifact(ckpt_dir, kind: str, *, device: str = "cpu", job_threads: 
 
     Args:
         ckpt_dir: checkpoint folder (pruned, healed or quantized).
-        kind: one of :data:`EVALUATORS`.
+        kind: one of :data:`EVALUATORS`; for a GGUF artifact (:func:`~llm_compression.gguf_export.is_gguf_artifact`)
+            one of :data:`GGUF_EVALUATORS`, measured in llama.cpp with ``job_threads`` threads.
         device: ``cpu`` / ``cuda``.
         job_threads: the job's torch thread count: the memory evaluation's child process runs with it
             (and records it); latency runs with the thread count the job set, so its ``threads`` option
@@ -54,14 +64,21 @@ def evaluate_artifact(ckpt_dir, kind: str, *, device: str = "cpu", job_threads: 
     Raises:
         ValueError: ``kind`` unknown (the message lists the valid kinds); the evaluator's own errors.
     """
-    run = evaluator(kind)
+    gguf = is_gguf_artifact(ckpt_dir)
+    run = evaluator(kind, gguf)
     options = dict(options)
     if kind == "perplexity":
         options["progress"] = progress
-    elif kind == "memory":
+    if kind == "memory":
         options["threads"] = job_threads
+    elif gguf:  # llama.cpp runs with the job's thread count, recorded
+        options["threads"] = int(job_threads or 1)
+        options.pop("device", None)
     elif kind == "latency":
         options.pop("threads", None)
+    if gguf and kind != "memory":
+        rec = run(ckpt_dir, **options)
+        return rec
     rec = run(ckpt_dir, device=device, **options)
     if "protocol" in rec and (cal_dtype := calibration_dtype_of(read_compression(ckpt_dir))):
         rec["protocol"]["calibration_dtype"] = cal_dtype

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .dtypes import COMPUTE_DTYPES  # noqa: F401  (4-bit compute dtypes: the same names)
 
+from ..gguf_export import GGUF_SCHEMES
 from ..variants import NO_QUANT
 
 SCHEMES = {
@@ -17,6 +18,9 @@ SCHEMES = {
     "int8": {},
 }
 FOUR_BIT = ("nf4", "nf4-dq", "fp4")
+#: every quantization name of the grid besides ``none``: bitsandbytes schemes (PyTorch checkpoints) and GGUF files
+#: for llama.cpp (:data:`llm_compression.gguf_export.GGUF_SCHEMES`: f32/f16 exports, Q8_0/Q4_K_M by llama.cpp)
+ALL_SCHEMES = (*SCHEMES, *GGUF_SCHEMES)
 #: block sizes bitsandbytes 0.50.2's 4-bit quantizer accepts (32 checked on CPU, not available on ROCm)
 BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 DEFAULT_BLOCKSIZE = 64
@@ -29,8 +33,10 @@ def check_options(scheme: str, *, compute_dtype: str = "float32", blocksize: int
     Raises:
         ValueError: unknown scheme, compute dtype, block size, or a negative int8 threshold.
     """
+    if scheme in GGUF_SCHEMES:
+        return
     if scheme not in SCHEMES:
-        raise ValueError(f"unknown quantization {scheme!r}; valid: {NO_QUANT}, {', '.join(SCHEMES)}")
+        raise ValueError(f"unknown quantization {scheme!r}; valid: {NO_QUANT}, {', '.join(ALL_SCHEMES)}")
     if compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"compute_dtype {compute_dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
     if int(blocksize) not in BLOCKSIZES:
@@ -41,12 +47,15 @@ def check_options(scheme: str, *, compute_dtype: str = "float32", blocksize: int
 
 def scheme_options(scheme: str, quantize_cfg: dict) -> dict:
     """The config knobs that change the output of ``scheme`` (so the workflow reruns exactly those):
-    ``compute_dtype`` and ``blocksize`` for 4-bit schemes, ``int8_threshold`` for int8.
+    ``compute_dtype`` and ``blocksize`` for 4-bit schemes, ``int8_threshold`` for int8, none for GGUF schemes
+    (llama.cpp's file type is the scheme itself).
 
     Raises:
         ValueError: unknown scheme.
     """
+    if scheme in GGUF_SCHEMES:
+        return {}
     if scheme not in SCHEMES:
-        raise ValueError(f"unknown quantization {scheme!r}; valid: {NO_QUANT}, {', '.join(SCHEMES)}")
+        raise ValueError(f"unknown quantization {scheme!r}; valid: {NO_QUANT}, {', '.join(ALL_SCHEMES)}")
     keys = ("int8_threshold",) if scheme == "int8" else ("compute_dtype", "blocksize")
     return {k: quantize_cfg[k] for k in keys if k in quantize_cfg}

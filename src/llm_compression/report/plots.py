@@ -56,11 +56,17 @@ EXTRA_COLORS = ["tab:pink", "tab:olive", "tab:cyan", "tab:gray", "gold", "teal",
 #: kept for callers that colour by path method
 METHOD_COLORS = {"dense": "black", "magnitude": "tab:red", "wanda": "tab:blue", "sparsegpt": "tab:green",
                  "llm-pruner": "tab:purple", "random": "tab:gray"}
-QUANT_MARKERS = {"none": "o", "nf4": "s", "nf4-dq": "D", "fp4": "^", "int8": "v"}
-QUANT_NAMES = {"none": "unquantized", "nf4": "NF4", "nf4-dq": "NF4 + double quant.", "fp4": "FP4", "int8": "int8"}
-QUANT_SHORT = {"none": "", "nf4": "NF4", "nf4-dq": "NF4-DQ", "fp4": "FP4", "int8": "int8"}
+QUANT_MARKERS = {"none": "o", "nf4": "s", "nf4-dq": "D", "fp4": "^", "int8": "v",
+                 "gguf-f32": "h", "gguf-f16": "p", "gguf-q8_0": "X", "gguf-q4_k_m": "*"}
+QUANT_NAMES = {"none": "unquantized", "nf4": "NF4", "nf4-dq": "NF4 + double quant.", "fp4": "FP4", "int8": "int8",
+               "gguf-f32": "llama.cpp f32", "gguf-f16": "llama.cpp f16", "gguf-q8_0": "llama.cpp Q8_0",
+               "gguf-q4_k_m": "llama.cpp Q4_K_M"}
+QUANT_SHORT = {"none": "", "nf4": "NF4", "nf4-dq": "NF4-DQ", "fp4": "FP4", "int8": "int8",
+               "gguf-f32": "llama.cpp f32", "gguf-f16": "llama.cpp f16", "gguf-q8_0": "llama.cpp Q8_0",
+               "gguf-q4_k_m": "llama.cpp Q4_K_M"}
 QUANT_BAR_COLORS = {"none": "tab:blue", "nf4": "tab:cyan", "nf4-dq": "tab:orange", "fp4": "tab:olive",
-                    "int8": "tab:pink"}
+                    "int8": "tab:pink", "gguf-f32": "tab:gray", "gguf-f16": "tab:green", "gguf-q8_0": "tab:brown",
+                    "gguf-q4_k_m": "tab:red"}
 LEVEL_MARKERS = {"": "*", "unstructured": "o", "2:4": "s", "4:8": "D", "block": "^", "channel": "v", "layer": "P"}
 #: hatch of healed variants per healing name (any other healing: "....")
 HEALING_HATCHES = {"lora": "////", "kd": "xxxx"}
@@ -204,7 +210,7 @@ def wide(df: pd.DataFrame) -> pd.DataFrame:
     value if a metric appears under several datasets), ``zeroshot_acc`` (mean ``acc`` over tasks) when
     zero-shot rows exist, and the derived ``family`` (:func:`family_of`) and ``measured_sparsity``
     (:func:`measured_sparsity`)."""
-    id_cols = ID_COLUMNS + (["importance"] if "importance" in df.columns else [])
+    id_cols = ID_COLUMNS + [c for c in ("importance", "runtime") if c in df.columns]
     ids = df[id_cols].drop_duplicates("variant").set_index("variant")
     out = ids.copy()
     if "importance" not in out.columns:
@@ -266,7 +272,8 @@ def summary_markdown(df: pd.DataFrame) -> str:
     quant_order = {q: i for i, q in enumerate(QUANT_MARKERS)}
     w = w.assign(_q=w.quant.map(lambda q: quant_order.get(q, len(quant_order))))
     w = w.sort_values(["method", "level", "healing", "ratio", "repeat", "_q"], kind="stable")
-    cols = ["variant", "method", "level", "ratio", "repeat", "healing", "quant"] + ppl_columns(w)
+    cols = (["variant", "method", "level", "ratio", "repeat", "healing", "quant"]
+            + (["runtime"] if "runtime" in w.columns else []) + ppl_columns(w))
     for extra in ["zeroshot_acc", "parameters", "nonzero_parameters", "sparsity", "gmacs"]:
         if extra in w.columns:
             cols.append(extra)

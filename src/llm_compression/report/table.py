@@ -1,7 +1,8 @@
 """The tidy aggregate table: one row per (variant, metric), built from metrics JSON files.
 
-Columns: ``model, variant, method, importance, level, ratio, repeat, healing, quant, evaluation, metric,
-dataset, split, preset, value, protocol``; ``importance`` is the structured criterion of the pruning
+Columns: ``model, variant, method, importance, level, ratio, repeat, healing, quant, runtime, evaluation, metric,
+dataset, split, preset, value, protocol``; ``runtime`` is where the number was measured (``pytorch``, or
+``llama.cpp`` for a GGUF variant); ``importance`` is the structured criterion of the pruning
 (:attr:`llm_compression.variants.Pruning.importance`), empty for other methods. ``preset`` names the protocol (``sparsegpt``,
 ``llm-pruner``, ``custom``; ``+cap<N>`` when the token stream was capped; ``lm-eval-0shot`` with the
 limit for zero-shot rows), so a pivot on ``(metric, dataset, preset)`` never puts two protocols in one
@@ -21,7 +22,7 @@ import pandas as pd
 from ..io import read_json, write_text_atomic
 from ..variants import Pruning
 
-COLUMNS = ["model", "variant", "method", "importance", "level", "ratio", "repeat", "healing", "quant",
+COLUMNS = ["model", "variant", "method", "importance", "level", "ratio", "repeat", "healing", "quant", "runtime",
            "evaluation", "metric", "dataset", "split", "preset", "value", "protocol"]
 #: metrics left out of the table (kept in the JSON): intermediate sums
 EXCLUDED_METRICS = {"nll_sum"}
@@ -71,6 +72,7 @@ def rows_from_record(record: dict) -> list[dict]:
         "model": record["model"],
         **{k: v[k] for k in ("variant", "method", "level", "ratio", "repeat", "healing", "quant")},
         "importance": Pruning(v["method"]).importance or "",
+        "runtime": v.get("runtime") or (record.get("runtime") or {}).get("engine") or "pytorch",
         "evaluation": record["evaluation"],
         "dataset": proto.get("dataset", ""),
         "split": proto.get("split", ""),
