@@ -42,6 +42,34 @@ def test_valid_config_gets_defaults_and_grid(cfg):
     assert cfg["grid"].get("dense") is None  # the input is not modified
 
 
+def test_quantization_per_entry_and_for_dense(cfg):
+    """``grid.dense_quantization`` and an entry's ``quantization`` override ``grid.quantization``; GGUF variants run
+    no zero-shot evaluation (they are measured in llama.cpp)."""
+    from llm_compression.planning import Plan, variant_evaluations
+
+    c = copy.deepcopy(cfg)
+    c["grid"]["dense_quantization"] = ["none", "gguf-f16"]
+    c["grid"]["pruning"].append({"method": "llm-pruner", "level": "block", "ratios": [0.25], "importance": "l2",
+                                 "quantization": ["gguf-q4_k_m"]})
+    out = validate_config(c)
+    labels = [v.label for v in expand_grid(out)]
+    assert labels == ["dense", "dense+gguf-f16", "wanda_unstructured_0.5_x1", "wanda_unstructured_0.5_x1+nf4-dq",
+                      "llmpruner-l2_block_0.25_x1+gguf-q4_k_m"]
+    runtimes = {v.label: v.runtime for v in expand_grid(out)}
+    assert runtimes["dense+gguf-f16"] == "llama.cpp" and runtimes["dense"] == "pytorch"
+    v = expand_grid(out)[1]
+    assert variant_evaluations(v, ["ppl-ptb", "zeroshot", "cost"]) == ["ppl-ptb", "cost"]
+    assert variant_evaluations(expand_grid(out)[0], ["ppl-ptb", "zeroshot"]) == ["ppl-ptb", "zeroshot"]
+    plan = Plan(out)
+    assert any("gguf-q4_k_m" in f for f in plan.metrics_files())
+    c["grid"]["pruning"][1]["quantization"] = ["gguf-f16", "gguf-f16"]
+    with pytest.raises(ConfigError, match=r"grid\.pruning\[1\]\.quantization\[0\] and \[1\] are both 'gguf-f16'"):
+        validate_config(c)
+    c["grid"]["pruning"][1]["quantization"] = ["q3"]
+    with pytest.raises(ConfigError, match=r"quantization\[0\]: 'q3' is not one of"):
+        validate_config(c)
+
+
 def _bad(cfg, path, value):
     c = copy.deepcopy(cfg)
     d = c

@@ -308,4 +308,18 @@ def test_embedded_model_is_known_before_its_import(tmp_path):
     from llm_compression.plan_checks import read_gguf_config
 
     assert read_gguf_config(resolve_source("embedded:smollm2-135m").path + "/SmolLM2-135M-Instruct.Q4_1.gguf") == {
-        "num_hidden_layers": 30, "max_position_embeddings": 8192, "hidden_size": 576}
+        "num_hidden_layers": 30, "max_position_embeddings": 8192, "hidden_size": 576, "model_type": "llama"}
+
+
+def test_gguf_quantization_of_a_model_it_cannot_export_is_refused_at_planning():
+    from llm_compression.plan_checks import check_gguf_exportable
+
+    cfg = {"grid": {"dense": True, "pruning": [{"method": "wanda", "level": "unstructured", "ratios": [0.5],
+                                                "quantization": ["none", "gguf-q4_k_m"]}],
+                    "quantization": ["none"], "healing": ["none"]}}
+    with pytest.raises(ConfigError, match=r"gguf-q4_k_m: the GGUF export writes Llama-family models only; "
+                                          r"gemma.cfg is model_type 'gemma3_text'"):
+        check_gguf_exportable(cfg, "gemma3_text", "gemma.cfg")
+    check_gguf_exportable(cfg, "llama", "llama.cfg")
+    cfg["grid"]["pruning"][0]["quantization"] = ["none", "nf4-dq"]
+    check_gguf_exportable(cfg, "gemma3_text", "gemma.cfg")
