@@ -194,7 +194,9 @@ def _tags(chain: list[dict], variant: dict, sparsity: float | None) -> list[str]
     if heal:
         tags.append({"lora": "lora", "kd": "knowledge-distillation"}.get(heal.get("method"), str(heal.get("method"))))
     quant = next((c.get("quantization") for c in chain if c.get("stage") == "quantize"), None)
-    if quant:
+    if quant and quant.get("format") == "gguf":
+        tags += ["gguf", "llama.cpp", str(quant.get("file_type", "")).replace("MOSTLY_", "").replace("ALL_", "").lower()]
+    elif quant:
         scheme = quant.get("scheme", "")
         tags += ["bitsandbytes", "8-bit" if scheme == "int8" else "4-bit", scheme.split("-")[0]]
         if scheme.endswith("-dq"):
@@ -249,6 +251,10 @@ def _step_text(rec: dict) -> str:
         if h.get("method") == "kd":
             parts.append(f"teacher {(h.get('kd') or {}).get('teacher')}, temperature {(h.get('kd') or {}).get('temperature')}")
         return f"**heal** `{h.get('name')}`: " + ", ".join(parts)
+    if stage == "quantize" and (rec.get("quantization") or {}).get("format") == "gguf":
+        q = rec["quantization"]
+        return (f"**export** GGUF {q.get('scheme')} for llama.cpp ({q.get('architecture')} architecture, "
+                f"{q.get('file_type')}; tensor types {q.get('type_counts')}, {q.get('fallback_count')} fallbacks)")
     if stage == "quantize":
         q = rec.get("quantization", {})
         return (f"**quantize** {q.get('scheme')} (bitsandbytes), compute dtype {q.get('compute_dtype')}, blocksize "
@@ -303,7 +309,7 @@ def model_card(compression: dict, records: list[dict], *, model: str, variant: d
                          if c.get("stage") == "prune" and c.get("result")), None)
     name = f"{model}-{variant['variant'].replace('+', '-')}"
     data = ModelCardData(
-        base_model=base.get("base_model"), library_name="transformers", license=base.get("license"),
+        base_model=base.get("base_model"), library_name="gguf" if gguf else "transformers", license=base.get("license"),
         pipeline_tag="text-generation", tags=_tags(chain, variant, sparsity), model_name=name,
         eval_results=_eval_results(rows) or None,
     )

@@ -218,3 +218,74 @@ def test_llamacpp_quantization_records_effective_types_and_fallbacks(tmp_path):
     ref = _torch_logits(ckpt)
     got = _llamacpp_logits(tmp_path / "q8" / "model.gguf")
     assert float(np.abs(got - ref).max()) < 0.1 * float(np.abs(ref).max()) + 0.05
+
+
+def test_llamacpp_evaluations_follow_the_pytorch_protocols(tmp_path):
+    """Perplexity (same windows and scoring), cost (same parameter and MAC counts), latency and memory records of a
+    GGUF artifact, through the workflow's dispatcher, against the checkpoint's PyTorch records."""
+    from llm_compression.evaluate import evaluate_artifact
+
+    model = _slice_layers(tiny_llama(vocab_size=VOCAB, num_hidden_layers=3, seed=3), [(4, 2, 128), (2, 2, 64), (1, 2, 96)])
+    ckpt = _save(model, tmp_path / "block")
+    art = tmp_path / "gguf-f32"
+    export_artifact(ckpt, art, "gguf-f32", threads=1)
+    ppl = dict(dataset="ptb", preset="sparsegpt", seqlen=64, max_tokens=512, batch_size=2)
+    pt = evaluate_artifact(ckpt, "perplexity", **ppl)
+    lc = evaluate_artifact(art, "perplexity", job_threads=1, **ppl)
+    assert lc["runtime"]["engine"] == "llama.cpp" and lc["runtime"]["threads"] == 1
+    for k in ("windows", "scored_tokens", "seqlen", "stream_tokens", "split_tokens", "join"):
+        assert lc["protocol"][k] == pt["protocol"][k], k
+    assert abs(lc["metrics"]["perplexity"] / pt["metrics"]["perplexity"] - 1) < 1e-3
+    c_pt = evaluate_artifact(ckpt, "cost", seqlen=64)["metrics"]
+    c_lc = evaluate_artifact(art, "cost", seqlen=64, job_threads=1)["metrics"]
+    for k in ("parameters", "nonzero_parameters", "macs", "prunable_weights"):
+        assert c_lc[k] == c_pt[k], (k, c_lc[k], c_pt[k])
+    assert c_lc["gguf_architecture"] == "deci" and c_lc["disk_bytes"] == (art / "model.gguf").stat().st_size
+    lat = evaluate_artifact(art, "latency", prompt_tokens=16, new_tokens=4, repeats=2, warmup=1, job_threads=1)
+    m = lat["metrics"]
+    assert m["decode_tokens_per_second_median"] > 0 and len(m["decode_tokens_per_second_repeats"]) == 2
+    assert lat["protocol"]["threads"] == 1 and lat["protocol"]["quantization"] == "gguf-f32"
+    mem = evaluate_artifact(art, "memory", seqlen=32, job_threads=1)
+    assert mem["runtime"]["engine"] == "llama.cpp"
+    assert mem["metrics"]["peak_memory_bytes"] >= mem["metrics"]["rss_after_load_bytes"] > 0
+    with pytest.raises(ValueError, match="zeroshot.*not one of perplexity, cost, memory, latency"):
+        evaluate_artifact(art, "zeroshot")
+
+
+def test_greedy_generation_in_llamacpp_equals_transformers(tmp_path):
+    from llm_compression.evaluate.generate import generate_greedy
+    from llm_compression.evaluate.llamacpp import generate_gguf
+
+    ckpt = _save(tiny_llama(vocab_size=VOCAB, seed=4), tmp_path / "m")
+    art = tmp_path / "gguf-f32"
+    export_artifact(ckpt, art, "gguf-f32", threads=1)
+    model, tok = load_checkpoint(ckpt)
+    prompts = ["the cat sat", "a capital of"]
+    pt = generate_greedy(model, tok, prompts, max_new_tokens=8)
+    lc = generate_gguf(art, tok, prompts, max_new_tokens=8, threads=1)
+    assert [g["completion"] for g in lc] == [g["completion"] for g in pt]
+    assert [g["new_tokens"] for g in lc] == [g["new_tokens"] for g in pt]
+
+
+def test_model_cards_say_which_runtimes_load_the_export(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from llm_compression.export import export_checkpoint
+    from llm_compression.variants import Pruning, Variant
+
+    model = _slice_layers(tiny_llama(vocab_size=VOCAB, num_hidden_layers=2), [(4, 2, 128), (2, 2, 64)])
+    ckpt = _save(model, tmp_path / "block")
+    art = tmp_path / "gguf-q8_0"
+    export_artifact(ckpt, art, "gguf-q8_0", threads=1)
+    v = Variant(Pruning("llmpruner-l2", "block", 0.25, 1), "none", "gguf-q8_0")
+    export_checkpoint(art, tmp_path / "export", metrics_files=[], model="tiny", variant=v.row(), base={})
+    card = ModelCard.load(tmp_path / "export" / "README.md")
+    assert card.data.library_name == "gguf" and {"gguf", "llama.cpp", "q8_0"} <= set(card.data.tags)
+    assert "| llama.cpp | yes (`deci` architecture, per-layer widths, MOSTLY_Q8_0)" in card.text
+    assert "| transformers `from_pretrained` | no |" in card.text and "Llama(model_path=" in card.text
+    assert (tmp_path / "export" / "model.gguf").exists() and "**export** GGUF gguf-q8_0" in card.text
+    v0 = Variant(Pruning("llmpruner-l2", "block", 0.25, 1))
+    export_checkpoint(ckpt, tmp_path / "export0", metrics_files=[], model="tiny", variant=v0.row(), base={})
+    text = (tmp_path / "export0" / "README.md").read_text()
+    assert "| transformers `from_pretrained` | no (per-layer widths) |" in text
+    assert "| llm-compression `load_checkpoint` | yes |" in text and "| llama.cpp | after conversion" in text

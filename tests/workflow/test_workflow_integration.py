@@ -51,10 +51,13 @@ FAMILIES = {
     "llm-pruner channel": dict(method="llmpruner-element1", level="channel"),
     "lora-healed": dict(healing="lora"),
     "nf4-dq": dict(quant="nf4-dq"),
+    "llama.cpp f16": dict(quant="gguf-f16", runtime="llama.cpp"),
+    "llama.cpp Q4_K_M": dict(quant="gguf-q4_k_m", runtime="llama.cpp"),
 }
+GGUF = ["none", "nf4-dq", "gguf-f16", "gguf-q4_k_m"]
 #: columns the figures and the README table read from summary.csv
 FIGURE_COLUMNS = {"model", "variant", "method", "importance", "level", "ratio", "repeat", "healing", "quant",
-                  "evaluation", "metric", "dataset", "value"}
+                  "runtime", "evaluation", "metric", "dataset", "value"}
 #: metrics every variant has (perplexity per dataset; cost: parameters, non-zero, sparsity, GMACs)
 FIGURE_METRICS = {"perplexity", "parameters", "nonzero_parameters", "sparsity", "gmacs", "disk_bytes"}
 
@@ -72,10 +75,10 @@ def tiny_default_grid() -> dict:
             {"method": "wanda", "ratios": [0.5]},
             {"method": "magnitude", "ratios": [0.5]},
             {"method": "llm-pruner", "level": "block", "ratios": [0.5], "importance": "taylor",
-             "healing": ["none", "lora"], "calibration": LLM_PRUNER_CAL},
+             "healing": ["none", "lora"], "calibration": LLM_PRUNER_CAL, "quantization": GGUF},
             {"method": "llm-pruner", "level": "channel", "ratios": [0.2], "importance": "taylor",
              "calibration": LLM_PRUNER_CAL},
-        ], "quantization": ["none", "nf4-dq"]},
+        ], "quantization": ["none", "nf4-dq"], "dense_quantization": GGUF},
         "calibration": {"corpus": "lambada", "samples": 4, "seqlen": 128},
         "healing": {"lora": {"method": "lora", "steps": 3, "batch_size": 2, "seqlen": 64, "learning_rate": 1.0e-3,
                              "dtype": "bfloat16", "lora": {"rank": 4, "alpha": 8, "dropout": 0.0},
@@ -118,8 +121,13 @@ def test_every_family_in_the_table_with_the_figure_columns(run):
         rows = df[(df[list(sel)] == pd.Series(sel)).all(axis=1)]
         assert len(rows), f"no {family} rows in summary.csv"
         assert FIGURE_METRICS <= set(rows.metric), (family, FIGURE_METRICS - set(rows.metric))
-    assert len(set(df.variant)) == 14  # 7 pruned/healed models (dense included) x {none, nf4-dq}
-    assert (df.groupby("variant").metric.nunique() == df.metric.nunique()).all()  # no variant misses a metric
+    # 7 pruned/healed models (dense included) x {none, nf4-dq}, and dense, block, block+lora x {gguf-f16, gguf-q4_k_m}
+    assert len(set(df.variant)) == 20
+    pt = df[df.runtime == "pytorch"]
+    assert (pt.groupby("variant").metric.nunique() == pt.metric.nunique()).all()  # no variant misses a metric
+    assert set(df[df.runtime == "llama.cpp"].variant) == {f"{m}+{q}" for q in ("gguf-f16", "gguf-q4_k_m")
+                                                          for m in ("dense", "llmpruner-element1_block_0.5_x1",
+                                                                    "llmpruner-element1_block_0.5_x1+lora")}
     assert set(df[df.metric == "perplexity"].dataset) == {"ptb"}
 
 
@@ -143,6 +151,14 @@ def test_table_values(run):
     assert v[f"{block}+lora", "parameters"] == v[block, "parameters"]  # adapters merged
     assert v["dense+nf4-dq", "disk_bytes"] < 0.35 * v["dense", "disk_bytes"]
     assert v["dense+nf4-dq", "parameters"] == v["dense", "parameters"]
+    # llama.cpp: f16 within 0.5% of PyTorch fp32 on the same windows; Q4_K_M smaller and worse; the per-layer
+    # widths of the block-pruned model load (deci) and keep its parameter count and GMACs
+    assert abs(v["dense+gguf-f16", "perplexity"] / v["dense", "perplexity"] - 1) < 0.005
+    assert abs(v[f"{block}+gguf-f16", "perplexity"] / v[block, "perplexity"] - 1) < 0.005
+    assert v["dense+gguf-q4_k_m", "disk_bytes"] < 0.5 * v["dense+gguf-f16", "disk_bytes"]
+    assert v["dense+gguf-q4_k_m", "perplexity"] > v["dense+gguf-f16", "perplexity"]
+    assert v[f"{block}+gguf-f16", "parameters"] == v[block, "parameters"]
+    assert abs(v[f"{block}+gguf-f16", "gmacs"] / v[block, "gmacs"] - 1) < 1e-6
     assert abs(v["dense+nf4-dq", "linear_bits_per_weight"] - 4.127) < 0.001
     # protocol recorded with the value
     rec = pd.read_json(tmp / "results/smollm2-135m/metrics/dense/none/none/ppl-ptb-sparsegpt.json", typ="series")
@@ -181,4 +197,4 @@ def test_changing_an_evaluation_knob_reruns_only_metrics(run):
     f3.write_text(yaml.safe_dump(cfg3))
     counts = job_counts(snakemake(f3, "-n"))
     # every figure that shows perplexity reruns; cost_vs_ratio reads only cost metrics and does not
-    assert counts == {"evaluate": 14, "aggregate": 1, "plot": 5, "all": 1}, counts
+    assert counts == {"evaluate": 20, "aggregate": 1, "plot": 5, "all": 1}, counts

@@ -215,7 +215,8 @@ def cost_gguf(artifact, *, seqlen: int = 512) -> dict:
 
     - ``parameters``: elements of every tensor (``token_embd`` once: tied embeddings share it);
     - ``nonzero_parameters``: of the tensors dequantized (``gguf.quants.dequantize``);
-    - ``sparsity``: zeros over the decoder's Linear weights (``blk.*`` 2-D tensors), padding rows included;
+    - ``sparsity``: zeros over the decoder's Linear weights (``blk.*`` 2-D tensors, ``prunable_weights``; their
+      zeros ``zero_weights``), padding rows included;
     - ``disk_bytes``: the ``.gguf`` file; ``linear_bits_per_weight``: stored bits per decoder Linear weight;
     - ``macs`` of one ``seqlen``-token forward: ``seqlen x`` every Linear's ``in x out`` (the output head
       included, ``token_embd`` reused when tied) plus, per layer, ``H_q L^2 d`` score and ``H_q L^2 d`` value
@@ -247,15 +248,16 @@ def cost_gguf(artifact, *, seqlen: int = 512) -> dict:
             lin_params += n
             lin_zeros += n - nz
             lin_bytes += int(t.n_bytes)
-    attn = sum(2 * h * int(seqlen) * int(seqlen) * head_dim for h in heads)
-    macs = macs_linear + attn
+    scores = sum(h * int(seqlen) * int(seqlen) * head_dim for h in heads)  # values: the same count (d_v = d)
+    macs = macs_linear + 2 * scores
     return {
         "parameters": params, "nonzero_parameters": nonzero,
         "sparsity": lin_zeros / lin_params if lin_params else 0.0,
+        "prunable_weights": lin_params, "zero_weights": lin_zeros,
         "disk_bytes": int(path.stat().st_size),
         "linear_bits_per_weight": 8.0 * lin_bytes / lin_params if lin_params else None,
-        "macs": macs, "gmacs": macs / 1e9, "macs_linear": macs_linear, "macs_attention": attn,
-        "macs_seqlen": int(seqlen),
+        "macs": macs, "gmacs": macs / 1e9, "macs_linear": macs_linear, "macs_attention_scores": scores,
+        "macs_attention_values": scores, "macs_seqlen": int(seqlen),
     }
 
 
