@@ -44,10 +44,7 @@ def measure_latency(model, *, prompt_tokens: int = 128, new_tokens: int = 32, re
     Raises:
         ValueError: a count below 1 (``warmup`` may be 0).
     """
-    for name, v, lo in (("prompt_tokens", prompt_tokens, 1), ("new_tokens", new_tokens, 1),
-                        ("repeats", repeats, 1), ("warmup", warmup, 0)):
-        if int(v) < lo:
-            raise ValueError(f"{name} {v!r} must be >= {lo}")
+    check_latency_counts(prompt_tokens, new_tokens, repeats, warmup)
     device = str(next(model.parameters()).device)
     vocab = int(model.get_input_embeddings().num_embeddings)
     ids = torch.randint(0, vocab, (1, int(prompt_tokens)), generator=torch.Generator().manual_seed(seed)).to(device)
@@ -70,8 +67,27 @@ def measure_latency(model, *, prompt_tokens: int = 128, new_tokens: int = 32, re
             prefill.append(t1 - t0)
             decode.append(int(new_tokens) / (t2 - t1))
         del past, out
-    pm = statistics.median(prefill)
-    dm = statistics.median(decode)
+    return latency_summary(prefill, decode, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats,
+                           warmup=warmup, threads=torch.get_num_threads(), device=device)
+
+
+def check_latency_counts(prompt_tokens, new_tokens, repeats, warmup) -> None:
+    """The latency protocol's counts, checked before any work.
+
+    Raises:
+        ValueError: a count below 1 (``warmup`` may be 0), naming it.
+    """
+    for name, v, lo in (("prompt_tokens", prompt_tokens, 1), ("new_tokens", new_tokens, 1),
+                        ("repeats", repeats, 1), ("warmup", warmup, 0)):
+        if int(v) < lo:
+            raise ValueError(f"{name} {v!r} must be >= {lo}")
+
+
+def latency_summary(prefill: list[float], decode: list[float], *, prompt_tokens: int, new_tokens: int,
+                    repeats: int, warmup: int, threads: int, device: str) -> dict:
+    """The latency record's metrics from the timed repeats (``prefill`` seconds, ``decode`` tokens/s, run order):
+    medians with min and max, the repeats themselves, and the protocol's counts (see :func:`measure_latency`)."""
+    pm, dm = statistics.median(prefill), statistics.median(decode)
     return {
         "prefill_seconds_median": pm,
         "prefill_seconds_min": min(prefill),
@@ -87,6 +103,6 @@ def measure_latency(model, *, prompt_tokens: int = 128, new_tokens: int = 32, re
         "new_tokens": int(new_tokens),
         "repeats": int(repeats),
         "warmup": int(warmup),
-        "threads": torch.get_num_threads(),
+        "threads": int(threads),
         "device": device,
     }

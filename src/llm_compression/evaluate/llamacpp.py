@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -129,10 +128,9 @@ def measure_latency_gguf(artifact, *, prompt_tokens: int = 128, new_tokens: int 
     import numpy as np
     import torch
 
-    for name, v, lo in (("prompt_tokens", prompt_tokens, 1), ("new_tokens", new_tokens, 1),
-                        ("repeats", repeats, 1), ("warmup", warmup, 0)):
-        if int(v) < lo:
-            raise ValueError(f"{name} {v!r} must be >= {lo}")
+    from .latency import check_latency_counts, latency_summary
+
+    check_latency_counts(prompt_tokens, new_tokens, repeats, warmup)
     llm = load_llama(artifact, n_ctx=int(prompt_tokens) + int(new_tokens) + 1, threads=threads, logits_all=False,
                      n_batch=max(int(prompt_tokens), 1))
     try:
@@ -154,16 +152,8 @@ def measure_latency_gguf(artifact, *, prompt_tokens: int = 128, new_tokens: int 
                 decode.append(int(new_tokens) / (t2 - t1))
     finally:
         llm.close()
-    pm, dm = statistics.median(prefill), statistics.median(decode)
-    return {
-        "prefill_seconds_median": pm, "prefill_seconds_min": min(prefill), "prefill_seconds_max": max(prefill),
-        "prefill_tokens_per_second_median": int(prompt_tokens) / pm,
-        "decode_tokens_per_second_median": dm, "decode_tokens_per_second_min": min(decode),
-        "decode_tokens_per_second_max": max(decode), "decode_seconds_per_token_median": 1.0 / dm,
-        "prefill_seconds_repeats": list(prefill), "decode_tokens_per_second_repeats": list(decode),
-        "prompt_tokens": int(prompt_tokens), "new_tokens": int(new_tokens), "repeats": int(repeats),
-        "warmup": int(warmup), "threads": int(threads), "device": "cpu",
-    }
+    return latency_summary(prefill, decode, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats,
+                           warmup=warmup, threads=int(threads), device="cpu")
 
 
 def generate_gguf(artifact, tokenizer, prompts: list[str], *, max_new_tokens: int, threads: int = 1) -> list[dict]:
@@ -269,7 +259,7 @@ def probe_gguf(artifact, *, seqlen: int, threads: int | None = None, seed: int =
     not have imported torch); return memory figures with the keys of :func:`.memory.probe`."""
     import numpy as np
 
-    from .memory import _proc_status_bytes, _reset_peak_rss, _rss_split
+    from .memory import _proc_status_bytes, _rss_split, rss_after_load, rss_after_work
 
     threads = int(threads or os.cpu_count() or 1)
     out = {"device": "cpu", "threads": threads, "seqlen": int(seqlen), "engine": ENGINE,
@@ -278,25 +268,9 @@ def probe_gguf(artifact, *, seqlen: int, threads: int | None = None, seed: int =
     llm = load_llama(artifact, n_ctx=int(seqlen), threads=threads, logits_all=False)
     vocab = llm.n_vocab()
     ids = np.random.default_rng(seed).integers(0, vocab, int(seqlen)).tolist()
-    out["rss_after_load_bytes"] = _proc_status_bytes("VmRSS")
-    out.update(_rss_split("after_load"))
-    out["peak_rss_through_load_bytes"] = _proc_status_bytes("VmHWM")
-    reset = _reset_peak_rss()
+    reset = rss_after_load(out)
     llm.eval(ids)
-    hwm = _proc_status_bytes("VmHWM")
-    out.update(_rss_split("after_forward"))
-    if reset and hwm is not None:
-        out["peak_rss_forward_bytes"] = hwm
-        rss_kind = "VmHWM over one prompt evaluation (reset after load)"
-    else:
-        import resource
-
-        out["peak_rss_forward_bytes"] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-        rss_kind = "ru_maxrss of the whole process (peak reset unavailable; includes loading)"
-    out["peak_memory_bytes"] = out["peak_rss_forward_bytes"]
-    out["peak_memory_kind"] = "CPU resident set, " + rss_kind
-    out["peak_memory_over_load_bytes"] = out["peak_memory_bytes"] - out["rss_after_load_bytes"]
-    out["peak_rss_kind"] = rss_kind
+    rss_after_work(out, reset, "one prompt evaluation")
     llm.close()
     return out
 

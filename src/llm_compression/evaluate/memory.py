@@ -144,8 +144,6 @@ def probe(ckpt_dir: str, *, seqlen: int, device: str, threads: int | None = None
         from .llamacpp import probe_gguf
 
         return probe_gguf(ckpt_dir, seqlen=seqlen, threads=threads, seed=seed)
-    import resource
-
     import torch
 
     from ..models import load_checkpoint, pick_device
@@ -165,11 +163,8 @@ def probe(ckpt_dir: str, *, seqlen: int, device: str, threads: int | None = None
         torch.cuda.synchronize()
         out["cuda_allocated_after_load_bytes"] = int(torch.cuda.memory_allocated())
         torch.cuda.reset_peak_memory_stats()
-    out["rss_after_load_bytes"] = _proc_status_bytes("VmRSS")
     out.update(split_after_imports)
-    out.update(_rss_split("after_load"))
-    out["peak_rss_through_load_bytes"] = _proc_status_bytes("VmHWM")
-    reset = _reset_peak_rss()
+    reset = rss_after_load(out)
     with torch.no_grad():
         model(input_ids=ids, use_cache=False)
     if cuda:
@@ -177,20 +172,38 @@ def probe(ckpt_dir: str, *, seqlen: int, device: str, threads: int | None = None
         out["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
         out["peak_memory_kind"] = "cuda max_memory_allocated over one forward"
         out["peak_memory_over_load_bytes"] = out["peak_memory_bytes"] - out["cuda_allocated_after_load_bytes"]
+    rss_after_work(out, reset, "one forward", peak_is_rss=not cuda)
+    return out
+
+
+def rss_after_load(out: dict) -> bool:
+    """Record in ``out`` the resident set after loading a model (``rss_after_load_bytes``, its anonymous/file
+    split, ``peak_rss_through_load_bytes``), then reset the high-water mark; return whether the reset worked."""
+    out["rss_after_load_bytes"] = _proc_status_bytes("VmRSS")
+    out.update(_rss_split("after_load"))
+    out["peak_rss_through_load_bytes"] = _proc_status_bytes("VmHWM")
+    return _reset_peak_rss()
+
+
+def rss_after_work(out: dict, reset: bool, work: str, *, peak_is_rss: bool = True) -> None:
+    """Record in ``out`` the peak resident set over ``work`` done since :func:`rss_after_load`
+    (``peak_rss_forward_bytes``, ``peak_rss_kind``, the split after it) and, with ``peak_is_rss`` (CPU), make it
+    the record's ``peak_memory_bytes`` (``peak_memory_kind``, ``peak_memory_over_load_bytes``)."""
+    import resource
+
     hwm = _proc_status_bytes("VmHWM")
     out.update(_rss_split("after_forward"))
     if reset and hwm is not None:
         out["peak_rss_forward_bytes"] = hwm
-        rss_kind = "VmHWM over one forward (reset after load)"
+        rss_kind = f"VmHWM over {work} (reset after load)"
     else:
         out["peak_rss_forward_bytes"] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
         rss_kind = "ru_maxrss of the whole process (peak reset unavailable; includes loading)"
-    if not cuda:
+    if peak_is_rss:
         out["peak_memory_bytes"] = out["peak_rss_forward_bytes"]
         out["peak_memory_kind"] = "CPU resident set, " + rss_kind
         out["peak_memory_over_load_bytes"] = out["peak_memory_bytes"] - out["rss_after_load_bytes"]
     out["peak_rss_kind"] = rss_kind
-    return out
 
 
 def measure_peak_memory(ckpt_dir: str | os.PathLike, *, seqlen: int, device: str = "cpu",
