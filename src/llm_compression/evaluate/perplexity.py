@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..protocols import check_eval_dtype
+from ..stats import perplexity_interval
 from .memory import track_peak_memory
 
 
@@ -93,7 +94,8 @@ def window_stream(ids: torch.Tensor, seqlen: int, last_window: str = "drop") -> 
 NLL_CHUNK_TOKENS = 1024
 
 
-def window_nll(logits: torch.Tensor, x: torch.Tensor, *, chunk_tokens: int = NLL_CHUNK_TOKENS) -> torch.Tensor:
+def window_nll(logits: torch.Tensor, x: torch.Tensor, *, chunk_tokens: int = NLL_CHUNK_TOKENS,
+               per_row: list | None = None) -> torch.Tensor:
     """Summed next-token negative log-likelihood (nats, fp32 0-d tensor) of windows ``x`` ``[batch, seq]``
     given the model's ``logits`` ``[batch, seq, vocab]`` (position t predicts token t+1, so
     ``batch * (seq - 1)`` tokens are scored).
@@ -104,14 +106,21 @@ def window_nll(logits: torch.Tensor, x: torch.Tensor, *, chunk_tokens: int = NLL
     kept log-probabilities are summed by ``F.nll_loss(reduction="sum")`` over the whole batch, as
     ``F.cross_entropy`` over the flattened batch did before (same fp32 values, same summation), so
     fp32 results are bit-identical to that computation.
+
+    ``per_row``, when given, is extended with each window's own NLL sum (nats, Python float, summed in float64),
+    the unit of the perplexity's interval (:func:`llm_compression.stats.perplexity_interval`).
     """
     seq = x.shape[1]
     picked = []
     for r in range(x.shape[0]):
+        row = []
         for s in range(0, seq - 1, chunk_tokens):
             e = min(s + chunk_tokens, seq - 1)
             logp = torch.log_softmax(logits[r, s:e].float(), dim=-1)  # .float() is a no-op on fp32
-            picked.append(logp.gather(1, x[r, s + 1 : e + 1].unsqueeze(1)))
+            row.append(logp.gather(1, x[r, s + 1 : e + 1].unsqueeze(1)))
+        if per_row is not None:
+            per_row.append(-float(sum(t.double().sum() for t in row)))
+        picked += row
     p = torch.cat(picked)  # [batch * (seq - 1), 1] target log-probabilities
     return F.nll_loss(p, torch.zeros(p.shape[0], dtype=torch.long, device=p.device), reduction="sum")
 
@@ -145,7 +154,9 @@ def perplexity(
             the NLL sum are fp32 in every case (:func:`window_nll`).
 
     Returns:
-        dict with ``perplexity``, ``nll_sum`` (nats), ``scored_tokens``, ``windows``,
+        dict with ``perplexity``, its 95% interval ``perplexity_ci95_low``/``_high`` (windows as the units,
+        :func:`llm_compression.stats.perplexity_interval`; None with one window), ``nll_sum`` (nats),
+        ``window_nll`` and ``window_tokens`` (each window's NLL sum and scored tokens, in order), ``scored_tokens``, ``windows``,
         ``stream_tokens``, ``seqlen``, ``stride`` (= seqlen), ``bos``, ``last_window``, ``dtype``,
         ``seconds`` (wall), ``cpu_seconds`` (this process, all threads), ``tokens_per_second``
         (stream tokens of the windows / wall seconds) and the evaluation's peak memory
@@ -176,6 +187,8 @@ def perplexity(
                 else contextlib.nullcontext())
     nll_sum = 0.0
     scored = 0
+    per_window: list[float] = []
+    window_tokens: list[int] = []
     t0, c0 = time.perf_counter(), time.process_time()
     with track_peak_memory(device) as mem, autocast:
         for group in it:
@@ -187,13 +200,19 @@ def perplexity(
             x = x.to(device)
             logits = model(input_ids=x, use_cache=False).logits
             # predict token t+1 from position t; with BOS every stream token is a target
-            nll_sum += float(window_nll(logits, x))
+            nll_sum += float(window_nll(logits, x, per_row=per_window))
             scored += x.shape[0] * (x.shape[1] - 1)
+            window_tokens += [x.shape[1] - 1] * x.shape[0]
             del logits
     seconds = time.perf_counter() - t0
+    low, high = perplexity_interval(per_window, window_tokens) if len(per_window) > 1 else (None, None)
     return {
         "perplexity": math.exp(nll_sum / scored),
+        "perplexity_ci95_low": low,
+        "perplexity_ci95_high": high,
         "nll_sum": nll_sum,
+        "window_nll": per_window,
+        "window_tokens": window_tokens,
         "scored_tokens": scored,
         "windows": len(windows),
         "stream_tokens": int(ids.numel()),

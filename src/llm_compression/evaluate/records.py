@@ -81,7 +81,8 @@ def perplexity_of_model(
             runs under ``torch.autocast`` in it, losses are fp32 (see :func:`.perplexity.perplexity`).
 
     Returns:
-        ``{"metrics": {"perplexity", "nll_sum"}, "protocol": {...}, "runtime": {...}}``; the protocol holds
+        ``{"metrics": {"perplexity", "perplexity_ci95_low", "perplexity_ci95_high", "nll_sum"}, "windows": {"nll",
+        "tokens"}, "protocol": {...}, "runtime": {...}}``; the protocol holds
         preset, reference, dataset, split, source, join, seqlen, stride, windows, scored/stream/split
         tokens, cap, BOS use, last-window rule, batch size and compute ``dtype``; the runtime holds the
         device, the weights' dtype, threads, wall and CPU seconds, tokens/s and the evaluation's peak
@@ -124,7 +125,11 @@ def perplexity_of_model(
                        "fp32 log-softmax and NLL sum"),
     }
     return {
-        "metrics": {"perplexity": r["perplexity"], "nll_sum": r["nll_sum"]},
+        "metrics": {"perplexity": r["perplexity"], "perplexity_ci95_low": r["perplexity_ci95_low"],
+                    "perplexity_ci95_high": r["perplexity_ci95_high"], "nll_sum": r["nll_sum"]},
+        # per-window NLL sums and scored tokens: the units of the interval, and of paired comparisons between
+        # variants scored on the same windows (llm_compression.stats.paired_perplexity_ratio)
+        "windows": {"nll": r["window_nll"], "tokens": r["window_tokens"]},
         "protocol": protocol,
         "runtime": {**_runtime(model), **{k: r[k] for k in ("seconds", "cpu_seconds", "tokens_per_second",
                                                              "peak_memory_bytes", "memory_before_bytes",

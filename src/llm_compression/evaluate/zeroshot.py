@@ -193,6 +193,31 @@ def _num(x):
     return None if math.isnan(x) else x
 
 
+def add_accuracy_intervals(per_task: dict, metrics: dict, confidence: float = 0.95) -> None:
+    """Add 95% intervals to zero-shot results, in place: per task, ``<m>_ci95_low``/``_high`` of ``acc`` and
+    ``acc_norm`` by the Wilson score interval over the task's ``samples`` documents
+    (:func:`llm_compression.stats.wilson_interval`; valid at 0 and 1, where lm-eval's standard error is 0); for
+    the mean over tasks (``metrics``), ``mean +- z * sqrt(sum se_i^2) / k`` with each task's ``se_i`` = its
+    Wilson half-width / z, clipped to [0, 1], and ``<m>_samples``, the documents scored over the tasks."""
+    from ..stats import _z, wilson_interval
+
+    z = _z(confidence)
+    for m in ("acc", "acc_norm"):
+        halves = []
+        for v in per_task.values():
+            n = v.get("samples")
+            if v.get(m) is None or not n:
+                continue
+            lo, hi = wilson_interval(round(v[m] * n), int(n), confidence)
+            v[f"{m}_ci95_low"], v[f"{m}_ci95_high"] = lo, hi
+            halves.append(((hi - lo) / 2, int(n)))
+        if metrics.get(m) is not None and halves and len(halves) == metrics.get(f"{m}_tasks"):
+            half = math.sqrt(sum(h * h for h, _ in halves)) / len(halves)
+            metrics[f"{m}_ci95_low"] = max(0.0, metrics[m] - half)
+            metrics[f"{m}_ci95_high"] = min(1.0, metrics[m] + half)
+            metrics[f"{m}_samples"] = sum(n for _, n in halves)
+
+
 def zeroshot_of_model(model, tokenizer, *, tasks=TASKS, limit: int | float | None = None, batch_size: int = 8,
                       source: str = "auto", device: str | None = None, seed: int = 0,
                       bos: str | bool = "auto") -> dict:
@@ -272,6 +297,7 @@ def zeroshot_of_model(model, tokenizer, *, tasks=TASKS, limit: int | float | Non
             ses = [s for _, s in vals if s is not None]
             metrics[f"{m}_stderr"] = math.sqrt(sum(s * s for s in ses)) / len(vals) if len(ses) == len(vals) else None
             metrics[f"{m}_tasks"] = len(vals)
+    add_accuracy_intervals(per_task, metrics)
     return {
         "metrics": metrics,
         "tasks": per_task,

@@ -29,7 +29,8 @@ EXCLUDED_METRICS = {"nll_sum"}
 #: short names of non-fp32 evaluation dtypes in the ``preset`` column
 DTYPE_LABELS = {"bfloat16": "bf16", "float16": "fp16"}
 #: zero-shot metrics carried into the table, per task and averaged
-ZEROSHOT_METRICS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
+ZEROSHOT_METRICS = ("acc", "acc_stderr", "acc_ci95_low", "acc_ci95_high", "acc_norm", "acc_norm_stderr",
+                    "acc_norm_ci95_low", "acc_norm_ci95_high", "samples", "acc_samples")
 
 
 def protocol_label(protocol: dict) -> str:

@@ -1,0 +1,68 @@
+"""Intervals (llm_compression.stats) against hand computations, and where the evaluations record them."""
+
+import math
+
+import pytest
+
+from llm_compression.stats import mean_interval, paired_perplexity_ratio, perplexity_interval, wilson_interval
+
+
+def test_wilson_interval_by_hand():
+    # 7/10: centre (0.7 + z^2/20) / (1 + z^2/10), half-width z sqrt(0.021 + z^2/400) / (1 + z^2/10), z = 1.959964
+    lo, hi = wilson_interval(7, 10)
+    assert lo == pytest.approx(0.396778, abs=1e-6) and hi == pytest.approx(0.892209, abs=1e-6)
+    # 0/10: the normal interval would be 0 +- 0; Wilson's is [0, z^2/10 / (1 + z^2/10)]
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.277533, abs=1e-6)
+    lo, hi = wilson_interval(10, 10)
+    assert hi == 1.0 and lo == pytest.approx(1 - 0.277533, abs=1e-6)
+    for bad in ((11, 10), (-1, 10), (0, 0)):
+        with pytest.raises(ValueError):
+            wilson_interval(*bad)
+
+
+def test_paired_perplexity_ratio_by_hand():
+    # per-token differences 0.2, 0.2, 0, 0.2: mean 0.15, sd 0.1, t(0.975, 3) = 3.182446, half 0.159122
+    ratio, lo, hi = paired_perplexity_ratio([10, 12, 11, 13], [9, 11, 11, 12], [5, 5, 5, 5])
+    assert ratio == pytest.approx(math.exp(0.15), rel=1e-9)
+    assert lo == pytest.approx(math.exp(0.15 - 0.159122), rel=1e-6)
+    assert hi == pytest.approx(math.exp(0.15 + 0.159122), rel=1e-6)
+    assert lo < 1 < hi  # within noise: the interval holds 1
+    with pytest.raises(ValueError, match="differ in number"):
+        paired_perplexity_ratio([1, 2], [1], [5, 5])
+
+
+def test_perplexity_and_mean_intervals():
+    mean, lo, hi = mean_interval([1.0, 2.0, 3.0])  # sd 1, t(0.975, 2) = 4.302653
+    assert mean == 2.0 and hi - mean == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    lo, hi = perplexity_interval([20.0, 30.0], [10, 10])  # per-token 2.0, 3.0
+    assert lo < math.exp(2.5) < hi
+    with pytest.raises(ValueError, match="at least 2"):
+        mean_interval([1.0])
+
+
+def test_zeroshot_intervals_per_task_and_over_tasks():
+    from llm_compression.evaluate.zeroshot import add_accuracy_intervals
+
+    per_task = {"a": {"acc": 0.7, "acc_norm": None, "samples": 10}, "b": {"acc": 0.0, "acc_norm": None, "samples": 10}}
+    metrics = {"acc": 0.35, "acc_tasks": 2}
+    add_accuracy_intervals(per_task, metrics)
+    assert per_task["a"]["acc_ci95_low"] == pytest.approx(0.396778, abs=1e-6)
+    assert per_task["b"]["acc_ci95_low"] == 0.0 and per_task["b"]["acc_ci95_high"] == pytest.approx(0.277533, abs=1e-6)
+    half = math.sqrt(((0.892209 - 0.396778) / 2) ** 2 + (0.277533 / 2) ** 2) / 2
+    assert metrics["acc_ci95_low"] == pytest.approx(0.35 - half, abs=1e-5)
+    assert metrics["acc_ci95_high"] == pytest.approx(0.35 + half, abs=1e-5)
+    assert metrics["acc_samples"] == 20 and "acc_norm_ci95_low" not in metrics
+
+
+def test_perplexity_record_carries_windows_and_its_interval():
+    import torch
+
+    from conftest import tiny_llama
+    from llm_compression.evaluate.perplexity import perplexity
+
+    ids = torch.randint(0, 256, (4 * 16,), generator=torch.Generator().manual_seed(0))
+    r = perplexity(tiny_llama(), ids, seqlen=16, batch_size=3)
+    assert len(r["window_nll"]) == 4 and r["window_tokens"] == [15] * 4
+    assert sum(r["window_nll"]) == pytest.approx(r["nll_sum"], rel=1e-6)
+    assert r["perplexity_ci95_low"] < r["perplexity"] < r["perplexity_ci95_high"]
