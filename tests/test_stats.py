@@ -66,3 +66,34 @@ def test_perplexity_record_carries_windows_and_its_interval():
     assert len(r["window_nll"]) == 4 and r["window_tokens"] == [15] * 4
     assert sum(r["window_nll"]) == pytest.approx(r["nll_sum"], rel=1e-6)
     assert r["perplexity_ci95_low"] < r["perplexity"] < r["perplexity_ci95_high"]
+
+
+def test_table_pairs_each_perplexity_with_the_dense_models_on_the_same_windows(tmp_path):
+    import json
+
+    from llm_compression.report.table import build_table
+    from llm_compression.variants import Pruning, Variant
+
+    def rec(variant, nll, tokens=(5, 5, 5, 5)):
+        return {"model": "m", "variant": variant.row(), "evaluation": "ppl-ptb",
+                "metrics": {"perplexity": math.exp(sum(nll) / sum(tokens))},
+                "windows": {"nll": list(nll), "tokens": list(tokens)},
+                "protocol": {"dataset": "ptb", "split": "test", "preset": "sparsegpt", "seqlen": 6, "windows": 4,
+                             "scored_tokens": 20}}
+
+    files = []
+    for name, r in (("dense", rec(Variant(Pruning("dense")), [9, 11, 11, 12])),
+                    ("near", rec(Variant(Pruning("wanda", ratio=0.5)), [10, 12, 11, 13])),
+                    ("far", rec(Variant(Pruning("magnitude", ratio=0.5)), [19, 21, 22, 22])),
+                    ("other", rec(Variant(Pruning("sparsegpt", ratio=0.5)), [10, 12, 11], (5, 5, 5)))):
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+        files.append(tmp_path / f"{name}.json")
+    df = build_table(files)
+    v = df.set_index(["variant", "metric"]).value
+    near = "wanda_unstructured_0.5_x1"
+    assert v[near, "ppl_ratio_to_dense"] == pytest.approx(math.exp(0.15))
+    assert v[near, "ppl_ratio_to_dense_ci95_low"] == pytest.approx(math.exp(0.15 - 0.159122), rel=1e-6)
+    assert v[near, "ppl_within_noise_of_dense"] == 1.0
+    assert v["magnitude_unstructured_0.5_x1", "ppl_within_noise_of_dense"] == 0.0
+    assert ("sparsegpt_unstructured_0.5_x1", "ppl_ratio_to_dense") not in v.index  # other windows: not paired
+    assert ("dense", "ppl_ratio_to_dense") not in v.index

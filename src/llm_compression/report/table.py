@@ -93,6 +93,37 @@ def rows_from_record(record: dict) -> list[dict]:
             if k not in EXCLUDED_METRICS and isinstance(val, (int, float)) and not isinstance(val, bool)]
 
 
+#: metrics of the paired comparison of a variant's perplexity with the dense model's, on the same windows
+PAIRED_METRICS = ("ppl_ratio_to_dense", "ppl_ratio_to_dense_ci95_low", "ppl_ratio_to_dense_ci95_high",
+                  "ppl_within_noise_of_dense")
+
+
+def paired_rows(records: dict) -> list[dict]:
+    """Rows comparing each perplexity record with the dense model's record of the same evaluation, window by
+    window (:func:`llm_compression.stats.paired_perplexity_ratio`): the ratio of perplexities, its 95% interval,
+    and ``ppl_within_noise_of_dense`` = 1 when the interval holds 1. Records without per-window NLLs, or whose
+    windows differ from the dense model's (count or scored tokens), get none.
+
+    Args:
+        records: ``{(model, variant, evaluation): record}``.
+    """
+    from ..stats import paired_perplexity_ratio
+
+    out = []
+    for (model, variant, evaluation), rec in records.items():
+        dense = records.get((model, "dense", evaluation))
+        if variant == "dense" or dense is None or "perplexity" not in rec.get("metrics", {}):
+            continue
+        a, b = rec.get("windows") or {}, dense.get("windows") or {}
+        if not a.get("nll") or a.get("tokens") != b.get("tokens") or len(a["nll"]) < 2:
+            continue
+        ratio, lo, hi = paired_perplexity_ratio(a["nll"], b["nll"], a["tokens"])
+        template = rows_from_record({**rec, "metrics": {"perplexity": 0.0}})[0]  # the record's identity columns
+        for metric, value in zip(PAIRED_METRICS, (ratio, lo, hi, float(lo <= 1.0 <= hi))):
+            out.append({**template, "metric": metric, "value": value})
+    return out
+
+
 def build_table(metric_files: list[str | os.PathLike]) -> pd.DataFrame:
     """Read metrics JSON files into the tidy table, sorted by variant and metric.
 
@@ -102,14 +133,15 @@ def build_table(metric_files: list[str | os.PathLike]) -> pd.DataFrame:
     if not metric_files:
         raise ValueError("no metrics files to aggregate")
     rows = []
-    seen = set()
+    records = {}
     for f in metric_files:
         rec = read_json(f)
         key = (rec["model"], rec["variant"]["variant"], rec["evaluation"])
-        if key in seen:
+        if key in records:
             raise ValueError(f"duplicate metrics record for {key} in {f}")
-        seen.add(key)
+        records[key] = rec
         rows.extend(rows_from_record(rec))
+    rows.extend(paired_rows(records))
     df = pd.DataFrame(rows, columns=COLUMNS)
     return df.sort_values(["model", "method", "level", "ratio", "repeat", "healing", "quant", "evaluation", "dataset",
                            "metric"],
