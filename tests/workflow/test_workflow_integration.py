@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from llm_compression.report.table import PAIRED_METRICS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -123,8 +125,12 @@ def test_every_family_in_the_table_with_the_figure_columns(run):
         assert FIGURE_METRICS <= set(rows.metric), (family, FIGURE_METRICS - set(rows.metric))
     # 7 pruned/healed models (dense included) x {none, nf4-dq}, and dense, block, block+lora x {gguf-f16, gguf-q4_k_m}
     assert len(set(df.variant)) == 20
-    pt = df[df.runtime == "pytorch"]
+    pt = df[(df.runtime == "pytorch") & ~df.metric.isin(PAIRED_METRICS)]
     assert (pt.groupby("variant").metric.nunique() == pt.metric.nunique()).all()  # no variant misses a metric
+    # every perplexity but the dense model's own is paired with the dense model's on the same windows
+    paired = df[df.metric == "ppl_ratio_to_dense"]
+    assert set(paired.variant) == set(df.variant) - {"dense"}
+    assert (df[df.metric == "ppl_within_noise_of_dense"].value.isin([0.0, 1.0])).all()
     assert set(df[df.runtime == "llama.cpp"].variant) == {f"{m}+{q}" for q in ("gguf-f16", "gguf-q4_k_m")
                                                           for m in ("dense", "llmpruner-element1_block_0.5_x1",
                                                                     "llmpruner-element1_block_0.5_x1+lora")}
