@@ -349,8 +349,7 @@ def export_gguf(ckpt_dir: str | os.PathLike, out_path: str | os.PathLike, *, dty
     for i, w in enumerate(widths):
         t = {}
         for short, hf in _HF_NAMES.items():
-            suffix = ".weight"
-            t[short] = tensors.get(f"model.layers.{i}.{hf}{suffix}")
+            t[short] = tensors.get(f"model.layers.{i}.{hf}.weight")
         expect = {"q": (w["num_attention_heads"] * head_dim, hidden), "k": (w["num_key_value_heads"] * head_dim, hidden),
                   "v": (w["num_key_value_heads"] * head_dim, hidden), "o": (hidden, w["num_attention_heads"] * head_dim),
                   "gate": (w["intermediate_size"], hidden), "up": (w["intermediate_size"], hidden),

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ..gguf_export import GGUF_RECORD, gguf_file
+from .memory import quant_scheme
 
 ENGINE = "llama.cpp"
 
@@ -306,10 +307,6 @@ class _GGUFModel(LlamaCppLM):
         return iter([torch.empty(0)])
 
 
-def _gguf_quant(artifact) -> str | None:
-    return gguf_record(artifact).get("scheme")
-
-
 def _runtime(threads: int, **extra) -> dict:
     return {**engine_info(threads), "dtype": "gguf tensor types (gguf.json)", **extra}
 
@@ -344,7 +341,7 @@ def evaluate_perplexity_gguf(artifact, *, threads: int = 1, progress: bool = Fal
     rec["protocol"]["batch_size"] = 1
     rec["protocol"]["dtype_note"] = ("llama.cpp forward in the GGUF's tensor types (gguf.json), float32 logits; "
                                      "fp32 log-softmax and NLL sum as for PyTorch")
-    rec["protocol"]["quantization"] = _gguf_quant(artifact)
+    rec["protocol"]["quantization"] = quant_scheme(artifact)
     rec["runtime"] = _runtime(threads, **{k: v for k, v in rec["runtime"].items()
                                           if k not in ("device", "dtype", "torch_threads")})
     return rec
@@ -385,7 +382,7 @@ def evaluate_latency_gguf(artifact, *, prompt_tokens: int = 128, new_tokens: int
                              "new_tokens greedy single-token evaluations from that KV cache; warm-up repeats "
                              "discarded; median with min and max over repeats",
                      **{k: r[k] for k in ("prompt_tokens", "new_tokens", "repeats", "warmup", "threads", "device")},
-                     "seed": seed, "quantization": _gguf_quant(artifact)},
+                     "seed": seed, "quantization": quant_scheme(artifact)},
         "notes": ["llama.cpp's CPU kernels on the GGUF's tensor types; unstructured zeros are multiplied like any "
                   "other weight"],
         "runtime": _runtime(threads, seconds=time.perf_counter() - t0),

@@ -77,8 +77,7 @@ def evaluate_artifact(ckpt_dir, kind: str, *, device: str = "cpu", job_threads: 
     elif kind == "latency":
         options.pop("threads", None)
     if gguf and kind != "memory":
-        rec = run(ckpt_dir, **options)
-        return rec
+        return run(ckpt_dir, **options)
     rec = run(ckpt_dir, device=device, **options)
     if "protocol" in rec and (cal_dtype := calibration_dtype_of(read_compression(ckpt_dir))):
         rec["protocol"]["calibration_dtype"] = cal_dtype
