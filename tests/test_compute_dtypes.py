@@ -42,3 +42,41 @@ def test_the_check_takes_device_strings_and_torch_devices():
 
 def test_the_layerwise_calibrated_methods_are_the_calibrated_pruners():
     assert set(layerwise_calibrated()) == set(CALIBRATED) == {"sparsegpt", "wanda"}
+
+
+# --- training dtype "auto" ----------------------------------------------------------------------
+
+def test_cpu_bf16_detection_reads_the_instruction_flags(tmp_path):
+    from llm_compression.options.dtypes import cpu_flags, cpu_has_native_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n\n"
+                    "processor\t: 1\nflags\t\t: fpu sse2 avx2 fma\n")
+    assert cpu_flags(str(info)) == {"fpu", "sse2", "avx2", "fma"}
+    assert not cpu_has_native_bf16(cpu_flags(str(info)))
+    assert cpu_has_native_bf16({"avx2", "avx512f", "avx512_bf16"})
+    assert cpu_has_native_bf16({"amx_tile", "amx_bf16"})
+    assert cpu_has_native_bf16({"fp", "asimd", "bf16"})  # ARM (aarch64 "Features" line)
+    assert cpu_flags(str(tmp_path / "absent")) == set()
+
+
+def test_auto_training_dtype_follows_the_cpu(monkeypatch):
+    import llm_compression.heal.train as train
+
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    dtype, why = train.resolve_training_dtype("auto", "cpu")
+    assert dtype == "float32" and "no native bfloat16" in why
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    assert train.resolve_training_dtype("auto", torch.device("cpu"))[0] == "bfloat16"
+    # an explicit dtype is never changed, whatever the CPU
+    assert train.resolve_training_dtype("bfloat16", "cpu") == ("bfloat16", "requested")
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    assert train.resolve_training_dtype("bfloat16", "cpu") == ("bfloat16", "requested")
+
+
+def test_auto_is_a_valid_recipe_dtype_and_schema_value():
+    from llm_compression.options.healing import RecipeError, normalize_recipe
+
+    assert normalize_recipe({"method": "lora", "dtype": "auto"})["dtype"] == "auto"
+    with pytest.raises(RecipeError, match="dtype 'bf16' not in float32, bfloat16, float16, auto"):
+        normalize_recipe({"method": "lora", "dtype": "bf16"})

@@ -318,3 +318,23 @@ def test_heal_keeps_per_layer_widths(tmp_path):
         assert {n: tuple(p.shape) for n, p in res.model.named_parameters()} == shapes
         for name, lin in prunable_linears(res.model).items():
             assert bool((lin.weight[masks[name]] == 0).all())
+
+
+@pytest.mark.parametrize("native_bf16,expected", [(False, "float32"), (True, "bfloat16")])
+def test_auto_dtype_is_resolved_and_recorded(tmp_path, monkeypatch, native_bf16, expected):
+    """``dtype: auto`` trains in the dtype the device runs natively; the record names it and what was asked."""
+    import llm_compression.heal.train as train
+
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native_bf16)
+    seen = []
+    real_autocast = torch.autocast
+    monkeypatch.setattr(train.torch, "autocast", lambda *a, **k: seen.append(k.get("dtype")) or real_autocast(*a, **k))
+    recs = [{"instruction": f"Echo {i}", "output": str(i)} for i in range(8)]
+    (tmp_path / "d.json").write_text(json.dumps(recs))
+    res = heal_model(tiny_llama(), CharTok(), {"method": "lora", "steps": 2, "batch_size": 2, "seqlen": 64,
+                                             "warmup_steps": 0, "dtype": "auto", "lora": {"rank": 2},
+                                             "data": {"format": "alpaca", "path": str(tmp_path / "d.json"),
+                                                      "loss_on": "full"}})
+    assert res.info["dtype"] == res.recipe["dtype"] == expected
+    assert res.info["dtype_requested"] == "auto" and res.info["dtype_reason"].startswith("auto: ")
+    assert seen == ([torch.bfloat16] * 2 if native_bf16 else [])

@@ -12,7 +12,7 @@ in the saved checkpoint (so an N:M pattern still holds), and no tensor changes s
 Recipe keys (defaults in :data:`DEFAULTS`)::
 
     method: lora | kd
-    learning_rate, steps (or epochs), batch_size, seqlen, seed, dtype (float32|bfloat16|float16),
+    learning_rate, steps (or epochs), batch_size, seqlen, seed, dtype (float32|bfloat16|float16|auto),
     weight_decay, warmup_steps, lr_schedule (constant|cosine), max_grad_norm, log_every
     lora: {rank, alpha, dropout, target_modules (null = all attention and MLP projections),
            masked (train the update through the pruning mask, so nothing is dropped at the merge;
@@ -52,6 +52,7 @@ from .train import (
     apply_masks,
     capture_masks,
     check_training_dtype,
+    resolve_training_dtype,
     cycle_batches,
     masks_hold,
     train_loop,
@@ -120,6 +121,8 @@ def heal_model(model, tokenizer, recipe: dict, *, teacher=None, device: str = "c
         RuntimeError: a pruned weight is non-zero after healing or a shape changed (never expected).
     """
     recipe = normalize_recipe(recipe)
+    requested_dtype = recipe["dtype"]
+    recipe["dtype"], dtype_reason = resolve_training_dtype(requested_dtype, device)
     check_training_dtype(recipe["dtype"], device)
     if recipe["method"] == "kd" and teacher is None:
         raise RecipeError("healing method 'kd' needs a teacher model")
@@ -184,6 +187,9 @@ def heal_model(model, tokenizer, recipe: dict, *, teacher=None, device: str = "c
     model.eval()
     info = {
         "steps": res.steps,
+        "dtype": recipe["dtype"],
+        "dtype_requested": requested_dtype,
+        "dtype_reason": dtype_reason,
         "epochs_equivalent": res.steps / n_batches,
         "tokens": res.tokens,
         "train_seconds": res.seconds,
@@ -230,6 +236,7 @@ def save_healed(result: HealResult, tokenizer, out_dir: str | os.PathLike, compr
 __all__ = [
     "ADAPTER_DIR", "BUILTIN_RECIPES", "DEFAULTS", "DistillLoss", "HealResult", "LOSS_CURVE_FILE", "METHODS",
     "NonFiniteLossError", "RecipeError", "add_lora", "apply_masks", "capture_masks", "check_training_dtype",
+    "resolve_training_dtype",
     "default_target_modules", "heal_model", "kd_loss", "lm_loss", "mask_lora_updates", "merge_lora", "normalize_recipe", "save_healed",
     "trains_lora",
 ]

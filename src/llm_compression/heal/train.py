@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..modules import prunable_linears
-from ..options.dtypes import check_compute_dtype
+from ..options.dtypes import AUTO, check_compute_dtype, cpu_has_native_bf16, device_type
 
 
 
@@ -39,6 +39,29 @@ def check_training_dtype(dtype: str, device: str | torch.device) -> None:
             (:func:`llm_compression.options.dtypes.check_compute_dtype`).
     """
     check_compute_dtype(dtype, device, purpose="training")
+
+
+def resolve_training_dtype(dtype: str, device: str | torch.device) -> tuple[str, str]:
+    """The compute dtype a recipe's ``dtype`` means on ``device``, and why.
+
+    ``auto`` becomes ``bfloat16`` on a CUDA device with bfloat16 support (``torch.cuda.is_bf16_supported``)
+    or a CPU with bfloat16 instructions (:func:`llm_compression.options.dtypes.cpu_has_native_bf16`), and
+    ``float32`` otherwise: emulated bfloat16 matmuls make a training step many times slower than float32.
+    Any other name is returned unchanged.
+
+    Returns:
+        ``(dtype, reason)``; ``reason`` is ``"requested"`` for an explicit dtype.
+    """
+    if dtype != AUTO:
+        return dtype, "requested"
+    kind = device_type(device)
+    if kind == "cuda":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return "bfloat16", "auto: CUDA device supports bfloat16"
+        return "float32", "auto: CUDA device without bfloat16 support"
+    if kind == "cpu" and cpu_has_native_bf16():
+        return "bfloat16", "auto: CPU has bfloat16 instructions (AVX512-BF16/AMX/ARM BF16)"
+    return "float32", f"auto: {kind} has no native bfloat16 matmul (emulated bfloat16 is many times slower)"
 
 
 # --- masks ------------------------------------------------------------------------------------

@@ -15,6 +15,35 @@ FP16_CPU_REASON = ("CPU has no fast fp16 matmul kernels, and float16 activations
                    "silently")
 
 
+#: the training dtype name that picks bfloat16 where the device runs it natively, float32 otherwise
+AUTO = "auto"
+
+#: ``/proc/cpuinfo`` flags of x86 CPUs with native bfloat16 matmul instructions (AVX512-BF16, AMX-BF16)
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU feature flags of the first processor in ``path`` (empty where the file is absent, e.g. macOS)."""
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
+    """True when the CPU has bfloat16 matmul instructions (:data:`CPU_BF16_FLAGS`; ARM ``bf16``).
+
+    Without them PyTorch emulates bfloat16 matmuls, and a bfloat16 autocast training step runs many
+    times slower than float32 (measured here: ~60 s vs a few seconds per LoRA step on an AVX2-only EPYC).
+    """
+    flags = cpu_flags() if flags is None else flags
+    return any(f in flags for f in CPU_BF16_FLAGS) or "bf16" in flags
+
+
 def dtype_name(dtype) -> str:
     """The name of a dtype given by name (returned unchanged) or as a ``torch.dtype``
     (``torch.bfloat16`` -> ``"bfloat16"``)."""

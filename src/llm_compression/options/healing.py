@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import copy
 
-from .dtypes import COMPUTE_DTYPES
+from .dtypes import AUTO, COMPUTE_DTYPES
 
 FORMATS = ("corpus", "alpaca")
 LOSS_ON = ("response", "full")
-TRAIN_DTYPES = COMPUTE_DTYPES
+#: training dtypes of a recipe: a compute dtype, or ``auto`` (resolved on the device by
+#: :func:`llm_compression.heal.train.resolve_training_dtype`)
+TRAIN_DTYPES = (*COMPUTE_DTYPES, AUTO)
 
 METHODS = ("lora", "kd")
 TRAINABLE = ("lora", "full")
