@@ -97,3 +97,59 @@ def test_table_pairs_each_perplexity_with_the_dense_models_on_the_same_windows(t
     assert v["magnitude_unstructured_0.5_x1", "ppl_within_noise_of_dense"] == 0.0
     assert ("sparsegpt_unstructured_0.5_x1", "ppl_ratio_to_dense") not in v.index  # other windows: not paired
     assert ("dense", "ppl_ratio_to_dense") not in v.index
+    # the ratio's own row carries its n (windows) and both interval ends
+    row = df[(df.variant == near) & (df.metric == "ppl_ratio_to_dense")].iloc[0]
+    assert row.n == 4 and row.ci95_low == pytest.approx(math.exp(0.15 - 0.159122), rel=1e-6)
+    assert row.ci95_high == pytest.approx(math.exp(0.15 + 0.159122), rel=1e-6)
+    # the summary marks the pair within noise, and not the far one
+    from llm_compression.report.plots import summary_markdown
+
+    md = summary_markdown(df)
+    line = {ln.split("|")[1].strip(): ln for ln in md.splitlines() if ln.startswith("| ")}
+    assert "≈ dense" in line[near] and "≈ dense" not in line["magnitude_unstructured_0.5_x1"]
+    assert "≈ dense" not in line["dense"]
+
+
+def test_every_perplexity_and_zeroshot_row_carries_n_and_both_interval_ends(tmp_path):
+    import json
+
+    from llm_compression.evaluate.zeroshot import add_accuracy_intervals
+    from llm_compression.report.plots import summary_markdown
+    from llm_compression.report.table import build_table
+    from llm_compression.variants import Pruning, Variant
+
+    dense = Variant(Pruning("dense")).row()
+    nll, tokens = [20.0, 30.0, 26.0], [10, 10, 10]
+    lo, hi = perplexity_interval(nll, tokens)
+    ppl = {"model": "m", "variant": dense, "evaluation": "ppl-ptb",
+           "metrics": {"perplexity": math.exp(76 / 30), "perplexity_ci95_low": lo, "perplexity_ci95_high": hi,
+                       "nll_sum": 76.0},
+           "windows": {"nll": nll, "tokens": tokens},
+           "protocol": {"dataset": "ptb", "split": "test", "preset": "sparsegpt", "seqlen": 11, "windows": 3,
+                        "scored_tokens": 30}}
+    tasks = {"a": {"acc": 0.7, "acc_norm": 0.6, "samples": 10}, "b": {"acc": 0.0, "acc_norm": 0.1, "samples": 10}}
+    metrics = {"acc": 0.35, "acc_tasks": 2, "acc_norm": 0.35, "acc_norm_tasks": 2}
+    add_accuracy_intervals(tasks, metrics)
+    zs = {"model": "m", "variant": dense, "evaluation": "zeroshot", "tasks": tasks, "metrics": metrics,
+          "protocol": {"harness": "lm-eval", "limit": 10, "tasks": {"a": {"split": "validation"},
+                                                                   "b": {"split": "validation"}}}}
+    files = []
+    for name, r in (("ppl", ppl), ("zs", zs)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+        files.append(tmp_path / f"{name}.json")
+    df = build_table(files)
+    p = df[df.metric == "perplexity"].iloc[0]
+    assert (p.n, p.ci95_low, p.ci95_high) == (3, pytest.approx(lo), pytest.approx(hi))
+    acc = df[(df.metric.isin(["acc", "acc_norm"]))]
+    assert len(acc) == 6 and acc.n.notna().all() and acc.ci95_low.notna().all() and acc.ci95_high.notna().all()
+    a7 = acc[(acc.dataset == "a") & (acc.metric == "acc")].iloc[0]
+    assert a7.n == 10 and a7.ci95_low == pytest.approx(0.396778, abs=1e-6) and a7.ci95_high == pytest.approx(0.892209, abs=1e-6)
+    b0 = acc[(acc.dataset == "b") & (acc.metric == "acc")].iloc[0]
+    assert b0.ci95_low == 0.0 and b0.ci95_high == pytest.approx(0.277533, abs=1e-6)  # never a bare +-0
+    avg = acc[(acc.dataset == "average") & (acc.metric == "acc")].iloc[0]
+    assert avg.n == 20 and avg.ci95_low == pytest.approx(metrics["acc_ci95_low"])
+    # rows without an interval (counts) leave the cells empty; the CSV keeps the columns
+    assert df[df.metric == "samples"].ci95_low.isna().all()
+    md = summary_markdown(df)
+    assert f"[{lo:.4g}, {hi:.4g}]" in md
+    assert "35.0% [" in md and "n = 20 documents" in md

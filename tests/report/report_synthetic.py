@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llm_compression.evaluate.zeroshot import add_accuracy_intervals
+from llm_compression.stats import perplexity_interval
 from llm_compression.variants import Pruning, Variant, cumulative_ratio, metrics_path
 
 DENSE_PARAMS = 134_515_008
@@ -87,8 +89,18 @@ def record(v: Variant, evaluation: str, rng: np.random.Generator) -> dict:
         proto = {"dataset": ds, "split": "test", "seqlen": 512, "windows": 16, "scored_tokens": 8176,
                  "join": "space" if ds == "ptb" else "blank-lines", "limit_tokens": 8192, "capped": True,
                  "preset": "sparsegpt"}
+        # per-window NLLs as the evaluator records them: the same hard/easy windows for every variant (the
+        # pairing), plus a little variant noise; centred so the windows give back exactly ``value``
+        shared = np.random.default_rng(len(ds)).normal(0, 0.25, 16)
+        own = rng.normal(0, 0.02, 16)
+        per_token = math.log(value) + shared + own - (shared + own).mean()
+        tokens = [511] * 16
+        nll = [float(x * t) for x, t in zip(per_token, tokens)]
+        lo, hi = perplexity_interval(nll, tokens)
         return {"model": "smollm2-135m", "variant": variant, "evaluation": evaluation,
-                "metrics": {"perplexity": value, "nll_sum": 1.0}, "protocol": proto}
+                "metrics": {"perplexity": value, "perplexity_ci95_low": lo, "perplexity_ci95_high": hi,
+                            "nll_sum": float(sum(nll))},
+                "windows": {"nll": nll, "tokens": tokens}, "protocol": proto}
     if evaluation == "cost":
         metrics = {"parameters": params, "nonzero_parameters": nonzero, "sparsity": zeros / linear,
                    "prunable_weights": linear, "zero_weights": zeros, "disk_bytes": weight_bytes + 30e3,
@@ -113,9 +125,12 @@ def record(v: Variant, evaluation: str, rng: np.random.Generator) -> dict:
                              "device": "cpu"}}
     if evaluation == "zeroshot":
         acc = max(0.25, 0.42 - 0.25 * math.log10(ppl / 75.4) / 2)
-        tasks = {t: {"acc": acc + 0.02 * i - 0.06, "acc_stderr": 0.05} for i, t in enumerate(TASKS)}
+        tasks = {t: {"acc": round((acc + 0.02 * i - 0.06) * 100) / 100, "acc_stderr": 0.05, "samples": 100}
+                 for i, t in enumerate(TASKS)}
+        metrics = {"acc": float(np.mean([t["acc"] for t in tasks.values()])), "acc_tasks": len(tasks)}
+        add_accuracy_intervals(tasks, metrics)
         return {"model": "smollm2-135m", "variant": variant, "evaluation": "zeroshot", "tasks": tasks,
-                "metrics": {"acc": float(np.mean([t["acc"] for t in tasks.values()]))},
+                "metrics": metrics,
                 "protocol": {"harness": "lm-eval", "limit": 100, "source": "offline",
                              "tasks": {t: {"split": "validation"} for t in TASKS}}}
     raise ValueError(evaluation)

@@ -403,3 +403,32 @@ def test_readable_protocol_spells_out_the_table_text():
         "llm-pruner protocol: 1 window of 128 tokens, 127 scored, in bfloat16")
     assert plots.readable_protocol("macs_seqlen=512") == "macs_seqlen=512"  # not a perplexity protocol
     assert plots.readable_protocol("") == ""
+
+
+@pytest.mark.parametrize("figure", ["perplexity_vs_nonzero", "perplexity_vs_parameters_ptb", "quantization_effect",
+                                    "perplexity_vs_ratio"])
+def test_perplexity_figures_draw_each_points_interval(study, figure):
+    """Every perplexity point carries its recorded 95% interval as an error bar spanning [low, high]."""
+    from matplotlib.collections import LineCollection
+
+    w = plots.wide(study)
+    fig = plots.build(figure, study)
+    try:
+        segments = [seg for ax in fig.axes for c in ax.collections if isinstance(c, LineCollection)
+                    for seg in c.get_segments() if len(seg) == 2]
+        assert segments, "no interval drawn"
+        spans = {round(float(abs(s[1] - s[0]).max()), 6) for s in segments}  # bar lengths in data units
+        col = "ppl_ptb"
+        expected = {round(float(h - lo), 6) for lo, h in zip(w[f"{col}_ci95_low"], w[f"{col}_ci95_high"])}
+        if figure != "perplexity_vs_ratio":  # that one also draws zero-shot intervals, on its own panel
+            assert expected & spans, (sorted(expected)[:3], sorted(spans)[:3])
+    finally:
+        plt.close(fig)
+
+
+def test_zeroshot_panel_draws_the_interval_of_the_mean_over_tasks(study):
+    w = plots.wide(study)
+    assert w.zeroshot_acc_ci95_low.notna().all() and (w.zeroshot_acc_ci95_low < w.zeroshot_acc).all()
+    from report_synthetic import TASKS
+
+    assert (w.zeroshot_acc_n == 100 * len(TASKS)).all()  # documents scored over the tasks

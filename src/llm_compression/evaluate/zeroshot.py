@@ -143,7 +143,7 @@ def task_specs(tasks, source: str, workdir: str | os.PathLike) -> tuple[list[str
 
 def task_index_paths(tasks, source: str, workdir: str | os.PathLike) -> list[str]:
     """Folders lm-eval's ``TaskManager`` indexes for ``tasks`` (with ``include_defaults=False``): offline,
-    ``workdir`` with the YAML files of :func:`task_specs` (each ``include:``\ s lm-eval's own definition by
+    ``workdir`` with the YAML files of :func:`task_specs` (each one's ``include:`` names lm-eval's own definition by
     its absolute path); from the hub, the folders of lm-eval's own task definitions of ``tasks``.
     The same definitions as lm-eval's default index, without parsing all of its task files."""
     if resolve_source(source) == "offline":

@@ -47,6 +47,7 @@ from matplotlib.transforms import Bbox  # noqa: E402
 from ..planning import FIGURES as FIGURE_NAMES  # noqa: E402
 from ..planning import PER_DATASET, figure_evaluations, figure_names  # noqa: E402,F401  (re-exported)
 from ..variants import cumulative_ratio, format_ratio  # noqa: E402
+from .table import PAIRED_METRICS  # noqa: E402
 
 #: colour of each method family (:func:`family_of`); families not listed get :data:`EXTRA_COLORS` in order
 FAMILY_COLORS = {"dense": "black", "magnitude": "tab:red", "Wanda": "tab:blue", "SparseGPT": "tab:green",
@@ -219,17 +220,32 @@ def wide(df: pd.DataFrame) -> pd.DataFrame:
     out["level"] = out.level.fillna("").astype(str)
     ppl = df[df.metric == "perplexity"]
     preset = ppl.preset.fillna("") if "preset" in ppl.columns else pd.Series("", index=ppl.index)
+    paired = df[df.metric == "ppl_within_noise_of_dense"]
+    paired_preset = paired.preset.fillna("") if "preset" in paired.columns else pd.Series("", index=paired.index)
     for col, (ds, pr) in _ppl_groups(df).items():
-        g = ppl[(ppl.dataset == ds) & (preset == pr)]
-        out[col] = g.drop_duplicates("variant").set_index("variant").value
+        g = ppl[(ppl.dataset == ds) & (preset == pr)].drop_duplicates("variant").set_index("variant")
+        out[col] = g.value
+        for end in ("ci95_low", "ci95_high"):
+            if end in g.columns:
+                out[f"{col}_{end}"] = g[end]
+        p = paired[(paired.dataset == ds) & (paired_preset == pr)].drop_duplicates("variant").set_index("variant")
+        out[f"{col}_within_noise"] = p.value
+        r = df[(df.metric == "ppl_ratio_to_dense") & (df.dataset == ds)]
+        r = r[r.preset.fillna("") == pr].drop_duplicates("variant").set_index("variant")
+        out[f"{col}_ratio_to_dense"] = r.value
     is_zs = df.evaluation.str.startswith("zeroshot")
-    rest = df[(df.metric != "perplexity") & ~is_zs]
+    rest = df[(df.metric != "perplexity") & ~is_zs & ~df.metric.isin(PAIRED_METRICS)
+              & ~df.metric.str.startswith("perplexity_ci95")]
     for metric, g in rest.groupby("metric"):
         out[metric] = g.drop_duplicates("variant").set_index("variant").value
     zs = df[is_zs & (df.metric == "acc")]
     if not zs.empty:
         tasks = zs[~zs.dataset.isin(["average", "avg", "mean", ""])]
         out["zeroshot_acc"] = (tasks if not tasks.empty else zs).groupby("variant").value.mean()
+        avg = zs[zs.dataset == "average"].drop_duplicates("variant").set_index("variant")
+        for end in ("n", "ci95_low", "ci95_high"):
+            if end in avg.columns:
+                out[f"zeroshot_acc_{end}"] = avg[end]
     out = out.reset_index()
     out["family"] = [family_of(m, lv, imp) for m, lv, imp in zip(out.method, out.level, out.importance)]
     out["measured_sparsity"] = measured_sparsity(out)
@@ -262,12 +278,29 @@ def _protocol_fields(text: str) -> tuple[list[str], dict[str, str]]:
     return [p for p in parts if "=" not in p], dict(p.split("=", 1) for p in parts if "=" in p)
 
 
+#: suffixes of the wide table's columns that go with a perplexity column (its interval, the paired comparison)
+PPL_COMPANIONS = ("_ci95_low", "_ci95_high", "_within_noise", "_ratio_to_dense")
+
+
 def ppl_columns(w: pd.DataFrame) -> list[str]:
-    return sorted(c for c in w.columns if c.startswith("ppl_"))
+    """The wide table's perplexity columns (``ppl_<dataset>[_<preset>]``), without their companions
+    (:data:`PPL_COMPANIONS`)."""
+    return sorted(c for c in w.columns if c.startswith("ppl_") and not c.endswith(PPL_COMPANIONS))
+
+
+#: the words summary.md and the figures use for :func:`timing_verdicts`
+VERDICT_WORDS = {"within spread": "no measured difference"}
 
 
 def summary_markdown(df: pd.DataFrame) -> str:
-    """Readable pivot: one row per variant, grouped by method and sorted by ratio."""
+    """Readable pivot: one row per variant, grouped by method and sorted by ratio.
+
+    Every perplexity and the zero-shot mean carry their 95% interval as ``value [low, high]``; a perplexity
+    whose paired ratio to the dense model's (same windows) has an interval holding 1 is marked ``≈ dense``;
+    decode speed shows ``median (min-max)`` over the timed repeats and a ``decode vs dense`` column that says
+    ``faster``/``slower`` only when the ranges of the variant and the dense model of the same quantization
+    and runtime do not overlap (:func:`timing_verdicts`), else ``no measured difference``.
+    """
     w = wide(df)
     quant_order = {q: i for i, q in enumerate(QUANT_MARKERS)}
     w = w.assign(_q=w.quant.map(lambda q: quant_order.get(q, len(quant_order))))
@@ -277,34 +310,66 @@ def summary_markdown(df: pd.DataFrame) -> str:
     for extra in ["zeroshot_acc", "parameters", "nonzero_parameters", "sparsity", "gmacs"]:
         if extra in w.columns:
             cols.append(extra)
+    speed = None
     for kind in ("memory", "tokens_per_second"):
         c, _ = pick_metric(w, kind)
         if c and c not in cols:
             cols.append(c)
+            speed = c if kind == "tokens_per_second" else speed
+    verdicts = {}
+    if speed in SPREAD_COLUMNS:
+        verdicts = timing_verdicts(w, speed)
+        w["decode vs dense"] = w.variant.map(lambda v: VERDICT_WORDS.get(verdicts.get(v), verdicts.get(v, "")))
+        cols.append("decode vs dense")
     if "disk_bytes" in w.columns and "disk_bytes" not in cols:
         cols.append("disk_bytes")
 
-    def fmt(v, col):
+    def interval(r, col, fmt_one):
+        lo, hi = r.get(f"{col}_ci95_low"), r.get(f"{col}_ci95_high")
+        if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+            return ""
+        return f" [{fmt_one(lo)}, {fmt_one(hi)}]"
+
+    def fmt(r, col):
+        v = r[col]
         if isinstance(v, float) and math.isnan(v):
             return ""
         scaled = _scaled_unit(col)
         if scaled:
             _, divisor, digits, _ = scaled
             return f"{v / divisor:.{digits}f}"
-        if col in ("sparsity", "zeroshot_acc"):
+        if col == "zeroshot_acc":
+            return f"{100 * v:.1f}%" + interval(r, col, lambda x: f"{100 * x:.1f}")
+        if col == "sparsity":
             return f"{100 * v:.1f}%"
+        if col in ppl_columns(w):
+            noise = r.get(f"{col}_within_noise")
+            mark = " ≈ dense" if noise is not None and not pd.isna(noise) and noise >= 1 else ""
+            return f"{v:.4g}" + interval(r, col, lambda x: f"{x:.4g}") + mark
+        if col == speed and col in SPREAD_COLUMNS:
+            lo, hi = (r.get(c) for c in SPREAD_COLUMNS[col])
+            spread = "" if lo is None or pd.isna(lo) else f" ({lo:.3g}-{hi:.3g})"
+            return f"{v:.4g}{spread}"
         if isinstance(v, float):
             return f"{v:.4g}" if col != "ratio" else (format_ratio(v) if v else "0")  # the name in paths
         return str(v)
 
     protocols = sorted({p for p in df.protocol.unique() if p})
-    lines = ["# Summary", "", "One row per variant; perplexity columns are `ppl_<dataset>`.", ""]
+    lines = ["# Summary", "", "One row per variant; perplexity columns are `ppl_<dataset>`.", "",
+             "Intervals are 95%: `value [low, high]`. Perplexity: t interval over the scored windows; "
+             "`≈ dense`: the paired interval of the ratio to the dense model's perplexity (same windows) holds 1, "
+             "so the difference is within window-to-window noise. Zero-shot: Wilson interval per task, combined "
+             "over tasks" + (f" (n = {int(w.zeroshot_acc_n.dropna().iloc[0])} documents per variant)"
+                             if "zeroshot_acc_n" in w.columns and w.zeroshot_acc_n.notna().any() else "")
+             + ". Decode speed: median (min-max) over the timed repeats; `decode vs dense`: `faster`/`slower` "
+             "only when the ranges of the variant and of the dense model (same quantization and runtime) do not "
+             "overlap.", ""]
     if protocols:
         lines += ["Protocols:", ""] + [f"- `{p}`" for p in protocols] + [""]
     lines.append("| " + " | ".join(_markdown_header(c) for c in cols) + " |")
     lines.append("|" + "---|" * len(cols))
     for _, r in w.iterrows():
-        lines.append("| " + " | ".join(fmt(r[c], c) for c in cols) + " |")
+        lines.append("| " + " | ".join(fmt(r, c) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -476,6 +541,14 @@ def _marker_handles(w: pd.DataFrame, quants: bool = True, healings: bool = True)
             out.append(Patch(facecolor="white", edgecolor="black", linewidth=1.5, hatch=HEALING_HATCHES.get(h, "...."),
                              label=f"healed: {h} (thick outline, hatch)"))
     return out
+
+
+def _interval_handles(w: pd.DataFrame, cols) -> list:
+    """A legend entry for the error bars when any of ``cols`` has a recorded 95% interval, else none."""
+    if not any(f"{c}_ci95_low" in w.columns and w[f"{c}_ci95_low"].notna().any() for c in cols):
+        return []
+    return [Line2D([], [], color="0.3", marker="_", markersize=7, linestyle="-", linewidth=0.9,
+                   label="error bar: 95% interval")]
 
 
 def _outside_legend(ax, handles, title: str | None = None, y: float = 1.0, **kw):
@@ -668,6 +741,12 @@ def _ppl_scatter(ax, d: pd.DataFrame, col: str, colors: dict, x_col: str, x_scal
     d = d[np.isfinite(d[col].astype(float)) & d[x_col].notna()]
     for (fam, quant, healing), g in d.groupby(["family", "quant", "healing"], sort=False):
         s = sizes.loc[g.index].to_numpy() if sizes is not None else np.full(len(g), 45.0)
+        lo, hi = f"{col}_ci95_low", f"{col}_ci95_high"
+        if lo in g.columns and hi in g.columns and g[lo].notna().any():
+            ax.errorbar(g[x_col] * x_scale, g[col], yerr=[(g[col] - g[lo]).clip(lower=0).fillna(0),
+                                                         (g[hi] - g[col]).clip(lower=0).fillna(0)],
+                        fmt="none", ecolor=colors[fam], elinewidth=0.8, capsize=2, alpha=0.7, zorder=2,
+                        gid="intervals")
         ax.scatter(g[x_col] * x_scale, g[col], s=s, color=colors[fam], alpha=alpha, zorder=3, gid=gid,
                    marker=quant_marker or QUANT_MARKERS.get(quant, "o"), **_healing_style(healing))
         for (_, r), si in zip(g.iterrows(), s):
@@ -699,8 +778,8 @@ def perplexity_vs_nonzero(df: pd.DataFrame):
         if note:
             _note(ax, note, "bottom")
         ax._label_items = items
-    _outside_legend(axes[0][-1], _family_handles(ordered_families(w), colors) + _marker_handles(w),
-                    title="method family / marker")
+    _outside_legend(axes[0][-1], _family_handles(ordered_families(w), colors) + _marker_handles(w)
+                    + _interval_handles(w, cols), title="method family / marker")
     fig.suptitle(f"{w.model.iloc[0]}: perplexity against non-zero parameters (embeddings included)", fontsize=10)
     fig.tight_layout()
     for ax in axes[0]:
@@ -768,7 +847,8 @@ def perplexity_vs_parameters(df: pd.DataFrame, dataset: str):
                 _note(ax, "\n".join(notes), "bottom")
             ax._label_items = items
     legend_ax = axes[0][-1]
-    leg = _outside_legend(legend_ax, _family_handles(ordered_families(w), colors) + _marker_handles(w, quants=False),
+    leg = _outside_legend(legend_ax, _family_handles(ordered_families(w), colors) + _marker_handles(w, quants=False)
+                          + _interval_handles(w, cols),
                           title="method family")
     if has_gmacs:
         key = [plt.scatter([], [], s=v * k, facecolor="none", edgecolor="0.3", label=f"{v:.3g} GMACs")
@@ -831,14 +911,22 @@ def quantization_effect(df: pd.DataFrame):
         vals = list(w[col]) if col.startswith("ppl_") else []
         log_ppl = bool(vals) and wants_log(vals)
         for qi, q in enumerate(quants):
-            ys, xs = [], []
+            ys, xs, err = [], [], [[], []]
             for bi, b in enumerate(bases):
-                v = w[(w.base == b) & (w.quant == q)][col]
+                row = w[(w.base == b) & (w.quant == q)]
+                v = row[col]
                 if not v.empty and pd.notna(v.iloc[0]) and np.isfinite(v.iloc[0]):
                     ys.append(bi + (qi - (len(quants) - 1) / 2) * bar_h)
                     xs.append(v.iloc[0] * scale)
+                    lo, hi = (row[f"{col}_{e}"].iloc[0] if f"{col}_{e}" in row.columns else np.nan
+                              for e in ("ci95_low", "ci95_high"))
+                    err[0].append(max(0.0, xs[-1] - lo * scale) if pd.notna(lo) else 0.0)
+                    err[1].append(max(0.0, hi * scale - xs[-1]) if pd.notna(hi) else 0.0)
             ax.barh(ys, [x - 1 for x in xs] if log_ppl else xs, left=1 if log_ppl else 0, height=bar_h * 0.95,
                     color=QUANT_BAR_COLORS.get(q, "0.5"), edgecolor="black", linewidth=0.3, label=QUANT_NAMES.get(q, q))
+            if any(err[0]) or any(err[1]):  # the 95% interval of each perplexity
+                ax.errorbar(xs, ys, xerr=err, fmt="none", ecolor="0.15", elinewidth=0.7, capsize=1.5, zorder=3,
+                            gid="intervals")
         if col.startswith("ppl_"):
             if log_ppl:
                 ax.set_xscale("log")
@@ -855,7 +943,7 @@ def quantization_effect(df: pd.DataFrame):
     axes[0][0].set_yticklabels([names[b] for b in bases], fontsize=7)
     axes[0][0].set_ylim(len(bases) - 0.5, -0.5)
     handles = [Patch(facecolor=QUANT_BAR_COLORS.get(q, "0.5"), edgecolor="black", linewidth=0.3,
-                     label=QUANT_NAMES.get(q, q)) for q in quants]
+                     label=QUANT_NAMES.get(q, q)) for q in quants] + _interval_handles(w, cols)
     _outside_legend(axes[0][-1], handles, title="quantization")
     bad = sorted({n for c in cols for n in [_nonfinite_note(w[w[c].notna()], c)] if n})
     fig.suptitle(f"{w.model.iloc[0]}: each variant with and without quantization"
@@ -973,7 +1061,7 @@ def perplexity_vs_ratio(df: pd.DataFrame):
     for ax in axes[len(cols):]:
         ax.set_axis_off()
     for ax, col in zip(axes, cols):
-        items = _lines_against_sparsity(ax, w, col, colors)
+        items = _lines_against_sparsity(ax, w, col, colors, spread=(f"{col}_ci95_low", f"{col}_ci95_high"))
         d = w[(w.quant == "none") & w[col].notna()]
         if col.startswith("ppl_"):
             _set_ppl_scale(ax, d[col], f"{_dataset_of(df, col)} perplexity")
@@ -991,7 +1079,7 @@ def perplexity_vs_ratio(df: pd.DataFrame):
             _note(ax, note, "bottom")
         ax.set_xlabel(SPARSITY_LABEL, fontsize=8)
         ax._label_items = items
-    handles = _line_handles(w, colors)
+    handles = _line_handles(w, colors) + _interval_handles(w, cols)
     if spare:
         axes[-1].legend(handles, [h.get_label() for h in handles], title="unquantized variants", fontsize=8,
                         title_fontsize=8, loc="center", frameon=False)

@@ -1,7 +1,12 @@
 """The tidy aggregate table: one row per (variant, metric), built from metrics JSON files.
 
 Columns: ``model, variant, method, importance, level, ratio, repeat, healing, quant, runtime, evaluation, metric,
-dataset, split, preset, value, protocol``; ``runtime`` is where the number was measured (``pytorch``, or
+dataset, split, preset, value, n, ci95_low, ci95_high, protocol``; ``n``, ``ci95_low`` and ``ci95_high`` give the
+95% interval of the row's value and the units it was computed over, on every perplexity row (``n`` = scored
+windows, the independent units of :func:`llm_compression.stats.perplexity_interval`), every zero-shot
+``acc``/``acc_norm`` row (``n`` = documents scored; Wilson per task, the combined interval on the ``average``
+rows) and every paired ratio to the dense model (``n`` = windows); empty where a value has no interval
+(counts, sizes, timings: their spread is in the ``_min``/``_max`` rows); ``runtime`` is where the number was measured (``pytorch``, or
 ``llama.cpp`` for a GGUF variant); ``importance`` is the structured criterion of the pruning
 (:attr:`llm_compression.variants.Pruning.importance`), empty for other methods. ``preset`` names the protocol (``sparsegpt``,
 ``llm-pruner``, ``custom``; ``+cap<N>`` when the token stream was capped; ``lm-eval-0shot`` with the
@@ -23,7 +28,7 @@ from ..io import read_json, write_text_atomic
 from ..variants import Pruning
 
 COLUMNS = ["model", "variant", "method", "importance", "level", "ratio", "repeat", "healing", "quant", "runtime",
-           "evaluation", "metric", "dataset", "split", "preset", "value", "protocol"]
+           "evaluation", "metric", "dataset", "split", "preset", "value", "n", "ci95_low", "ci95_high", "protocol"]
 #: metrics left out of the table (kept in the JSON): intermediate sums
 EXCLUDED_METRICS = {"nll_sum"}
 #: short names of non-fp32 evaluation dtypes in the ``preset`` column
@@ -84,13 +89,27 @@ def rows_from_record(record: dict) -> list[dict]:
         rows = []
         for task, vals in record["tasks"].items():
             split = (proto.get("tasks", {}).get(task) or {}).get("split", "")
-            rows += [{**base, "dataset": task, "split": split, "metric": m, "value": float(vals[m])}
+            rows += [{**base, "dataset": task, "split": split, "metric": m, "value": float(vals[m]),
+                      **_interval(vals, m, vals.get("samples"))}
                      for m in ZEROSHOT_METRICS if vals.get(m) is not None]
-        rows += [{**base, "dataset": "average", "metric": m, "value": float(record["metrics"][m])}
-                 for m in ZEROSHOT_METRICS if record["metrics"].get(m) is not None]
+        mets = record["metrics"]
+        rows += [{**base, "dataset": "average", "metric": m, "value": float(mets[m]),
+                  **_interval(mets, m, mets.get(f"{m}_samples"))}
+                 for m in ZEROSHOT_METRICS if mets.get(m) is not None]
         return rows
-    return [{**base, "metric": k, "value": float(val)} for k, val in record["metrics"].items()
+    windows = len((record.get("windows") or {}).get("nll") or []) or proto.get("windows")
+    mets = record["metrics"]
+    return [{**base, "metric": k, "value": float(val), **_interval(mets, k, windows)} for k, val in mets.items()
             if k not in EXCLUDED_METRICS and isinstance(val, (int, float)) and not isinstance(val, bool)]
+
+
+def _interval(values: dict, metric: str, n) -> dict:
+    """The ``n``/``ci95_low``/``ci95_high`` cells of ``metric`` when ``values`` holds its interval
+    (``<metric>_ci95_low``/``_high``), else none (the cells stay empty)."""
+    lo, hi = values.get(f"{metric}_ci95_low"), values.get(f"{metric}_ci95_high")
+    if lo is None or hi is None:
+        return {}
+    return {"n": int(n) if n else None, "ci95_low": float(lo), "ci95_high": float(hi)}
 
 
 #: metrics of the paired comparison of a variant's perplexity with the dense model's, on the same windows
@@ -120,7 +139,8 @@ def paired_rows(records: dict) -> list[dict]:
         ratio, lo, hi = paired_perplexity_ratio(a["nll"], b["nll"], a["tokens"])
         template = rows_from_record({**rec, "metrics": {"perplexity": 0.0}})[0]  # the record's identity columns
         for metric, value in zip(PAIRED_METRICS, (ratio, lo, hi, float(lo <= 1.0 <= hi))):
-            out.append({**template, "metric": metric, "value": value})
+            ci = {"n": len(a["nll"]), "ci95_low": lo, "ci95_high": hi} if metric == "ppl_ratio_to_dense" else {}
+            out.append({**template, "metric": metric, "value": value, **ci})
     return out
 
 
