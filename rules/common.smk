@@ -36,6 +36,18 @@ def checkpoint_dirs():
 RESOURCES = PLAN.resources
 
 
+def _local_cores():
+    """The cores of a local run (Snakemake's --cores): a timing job claims them all, so nothing runs beside it.
+    None under a cluster executor (a job's allocation is its own) or when no core count is set (dry runs)."""
+    try:
+        return workflow.cores if workflow.local_exec else None
+    except Exception:  # WorkflowError: no --cores given
+        return None
+
+
+LOCAL_CORES = _local_cores()
+
+
 def stage_resources(stage):
     """Keyword arguments for a rule's `resources:` (see llm_compression.resources)."""
     return RESOURCES.snakemake_resources(stage)

@@ -16,7 +16,7 @@ rule evaluate:
         R("logs/evaluate/{pruning}/{healing}/{quant}/{evaluation}.log"),
     benchmark:
         R("benchmarks/evaluate/{pruning}/{healing}/{quant}/{evaluation}.tsv")
-    threads: lambda w: PLAN.evaluation_threads(w.evaluation)
+    threads: lambda w: PLAN.evaluation_threads(w.evaluation, local_cores=LOCAL_CORES)
     resources:
         **stage_resources("evaluate"),
     conda:

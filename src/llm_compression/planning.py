@@ -416,10 +416,17 @@ class Plan:
     def evaluation_params(self, evaluation: str) -> dict:
         return evaluation_params(self.cfg, evaluation)
 
-    def evaluation_threads(self, evaluation: str) -> int:
-        """Latency is measured with the configured thread count (recorded in its JSON); others use the stage's."""
+    def evaluation_threads(self, evaluation: str, local_cores: int | None = None) -> int:
+        """The cores an evaluation job claims (Snakemake ``threads``).
+
+        Latency is timed with the configured ``evaluation.latency.threads`` (recorded in its JSON); run by the
+        local executor, its job claims every core of the run (``local_cores``, Snakemake's ``--cores``), so no
+        other job shares the machine while it times; under a cluster executor the job's own allocation of
+        ``threads`` cores is already its alone. Other evaluations use the stage's threads.
+        """
         if evaluation == "latency":
-            return self.cfg["evaluation"]["latency"]["threads"]
+            timed = int(self.cfg["evaluation"]["latency"]["threads"])
+            return max(timed, int(local_cores)) if local_cores else timed
         return self.resources.threads("evaluate")
 
     # report

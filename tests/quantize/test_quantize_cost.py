@@ -410,3 +410,25 @@ def test_table_rows_of_cost_memory_latency_records():
                                           "threads": 2, "device": "cpu"},
                              "metrics": {"prefill_seconds_median": 0.1, "decode_tokens_per_second_median": 9.0}})
     assert rows[0]["protocol"] == "prompt=8 new=2 repeats=3 warmup=1 threads=2 device=cpu"
+
+
+def test_latency_is_timed_with_its_threads_while_the_job_claims_the_runs_cores(tmp_path):
+    """The timed forwards run with ``evaluation.latency.threads``; a local latency job claims every core of the
+    run (nothing shares the machine while it times) and records how many it held; torch's count is restored."""
+    from llm_compression.config import validate_config
+    from llm_compression.evaluate import evaluate_artifact
+    from llm_compression.planning import Plan
+
+    save_tiny(tmp_path / "m")
+    before = torch.get_num_threads()
+    rec = evaluate_artifact(tmp_path / "m", "latency", device="cpu", job_threads=4, prompt_tokens=8, new_tokens=2,
+                            repeats=1, warmup=0, threads=1)
+    assert rec["metrics"]["threads"] == rec["protocol"]["threads"] == 1
+    assert rec["runtime"]["job_cores"] == 4 and torch.get_num_threads() == before
+    raw = _raw_config()
+    raw["evaluation"]["latency"] = {"enabled": True, "threads": 2}
+    plan = Plan(validate_config(raw, check_model=False))
+    assert plan.evaluation_threads("latency", local_cores=16) == 16  # local run: every core
+    assert plan.evaluation_threads("latency", local_cores=1) == 2  # never fewer than it times with
+    assert plan.evaluation_threads("latency") == 2  # cluster executor: its own allocation
+    assert plan.evaluation_threads("cost", local_cores=16) == plan.resources.threads("evaluate")

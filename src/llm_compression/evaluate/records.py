@@ -204,12 +204,23 @@ def evaluate_cost(ckpt_dir, *, seqlen: int = 512, device: str = "cpu") -> dict:
 
 
 def evaluate_latency(ckpt_dir, *, prompt_tokens: int = 128, new_tokens: int = 32, repeats: int = 5,
-                     warmup: int = 1, seed: int = 0, device: str = "cpu") -> dict:
-    """Prefill seconds and greedy decode tokens/s with a KV cache (see :mod:`.latency`)."""
+                     warmup: int = 1, seed: int = 0, device: str = "cpu", threads: int | None = None) -> dict:
+    """Prefill seconds and greedy decode tokens/s with a KV cache (see :mod:`.latency`).
+
+    Args:
+        threads: torch's thread count for the timed forwards (restored afterwards); None keeps the
+            process's. The record's ``threads`` is the count the forwards ran with.
+    """
     t0 = time.perf_counter()
     model, _ = load_checkpoint(ckpt_dir, device=device, tokenizer=False)
-    r = measure_latency(model, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats,
-                        warmup=warmup, seed=seed)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        r = measure_latency(model, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats,
+                            warmup=warmup, seed=seed)
+    finally:
+        torch.set_num_threads(before)
     return {
         "metrics": r,
         "protocol": {"what": "prefill: one forward of prompt_tokens (use_cache, last-position logits); decode: "

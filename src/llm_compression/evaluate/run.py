@@ -56,9 +56,11 @@ def evaluate_artifact(ckpt_dir, kind: str, *, device: str = "cpu", job_threads: 
         kind: one of :data:`EVALUATORS`; for a GGUF artifact (:func:`~llm_compression.gguf_export.is_gguf_artifact`)
             one of :data:`GGUF_EVALUATORS`, measured in llama.cpp with ``job_threads`` threads.
         device: ``cpu`` / ``cuda``.
-        job_threads: the job's torch thread count: the memory evaluation's child process runs with it
-            (and records it); latency runs with the thread count the job set, so its ``threads`` option
-            (the workflow's ``evaluation.latency.threads``, which is the job's thread count) is dropped.
+        job_threads: the cores the job holds (Snakemake's ``threads``): the memory evaluation's child
+            process and the GGUF evaluations other than latency run with them. Latency is timed with its own
+            ``threads`` option (the workflow's ``evaluation.latency.threads``; the job's count when absent),
+            while the job may hold more cores than it times with, so that nothing else runs beside the timed
+            forwards (the record's ``runtime.job_cores``).
         progress: a progress bar for perplexity.
 
     Raises:
@@ -71,14 +73,19 @@ def evaluate_artifact(ckpt_dir, kind: str, *, device: str = "cpu", job_threads: 
         options["progress"] = progress
     if kind == "memory":
         options["threads"] = job_threads
+    elif kind == "latency":  # timed with its own thread count; the job may claim more cores, left idle
+        options["threads"] = int(options.get("threads") or job_threads or 1)
     elif gguf:  # llama.cpp runs with the job's thread count, recorded
         options["threads"] = int(job_threads or 1)
+    if gguf and kind != "memory":  # llama.cpp runs on the CPU (the memory probe takes the device)
         options.pop("device", None)
-    elif kind == "latency":
-        options.pop("threads", None)
+        rec = run(ckpt_dir, **options)
+    else:
+        rec = run(ckpt_dir, device=device, **options)
+    if kind == "latency" and job_threads:
+        rec.setdefault("runtime", {})["job_cores"] = int(job_threads)
     if gguf and kind != "memory":
-        return run(ckpt_dir, **options)
-    rec = run(ckpt_dir, device=device, **options)
+        return rec
     if "protocol" in rec and (cal_dtype := calibration_dtype_of(read_compression(ckpt_dir))):
         rec["protocol"]["calibration_dtype"] = cal_dtype
     return rec
