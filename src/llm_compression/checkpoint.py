@@ -43,8 +43,9 @@ from .io import atomic_dir, read_json, write_json_atomic
 from .options.quantization import DEFAULT_BLOCKSIZE
 
 COMPRESSION_FILE = "compression.json"
-#: config key with the per-layer widths of a checkpoint whose decoder layers differ
-LAYER_SHAPES_KEY = "pruned_layer_shapes"
+# config key with the per-layer widths of a checkpoint whose decoder layers differ (defined with the pruning
+# options, which structured pruning and this loader both read)
+from .options.pruning import LAYER_SHAPES_KEY  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------- provenance and saving

@@ -41,8 +41,8 @@ STRUCTURED_OPTIONS = (*LLMPrunerOptions.names(config_only=True), "calibration")
 STRUCTURED_DEFAULTS = {k: v for k, v in LLMPrunerOptions.defaults().items() if k in STRUCTURED_OPTIONS}
 
 
-class ConfigError(ValueError):
-    """The configuration is malformed or names something that does not exist."""
+# the error of every config check, defined with the planning-time checks (re-exported here)
+from .plan_checks import ConfigError  # noqa: E402
 
 
 def _load_schema(path: str | os.PathLike | None = None) -> dict:

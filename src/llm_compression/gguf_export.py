@@ -46,9 +46,10 @@ import json
 import os
 from pathlib import Path
 
-#: schemes of the ``quantization`` grid axis that leave a GGUF file for llama.cpp (name -> llama.cpp file type)
-GGUF_SCHEMES = {"gguf-f32": "ALL_F32", "gguf-f16": "MOSTLY_F16", "gguf-q8_0": "MOSTLY_Q8_0",
-                "gguf-q4_k_m": "MOSTLY_Q4_K_M"}
+# schemes of the ``quantization`` grid axis that leave a GGUF file for llama.cpp (name -> llama.cpp file type):
+# defined with the other quantization names (torch-free options layer)
+from .options.quantization import GGUF_SCHEMES  # noqa: E402
+
 #: GGUF file name inside a gguf-* artifact folder
 GGUF_FILE = "model.gguf"
 #: export record beside it (architecture, widths, paddings, per-tensor types, fallbacks)

@@ -1,9 +1,10 @@
 """Planning-time checks of a config against itself, the file system and the model's ``config.json``.
 
-Each function checks one kind of bad value and raises :class:`~llm_compression.config.ConfigError`
+Each function checks one kind of bad value and raises :class:`ConfigError` (re-exported by
+:mod:`llm_compression.config`, which validates the whole config)
 naming the value, where it is in the config and what would be valid. The module imports neither
 torch nor transformers (only :func:`check_duplicate_artifacts` of a structured entry reaches them,
-through :func:`llm_compression.config.entry_methods`): the model is known from its ``config.json``
+through :func:`llm_compression.planning.entry_methods`): the model is known from its ``config.json``
 (a JSON read) or a GGUF metadata header, so the checks run while Snakemake plans the DAG, before any
 job. The model checks take plain numbers, so a job can run the same check at its start when the
 model was not known at planning (a hub model before its import).
@@ -22,9 +23,11 @@ ACTIVATION_BYTES = 4
 #: methods calibrated block by block (:func:`llm_compression.prune.calibration.sequential_prune`)
 
 
-def _error(msg: str):
-    from .config import ConfigError
+class ConfigError(ValueError):
+    """The configuration is malformed or names something that does not exist."""
 
+
+def _error(msg: str) -> ConfigError:
     return ConfigError(msg)
 
 
@@ -86,7 +89,7 @@ def check_duplicate_artifacts(cfg: dict) -> None:
     Raises:
         ConfigError: with both locations and the shared name.
     """
-    from .config import entry_methods
+    from .planning import entry_methods
     from .variants import Pruning
 
     seen: dict[str, str] = {}
@@ -283,7 +286,7 @@ def check_against_model(cfg: dict, model_cfg: dict, source: str, prune_mem_mb: i
     Raises:
         ConfigError: the first bad value, named with the model's figure and ``source`` (its config.json).
     """
-    from .config import STRUCTURED_CONFIG_METHOD
+    from .options.pruning import STRUCTURED_METHOD as STRUCTURED_CONFIG_METHOD
 
     context = model_cfg.get("max_position_embeddings")
     n_layers = model_cfg.get("num_hidden_layers")
@@ -298,7 +301,7 @@ def check_against_model(cfg: dict, model_cfg: dict, source: str, prune_mem_mb: i
     if lat.get("enabled") and lat.get("prompt_tokens") is not None:
         check_context_length(lat["prompt_tokens"] + lat.get("new_tokens", 0), context,
                              "evaluation.latency.prompt_tokens + new_tokens", source)
-    from .config import healing_names
+    from .planning import healing_names
 
     used = set(healing_names(cfg))
     for name, recipe in (cfg.get("healing") or {}).items():
@@ -325,7 +328,7 @@ def check_gguf_exportable(cfg: dict, model_type: str | None, source: str) -> Non
     Raises:
         ConfigError: a ``gguf-*`` scheme in the grid for another ``model_type``, naming both.
     """
-    from .gguf_export import GGUF_SCHEMES
+    from .options.quantization import GGUF_SCHEMES
     from .planning import quantization_names
 
     asked = [q for q in quantization_names(cfg) if q in GGUF_SCHEMES]

@@ -32,7 +32,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ..gguf_export import GGUF_RECORD, gguf_file
-from .memory import quant_scheme
+from .process_memory import quant_scheme
 
 ENGINE = "llama.cpp"
 
@@ -260,7 +260,7 @@ def probe_gguf(artifact, *, seqlen: int, threads: int | None = None, seed: int =
     not have imported torch); return memory figures with the keys of :func:`.memory.probe`."""
     import numpy as np
 
-    from .memory import _proc_status_bytes, _rss_split, rss_after_load, rss_after_work
+    from .process_memory import _proc_status_bytes, _rss_split, rss_after_load, rss_after_work
 
     threads = int(threads or os.cpu_count() or 1)
     out = {"device": "cpu", "threads": threads, "seqlen": int(seqlen), "engine": ENGINE,
@@ -323,7 +323,7 @@ def evaluate_perplexity_gguf(artifact, *, threads: int = 1, progress: bool = Fal
     from transformers import AutoTokenizer
 
     from ..protocols import ProtocolError
-    from .records import perplexity_of_model
+    from .perplexity import perplexity_of_model
 
     if kwargs.get("dtype", "float32") != "float32":
         raise ProtocolError(f"dtype {kwargs['dtype']!r}: a GGUF artifact runs in its own tensor types in llama.cpp; "

@@ -24,6 +24,10 @@ import importlib
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable, ClassVar
 
+#: ``config.json`` key where structured pruning lists every decoder layer's widths (heads, key/value heads, MLP
+#: channels) when the layers differ; :func:`llm_compression.checkpoint.load_pruned` rebuilds the layers from it
+LAYER_SHAPES_KEY = "pruned_layer_shapes"
+
 #: levels as written in config
 UNSTRUCTURED_LEVELS = ("unstructured", "2:4", "4:8")
 #: group levels of structured pruning (heads and channels) and ``layer`` (whole decoder blocks)

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from .dtypes import COMPUTE_DTYPES  # noqa: F401  (4-bit compute dtypes: the same names)
 
-from ..gguf_export import GGUF_SCHEMES
 from ..variants import NO_QUANT
+
+#: the grid's GGUF quantization names -> llama.cpp file type (``LlamaFileType`` name): f32/f16 exports
+#: written by :func:`llm_compression.gguf_export.export_gguf`, Q8_0/Q4_K_M made from them by llama.cpp's own
+#: quantizer (:func:`llm_compression.gguf_export.quantize_gguf`)
+GGUF_SCHEMES = {"gguf-f32": "ALL_F32", "gguf-f16": "MOSTLY_F16", "gguf-q8_0": "MOSTLY_Q8_0",
+                "gguf-q4_k_m": "MOSTLY_Q4_K_M"}
 
 SCHEMES = {
     "nf4": {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": False},
@@ -19,7 +24,7 @@ SCHEMES = {
 }
 FOUR_BIT = ("nf4", "nf4-dq", "fp4")
 #: every quantization name of the grid besides ``none``: bitsandbytes schemes (PyTorch checkpoints) and GGUF files
-#: for llama.cpp (:data:`llm_compression.gguf_export.GGUF_SCHEMES`: f32/f16 exports, Q8_0/Q4_K_M by llama.cpp)
+#: for llama.cpp (:data:`GGUF_SCHEMES`)
 ALL_SCHEMES = (*SCHEMES, *GGUF_SCHEMES)
 #: block sizes bitsandbytes 0.50.2's 4-bit quantizer accepts (32 checked on CPU, not available on ROCm)
 BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)

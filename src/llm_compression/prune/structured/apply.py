@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ...checkpoint import LAYER_SHAPES_KEY  # noqa: F401  (config key of per-layer widths; one definition)
+from ...options.pruning import LAYER_SHAPES_KEY  # noqa: F401  (config key of per-layer widths; one definition)
 from ...modules import decoder_layers
 from .groups import GroupSet, StructuredPruningError, attention_shape
 
