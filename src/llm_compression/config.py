@@ -45,7 +45,7 @@ STRUCTURED_DEFAULTS = {k: v for k, v in LLMPrunerOptions.defaults().items() if k
 from .plan_checks import ConfigError  # noqa: E402
 
 
-def _load_schema(path: str | os.PathLike | None = None) -> dict:
+def load_schema(path: str | os.PathLike | None = None) -> dict:
     """The config schema, with the pruning methods of the registry (:mod:`llm_compression.options.pruning`)
     in ``grid.pruning[].method`` and the options of registered methods the schema file does not list
     (their values are checked by the method's options object)."""
@@ -125,7 +125,7 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
         for key in COST_EVALUATIONS:
             if isinstance(ev.get(key), bool):
                 ev[key] = {"enabled": ev[key]}
-    validator = _validator_with_defaults(_load_schema(schema_path))
+    validator = _validator_with_defaults(load_schema(schema_path))
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
         msgs = [f"  {_where(e)}: {e.message}" for e in errors[:10]]
