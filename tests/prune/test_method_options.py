@@ -24,13 +24,13 @@ from llm_compression.prune import prune_model
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_readme_options_table_is_generated_from_the_options_objects():
-    readme = (ROOT / "README.md").read_text()
+def test_docs_options_table_is_generated_from_the_options_objects():
+    readme = (ROOT / "docs" / "configuration.md").read_text()
     start, end = "<!-- pruning-options:start -->\n", "<!-- pruning-options:end -->"
     assert start in readme and end in readme
     block = readme[readme.index(start) + len(start):readme.index(end)]
     assert block == options_markdown(), (
-        "README's pruning options table is stale; regenerate it with "
+        "docs/configuration.md's pruning options table is stale; regenerate it with "
         "python -c 'from llm_compression.options.pruning import options_markdown; print(options_markdown())'")
 
 

@@ -136,8 +136,9 @@ def test_study_embedded_evaluations_and_caps():
     limit = cfg["evaluation"]["zeroshot"]["limit"]
     assert f"first {cap:,} tokens of each split" in header, cap
     assert f"{limit} documents per task" in header, limit
-    readme = (ROOT / "README.md").read_text()
-    assert "config/study-embedded.yaml" in readme and "make study" in readme
+    for page in ("README.md", "docs/study.md"):
+        text = (ROOT / page).read_text()
+        assert "config/study-embedded.yaml" in text and "make study" in text, page
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
