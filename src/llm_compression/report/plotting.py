@@ -1,5 +1,5 @@
-"""Drawing helpers shared by the figures: saving, log scales, notes, legends, error bars (point labels: :mod:`.labels`).
-
+"""Drawing helpers shared by the figures: saving, log scales, notes, legends and error bars (point labels:
+:mod:`.labels`).
 """
 
 from __future__ import annotations
