@@ -156,9 +156,15 @@ def _fmt(value: float, metric: str) -> str:
     return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.1f}"
 
 
+#: metric name endings that are parts of another row (its interval, its sample size, its standard error)
+_PART_OF_ANOTHER_ROW = ("_stderr", "_ci95_low", "_ci95_high", "samples")
+
+
 def metric_rows(records: list[dict]) -> list[dict]:
-    """Rows of the card's results table: every perplexity and zero-shot value (standard errors next to
-    accuracies), the headline values of cost, memory and latency; each with its protocol."""
+    """Rows of the card's results table: every perplexity and zero-shot value, each with its 95% interval and
+    sample size where the record has them (``n``, ``ci95_low``, ``ci95_high`` of
+    :func:`llm_compression.report.table.rows_from_record`: windows for a perplexity, documents for an accuracy),
+    and the headline values of cost, memory and latency; each with its protocol."""
     from .report.table import rows_from_record
 
     rows = []
@@ -167,14 +173,21 @@ def metric_rows(records: list[dict]) -> list[dict]:
         for row in rows_from_record(rec):
             if kind in _HEADLINE and row["metric"] not in _HEADLINE[kind]:
                 continue
-            if row["metric"].endswith("_stderr"):
+            if row["metric"].endswith(_PART_OF_ANOTHER_ROW):
                 continue
-            if kind == "zeroshot":
-                err = next((r["value"] for r in rows_from_record(rec) if r["dataset"] == row["dataset"]
-                            and r["metric"] == row["metric"] + "_stderr"), None)
-                row = {**row, "stderr": err}
             rows.append(row)
     return rows
+
+
+def _with_interval(text: str, row: dict) -> str:
+    """``value [low, high] (n = N units)`` when the row carries a 95% interval, else the value alone."""
+    lo, hi = row.get("ci95_low"), row.get("ci95_high")
+    if lo is None or hi is None or lo != lo or hi != hi:  # absent or NaN
+        return text
+    n = row.get("n")
+    unit = "documents" if row.get("evaluation", "").startswith("zeroshot") else "windows"
+    size = f" (n = {int(n)} {unit})" if n is not None and n == n else ""
+    return f"{text} [{_fmt(lo, row['metric'])}, {_fmt(hi, row['metric'])}]{size}"
 
 
 def _tags(chain: list[dict], variant: dict, sparsity: float | None) -> list[str]:
@@ -333,13 +346,13 @@ def model_card(compression: dict, records: list[dict], *, model: str, variant: d
     if rows:
         lines += ["Measured on this checkpoint by the workflow; every value with its full protocol is in "
                   "`metrics/<evaluation>.json`. Protocols differ between rows: compare a value only with values "
-                  "measured under the same protocol.", "",
+                  "measured under the same protocol. Brackets hold the 95% interval (perplexity: t interval over the "
+                  "scored windows; accuracy: Wilson interval over the documents, combined over tasks on the "
+                  "average row) with the sample it comes from.", "",
                   "| evaluation | metric | dataset | split | protocol | value | protocol details |",
                   "|---|---|---|---|---|---|---|"]
         for r in rows:
-            val = _fmt(r["value"], r["metric"])
-            if r.get("stderr") is not None:
-                val += f" ± {r['stderr']:.3f}"
+            val = _with_interval(_fmt(r["value"], r["metric"]), r)
             lines.append(f"| {r['evaluation']} | {r['metric']} | {r['dataset']} | {r['split']} | {r['preset']} | "
                          f"{val} | {r['protocol']} |")
         notes = [n for rec in records for n in rec.get("notes", [])]

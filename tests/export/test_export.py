@@ -44,9 +44,11 @@ def _ppl_record(variant: Variant, value: float, dataset="ptb") -> dict:
 
 def _zeroshot_record(variant: Variant) -> dict:
     return {"schema": "llm-compression/metrics/v1", "model": MODEL, "variant": variant.row(), "evaluation": "zeroshot",
-            "metrics": {"acc": 0.55, "acc_norm": 0.5},
-            "tasks": {"piqa": {"acc": 0.6, "acc_stderr": 0.05, "acc_norm": 0.55, "acc_norm_stderr": 0.05},
-                      "boolq": {"acc": 0.5, "acc_stderr": 0.05}},
+            "metrics": {"acc": 0.3, "acc_norm": 0.5},
+            "tasks": {"piqa": {"acc": 0.6, "acc_stderr": 0.05, "acc_norm": 0.55, "acc_norm_stderr": 0.05,
+                               "samples": 100, "acc_ci95_low": 0.502, "acc_ci95_high": 0.691},
+                      "boolq": {"acc": 0.0, "acc_stderr": 0.0, "samples": 10, "acc_ci95_low": 0.0,
+                                "acc_ci95_high": 0.2775}},
             "protocol": {"harness": "lm-eval 0.4.13", "num_fewshot": 0, "limit": 100, "source": "offline",
                          "tasks": {"piqa": {"split": "validation"}, "boolq": {"split": "validation"}}}}
 
@@ -167,7 +169,10 @@ def test_export_card_front_matter_and_fresh_process_logits(pruned_checkpoint, tm
     assert re.search(r"1\. \*\*import\*\* `embedded:smollm2-135m`.*\n2\. \*\*prune\*\* magnitude", text)
     assert f"measured sparsity {100 * pruned_checkpoint['sparsity']:.2f}%" in text
     assert re.search(r"\| ppl-ptb-sparsegpt \| perplexity \| ptb \| test \| sparsegpt\+cap1024 \| 123\.5 \| .*windows=8", text)
-    assert "| zeroshot | acc | piqa | validation | lm-eval-0shot-limit100-offline | 0.6 ± 0.050 |" in text
+    assert "| zeroshot | acc | piqa | validation | lm-eval-0shot-limit100-offline | 0.6 [0.502, 0.691] (n = 100 documents) |" in text
+    # an accuracy of exactly 0 carries its Wilson interval and n, never a bare "0 +- 0"
+    assert "| zeroshot | acc | boolq | validation | lm-eval-0shot-limit100-offline | 0 [0, 0.2775] (n = 10 documents) |" in text
+    assert "± 0.000" not in text and "acc_ci95_low" not in text
     assert "AutoModelForCausalLM.from_pretrained" in text and "load_checkpoint(" in text and "lm_eval --model hf" in text
     assert json.loads((out / "compression.json").read_text())["pruning"]["method"] == "magnitude"
 
