@@ -8,7 +8,7 @@ rule evaluate:
     output:
         output_pattern("metrics"),
     params:
-        evaluation=lambda w: PLAN.evaluation_params(w.evaluation),
+        evaluation=lambda w: PLAN.evaluation_params(w.evaluation, variant_of(w)),
         variant=lambda w: variant_of(w).row(),
         model=MODEL,
         device=RESOURCES.device("evaluate"),

@@ -152,4 +152,38 @@ def test_every_perplexity_and_zeroshot_row_carries_n_and_both_interval_ends(tmp_
     assert df[df.metric == "samples"].ci95_low.isna().all()
     md = summary_markdown(df)
     assert f"[{lo:.4g}, {hi:.4g}]" in md
-    assert "35.0% [" in md and "n = 20 documents" in md
+    assert "35.0% [" in md and "] n=20" in md
+
+
+def test_zeroshot_mean_is_compared_with_the_dense_models(tmp_path):
+    """diff +- sqrt(h_v^2 + h_d^2) from the two means' half-widths; within noise when it holds 0."""
+    import json
+
+    from llm_compression.report.plots import summary_markdown
+    from llm_compression.report.table import build_table
+    from llm_compression.variants import Pruning, Variant
+
+    def rec(variant, acc, lo, hi):
+        return {"model": "m", "variant": variant.row(), "evaluation": "zeroshot",
+                "tasks": {"piqa": {"acc": acc, "samples": 100}},
+                "metrics": {"acc": acc, "acc_ci95_low": lo, "acc_ci95_high": hi, "acc_samples": 100},
+                "protocol": {"harness": "lm-eval", "limit": 100, "tasks": {"piqa": {"split": "validation"}}}}
+
+    files = []
+    for name, r in (("dense", rec(Variant(Pruning("dense")), 0.60, 0.50, 0.70)),
+                    ("near", rec(Variant(Pruning("wanda", ratio=0.5)), 0.55, 0.45, 0.65)),
+                    ("far", rec(Variant(Pruning("magnitude", ratio=0.5)), 0.30, 0.21, 0.39))):
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+        files.append(tmp_path / f"{name}.json")
+    df = build_table(files)
+    d = df[df.metric == "zeroshot_acc_diff_to_dense"].set_index("variant")
+    half = math.hypot(0.10, 0.10)
+    assert d.loc["wanda_unstructured_0.5_x1", "value"] == pytest.approx(-0.05)
+    assert d.loc["wanda_unstructured_0.5_x1", "ci95_low"] == pytest.approx(-0.05 - half)
+    assert d.loc["wanda_unstructured_0.5_x1", "n"] == 100
+    v = df.set_index(["variant", "metric"]).value
+    assert v["wanda_unstructured_0.5_x1", "zeroshot_acc_within_noise_of_dense"] == 1.0
+    assert v["magnitude_unstructured_0.5_x1", "zeroshot_acc_within_noise_of_dense"] == 0.0
+    line = {ln.split("|")[1].strip(): ln for ln in summary_markdown(df).splitlines() if ln.startswith("| ")}
+    assert "55.0% [45.0, 65.0] n=100 ≈ dense" in line["wanda_unstructured_0.5_x1"]
+    assert "≈ dense" not in line["magnitude_unstructured_0.5_x1"]

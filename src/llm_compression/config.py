@@ -21,10 +21,12 @@ from .planning import (  # noqa: F401  (planning names, re-exported for callers 
     healing_names,
     pruning_calibration,
     pruning_options,
+    variant_evaluations,
 )
 from .variants import (  # noqa: F401  (evaluation names live in the namer, re-exported)
     COST_EVALUATIONS,
     NO_HEALING,
+    ZEROSHOT_EVALUATION,
     parse_perplexity_evaluation,
     perplexity_evaluation,
 )
@@ -303,8 +305,29 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
         select_export_variants(cfg["report"]["export"], expand_grid(cfg))
     except ExportError as e:
         raise ConfigError(str(e)) from None
+    _check_larger_sample(cfg)
     _check_against_model_config(cfg, base, plan)
     return cfg
+
+
+def _check_larger_sample(cfg: dict) -> None:
+    """``evaluation.zeroshot.larger_sample.variants`` must name variants of the grid that run zero-shot.
+
+    Raises:
+        ConfigError: a label that is no such variant (the valid labels are listed).
+    """
+    larger = cfg["evaluation"].get("zeroshot", {}).get("larger_sample")
+    if not larger:
+        return
+    if not cfg["evaluation"]["zeroshot"].get("tasks"):
+        raise ConfigError("evaluation.zeroshot.larger_sample is set but evaluation.zeroshot.tasks is empty "
+                          "(zero-shot is off); list tasks or remove larger_sample")
+    valid = [v.label for v in expand_grid(cfg) if ZEROSHOT_EVALUATION in variant_evaluations(v, [ZEROSHOT_EVALUATION])]
+    unknown = [s for s in larger["variants"] if s not in valid]
+    if unknown:
+        raise ConfigError(f"evaluation.zeroshot.larger_sample.variants: {unknown} "
+                          f"{'is not a variant' if len(unknown) == 1 else 'are not variants'} of the grid that runs "
+                          f"zero-shot (llama.cpp variants do not); valid labels: {', '.join(valid)}")
 
 
 def _check_against_model_config(cfg: dict, base: Path, plan) -> None:

@@ -218,9 +218,11 @@ def evaluation_options(cfg: dict, name: str) -> dict:
     return {k: v for k, v in cfg["evaluation"][name].items() if k != "enabled"}
 
 
-def evaluation_params(cfg: dict, name: str) -> dict:
+def evaluation_params(cfg: dict, name: str, variant_label: str | None = None) -> dict:
     """``params.evaluation`` of one evaluation: everything that changes a metric's value, so a config
-    change reruns exactly it. ``kind`` is ``perplexity``, ``zeroshot`` or the cost-type name.
+    change reruns exactly it. ``kind`` is ``perplexity``, ``zeroshot`` or the cost-type name. A zero-shot
+    evaluation of a variant named in ``evaluation.zeroshot.larger_sample.variants`` (``variant_label``) gets
+    that section's ``limit``; every other variant keeps the section's own.
 
     Raises:
         ValueError: unknown evaluation name, or a perplexity dataset/preset that is not configured.
@@ -236,7 +238,11 @@ def evaluation_params(cfg: dict, name: str) -> dict:
         d = {k: v for k, v in ppl["datasets"][ds].items() if k != "skip_if_missing"}
         return {"kind": "perplexity", "dataset": ds, "preset": preset, **d, **opts}
     if kind == "zeroshot":
-        return {"kind": "zeroshot", **cfg["evaluation"]["zeroshot"]}
+        zs = {k: v for k, v in cfg["evaluation"]["zeroshot"].items() if k != "larger_sample"}
+        larger = cfg["evaluation"]["zeroshot"].get("larger_sample")
+        if larger and variant_label in larger["variants"]:
+            zs["limit"] = larger["limit"]
+        return {"kind": "zeroshot", **zs}
     return {"kind": kind, **evaluation_options(cfg, kind)}
 
 
@@ -413,8 +419,8 @@ class Plan:
     def evaluation_input(self, pruning: str, healing: str, quant: str) -> str:
         return self.path(artifact_dir(self.model, variant_of(pruning, healing, quant)))
 
-    def evaluation_params(self, evaluation: str) -> dict:
-        return evaluation_params(self.cfg, evaluation)
+    def evaluation_params(self, evaluation: str, variant: Variant | None = None) -> dict:
+        return evaluation_params(self.cfg, evaluation, variant.label if variant is not None else None)
 
     def evaluation_threads(self, evaluation: str, local_cores: int | None = None) -> int:
         """The cores an evaluation job claims (Snakemake ``threads``).

@@ -186,3 +186,37 @@ def test_calibration_sampler_is_a_param_only_when_not_default(cfg):
     out = validate_config(c)
     pruning = next(v.pruning for v in expand_grid(out) if not v.pruning.is_dense)
     assert {k: pruning_calibration(out, pruning)[k] for k in ("join", "sampler")} == {"join": "space", "sampler": "reference"}
+
+
+def test_zeroshot_larger_sample_for_named_variants_only():
+    """The variants a study compares head to head get the larger zero-shot sample; every other variant keeps
+    the section's limit (its params, hence its cached result, unchanged); bad labels are refused by name."""
+    import pytest
+
+    from llm_compression.config import ConfigError, validate_config
+    from llm_compression.planning import Plan
+
+    def raw(**zeroshot):
+        return {"model": {"name": "m", "source": "embedded:smollm2-135m"},
+                "grid": {"pruning": [{"method": "wanda", "ratios": [0.5]}], "quantization": ["none", "nf4-dq"],
+                         "dense_quantization": ["none", "gguf-f16"]},
+                "evaluation": {"perplexity": {"datasets": {"ptb": {}}},
+                               "zeroshot": {"tasks": ["piqa"], "limit": 10, **zeroshot}}}
+
+    plan = Plan(validate_config(raw(larger_sample={"limit": 200, "variants": ["dense", "wanda_unstructured_0.5_x1"]}),
+                                check_model=False))
+    limits = {v.label: plan.evaluation_params("zeroshot", v)["limit"] for v in plan.variants if v.runtime != "llama.cpp"}
+    assert limits == {"dense": 200, "wanda_unstructured_0.5_x1": 200, "wanda_unstructured_0.5_x1+nf4-dq": 10}
+    plain = Plan(validate_config(raw(), check_model=False))
+    other = next(v for v in plain.variants if v.label == "wanda_unstructured_0.5_x1+nf4-dq")
+    assert plan.evaluation_params("zeroshot", other) == plain.evaluation_params("zeroshot", other)
+    assert "larger_sample" not in plan.evaluation_params("zeroshot", other)
+    with pytest.raises(ConfigError, match=r"\['wanda_0.5'\] is not a variant of the grid that runs zero-shot.*"
+                                          r"valid labels: dense, "):
+        validate_config(raw(larger_sample={"limit": 200, "variants": ["wanda_0.5"]}), check_model=False)
+    with pytest.raises(ConfigError, match=r"\['dense\+gguf-f16'\] is not a variant"):
+        validate_config(raw(larger_sample={"limit": 200, "variants": ["dense+gguf-f16"]}), check_model=False)
+    bad = raw(larger_sample={"limit": 200, "variants": ["dense"]})
+    bad["evaluation"]["zeroshot"]["tasks"] = []
+    with pytest.raises(ConfigError, match="zero-shot is off"):
+        validate_config(bad, check_model=False)

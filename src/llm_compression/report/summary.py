@@ -63,7 +63,11 @@ def summary_markdown(df: pd.DataFrame) -> str:
             _, divisor, digits, _ = scaled
             return f"{v / divisor:.{digits}f}"
         if col == "zeroshot_acc":
-            return f"{100 * v:.1f}%" + interval(r, col, lambda x: f"{100 * x:.1f}")
+            noise = r.get("zeroshot_acc_within_noise")
+            mark = " ≈ dense" if noise is not None and not pd.isna(noise) and noise >= 1 else ""
+            n = r.get("zeroshot_acc_n")
+            size = f" n={int(n)}" if n is not None and not pd.isna(n) else ""
+            return f"{100 * v:.1f}%" + interval(r, col, lambda x: f"{100 * x:.1f}") + size + mark
         if col == "sparsity":
             return f"{100 * v:.1f}%"
         if col in ppl_columns(w):
@@ -83,8 +87,8 @@ def summary_markdown(df: pd.DataFrame) -> str:
              "Intervals are 95%: `value [low, high]`. Perplexity: t interval over the scored windows; "
              "`≈ dense`: the paired interval of the ratio to the dense model's perplexity (same windows) holds 1, "
              "so the difference is within window-to-window noise. Zero-shot: Wilson interval per task, combined "
-             "over tasks" + (f" (n = {int(w.zeroshot_acc_n.dropna().iloc[0])} documents per variant)"
-                             if "zeroshot_acc_n" in w.columns and w.zeroshot_acc_n.notna().any() else "")
+             "over tasks (n = documents scored over the tasks); `≈ dense`: the interval of the difference to the dense "
+             "model's mean holds 0"
              + ". Decode speed: median (min-max) over the timed repeats; `decode vs dense`: `faster`/`slower` "
              "only when the ranges of the variant and of the dense model (same quantization and runtime) do not "
              "overlap.", ""]

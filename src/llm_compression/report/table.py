@@ -144,6 +144,40 @@ def paired_rows(records: dict) -> list[dict]:
     return out
 
 
+#: metrics comparing a variant's mean zero-shot accuracy over tasks with the dense model's
+ZEROSHOT_PAIRED_METRICS = ("zeroshot_acc_diff_to_dense", "zeroshot_acc_within_noise_of_dense")
+
+
+def zeroshot_rows(records: dict) -> list[dict]:
+    """Rows comparing each zero-shot record's mean accuracy over tasks with the dense model's (same tasks):
+    the difference (variant - dense, fraction), its 95% interval ``diff +- sqrt(h_v^2 + h_d^2)`` from the two
+    means' interval half-widths (normal approximation; the documents are the same, so the unpaired interval
+    is conservative), and ``zeroshot_acc_within_noise_of_dense`` = 1 when the interval holds 0. Records
+    without intervals, or whose tasks differ from the dense model's, get none.
+
+    Args:
+        records: ``{(model, variant, evaluation): record}``.
+    """
+    import math
+
+    out = []
+    for (model, variant, evaluation), rec in records.items():
+        dense = records.get((model, "dense", evaluation))
+        if variant == "dense" or dense is None or "tasks" not in rec or set(rec["tasks"]) != set(dense["tasks"]):
+            continue
+        a, b = rec["metrics"], dense["metrics"]
+        if any(m.get(k) is None for m in (a, b) for k in ("acc", "acc_ci95_low", "acc_ci95_high")):
+            continue
+        half = math.hypot((a["acc_ci95_high"] - a["acc_ci95_low"]) / 2, (b["acc_ci95_high"] - b["acc_ci95_low"]) / 2)
+        diff = a["acc"] - b["acc"]
+        template = {**rows_from_record(rec)[-1], "dataset": "average", "split": ""}
+        out.append({**template, "metric": ZEROSHOT_PAIRED_METRICS[0], "value": diff,
+                    "n": a.get("acc_samples"), "ci95_low": diff - half, "ci95_high": diff + half})
+        out.append({**template, "metric": ZEROSHOT_PAIRED_METRICS[1], "value": float(abs(diff) <= half),
+                    "n": None, "ci95_low": None, "ci95_high": None})
+    return out
+
+
 def build_table(metric_files: list[str | os.PathLike]) -> pd.DataFrame:
     """Read metrics JSON files into the tidy table, sorted by variant and metric.
 
@@ -162,6 +196,7 @@ def build_table(metric_files: list[str | os.PathLike]) -> pd.DataFrame:
         records[key] = rec
         rows.extend(rows_from_record(rec))
     rows.extend(paired_rows(records))
+    rows.extend(zeroshot_rows(records))
     df = pd.DataFrame(rows, columns=COLUMNS)
     return df.sort_values(["model", "method", "level", "ratio", "repeat", "healing", "quant", "evaluation", "dataset",
                            "metric"],

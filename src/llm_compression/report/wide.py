@@ -126,6 +126,8 @@ def wide(df: pd.DataFrame) -> pd.DataFrame:
         for end in ("n", "ci95_low", "ci95_high"):
             if end in avg.columns:
                 out[f"zeroshot_acc_{end}"] = avg[end]
+        noise = df[is_zs & (df.metric == "zeroshot_acc_within_noise_of_dense")]
+        out["zeroshot_acc_within_noise"] = noise.drop_duplicates("variant").set_index("variant").value
     out = out.reset_index()
     out["family"] = [family_of(m, lv, imp) for m, lv, imp in zip(out.method, out.level, out.importance)]
     out["measured_sparsity"] = measured_sparsity(out)
