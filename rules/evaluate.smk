@@ -19,6 +19,7 @@ rule evaluate:
     threads: lambda w: PLAN.evaluation_threads(w.evaluation, local_cores=LOCAL_CORES)
     resources:
         **stage_resources("evaluate"),
+        streaming=RESOURCES.streaming,  # how, not what: switching it reruns nothing
     conda:
         "../envs/llm-compression.yaml"
     script:

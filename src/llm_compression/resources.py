@@ -145,6 +145,8 @@ class ResourcePlan:
                     f"read locally; cluster resources assume {FALLBACK_PARAMS_B}B parameters"
                 )
         self.params_b = float(size)
+        #: ``never`` / ``always``: whether perplexity evaluations stream decoder blocks (:mod:`llm_compression.streaming`)
+        self.streaming = res.get("streaming", "never")
         overrides = res.get("stages") or {}
         unknown = sorted(set(overrides) - set(STAGES))
         if unknown:

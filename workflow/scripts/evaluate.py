@@ -16,7 +16,9 @@ log = setup_job(sm.log[0], None if fresh else sm.threads)
 check_evaluation_job(dict(sm.params.evaluation), sm.input[0])  # before loading the model
 t0 = time.perf_counter()
 device = sm.params.device if fresh else pick_device(sm.params.device)
-rec = evaluate_artifact(sm.input[0], kind, device=device, job_threads=sm.threads, progress=True, **ev)
+streamed = getattr(sm.resources, "streaming", "never") == "always"
+rec = evaluate_artifact(sm.input[0], kind, device=device, job_threads=sm.threads, progress=True, streamed=streamed,
+                        **ev)
 log.info(summary_line(kind, rec))
 write_json_atomic(sm.output[0], {
     "schema": METRICS_SCHEMA,

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import load_text, tokenize_stream
-from ..protocols import check_eval_dtype, model_context_length, resolve_protocol
+from ..protocols import ProtocolError, check_eval_dtype, model_context_length, resolve_protocol
 from ..stats import perplexity_interval
 from .process_memory import track_peak_memory
 
@@ -142,7 +142,10 @@ def perplexity(
     """Perplexity of ``model`` on the token stream ``ids`` (LongTensor ``[N]``).
 
     Args:
-        model: a causal LM returning ``.logits`` of shape ``[batch, seq, vocab]``.
+        model: a causal LM returning ``.logits`` of shape ``[batch, seq, vocab]``, or a
+            :class:`~llm_compression.streaming.StreamedCheckpoint`: its blocks are then streamed, every window
+            through block 0, then block 1, ... (:func:`~llm_compression.streaming.streamed_forward`), with the
+            same value bit for bit.
         seqlen: window length in stream tokens.
         batch_size: windows per forward pass; does not change the value (windows of equal length
             are batched; a kept shorter last window runs alone).
@@ -168,9 +171,14 @@ def perplexity(
         ProtocolError: ``dtype`` not valid, or ``float16`` on CPU (checked before any forward).
         ValueError: bad ``seqlen``/``last_window`` or a stream shorter than one window (:func:`window_stream`).
     """
+    from ..streaming import StreamedCheckpoint, streamed_forward
+
+    streamed = isinstance(model, StreamedCheckpoint)
     if device is None:
-        device = next(model.parameters()).device
+        device = model.device if streamed else next(model.parameters()).device
     check_eval_dtype(dtype, device)
+    if streamed and dtype != "float32":
+        raise ProtocolError(f"dtype {dtype!r}: a streamed evaluation runs in the weights' own dtype; use float32")
     windows = window_stream(ids, seqlen, last_window)
     groups: list[list[torch.Tensor]] = []
     for w in windows:
@@ -191,15 +199,25 @@ def perplexity(
     per_window: list[float] = []
     window_tokens: list[int] = []
     t0, c0 = time.perf_counter(), time.process_time()
-    with track_peak_memory(device) as mem, autocast:
+    def batches():
         for group in it:
             x = torch.stack(group)
             if bos_token_id is not None:
                 x = torch.cat([torch.full((x.shape[0], 1), bos_token_id, dtype=x.dtype), x], dim=1)
             # the record's "bos" is checked against what is fed
             check_bos_fed(*bos_rows(x, bos_token_id), wanted=bos_token_id is not None, what="perplexity")
-            x = x.to(device)
-            logits = model(input_ids=x, use_cache=False).logits
+            yield x.to(device)
+
+    def logits_of():
+        if streamed:  # every batch through block 0, then block 1, ...: one block's weights resident
+            xs = list(batches())
+            yield from zip(xs, streamed_forward(model, xs))
+        else:
+            for x in batches():
+                yield x, model(input_ids=x, use_cache=False).logits
+
+    with track_peak_memory(device) as mem, autocast:
+        for x, logits in logits_of():
             # predict token t+1 from position t; with BOS every stream token is a target
             nll_sum += float(window_nll(logits, x, per_row=per_window))
             scored += x.shape[0] * (x.shape[1] - 1)
@@ -235,7 +253,13 @@ def needs_bos(model) -> bool:
 
 
 def model_runtime(model) -> dict:
-    """Where and how a PyTorch model runs: its device, weights' dtype and torch's thread count."""
+    """Where and how a PyTorch model runs: its device, weights' dtype and torch's thread count (and
+    ``streamed: true`` for a :class:`~llm_compression.streaming.StreamedCheckpoint`)."""
+    from ..streaming import StreamedCheckpoint
+
+    if isinstance(model, StreamedCheckpoint):
+        return {"device": str(model.device), "dtype": str(model.model.dtype).replace("torch.", ""),
+                "torch_threads": torch.get_num_threads(), "streamed": True}
     p = next(model.parameters())
     return {"device": str(p.device), "dtype": str(getattr(model, "dtype", p.dtype)).replace("torch.", ""),
             "torch_threads": torch.get_num_threads()}

@@ -32,12 +32,13 @@ from ..protocols import (PRESETS, ProtocolError, check_eval_dtype, expected_wind
 from .run import METRICS_SCHEMA  # noqa: E402,F401
 
 
-def evaluate_perplexity(ckpt_dir, *, device: str = "cpu", **kwargs) -> dict:
+def evaluate_perplexity(ckpt_dir, *, device: str = "cpu", streamed: bool = False, **kwargs) -> dict:
     """Load the checkpoint at ``ckpt_dir`` and measure :func:`perplexity_of_model` on it.
 
     Keyword arguments are those of :func:`perplexity_of_model` (dataset, preset, split, join, path,
     seqlen, max_tokens, batch_size, last_window, bos, dtype, progress). The protocol and the dtype
-    are checked before the model is loaded.
+    are checked before the model is loaded. ``streamed``: the model is a
+    :class:`~llm_compression.streaming.StreamedCheckpoint` (one decoder block resident at a time).
 
     Raises:
         ProtocolError, CorpusError, FileNotFoundError (no checkpoint at ``ckpt_dir``).
@@ -46,7 +47,14 @@ def evaluate_perplexity(ckpt_dir, *, device: str = "cpu", **kwargs) -> dict:
     resolve_protocol(kwargs.get("preset", "custom"), kwargs["dataset"], seqlen=kwargs.get("seqlen", 512),
                      split=kwargs.get("split"), join=kwargs.get("join"), documents=kwargs.get("documents"),
                      last_window=kwargs.get("last_window", "drop"))
-    model, tok = load_checkpoint(ckpt_dir, device=device)
+    if streamed:  # the weights stay in their files; one decoder block on the device at a time
+        from transformers import AutoTokenizer
+
+        from ..streaming import StreamedCheckpoint
+
+        model, tok = StreamedCheckpoint(ckpt_dir, device=device), AutoTokenizer.from_pretrained(ckpt_dir)
+    else:
+        model, tok = load_checkpoint(ckpt_dir, device=device)
     return perplexity_of_model(model, tok, device=device, **kwargs)
 
 

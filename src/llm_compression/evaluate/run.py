@@ -43,7 +43,7 @@ def evaluator(kind: str, gguf: bool = False):
 
 
 def evaluate_artifact(ckpt_dir, kind: str, *, device: str = "cpu", job_threads: int | None = None,
-                      progress: bool = False, **options) -> dict:
+                      progress: bool = False, streamed: bool = False, **options) -> dict:
     """One evaluation of one artifact, as a metrics record (``metrics``, ``protocol``, ``runtime``, ...).
 
     Dispatches to the ``evaluate_*`` function of ``kind`` (:data:`EVALUATORS`) with ``options``, then adds
@@ -62,6 +62,9 @@ def evaluate_artifact(ckpt_dir, kind: str, *, device: str = "cpu", job_threads: 
             while the job may hold more cores than it times with, so that nothing else runs beside the timed
             forwards (the record's ``runtime.job_cores``).
         progress: a progress bar for perplexity.
+        streamed: evaluate a perplexity with one decoder block on the device at a time
+            (:class:`~llm_compression.streaming.StreamedCheckpoint`; the same value bit for bit); ignored for
+            other kinds and for bitsandbytes and GGUF artifacts, which are evaluated as loaded.
 
     Raises:
         ValueError: ``kind`` unknown (the message lists the valid kinds); the evaluator's own errors.
@@ -71,6 +74,10 @@ def evaluate_artifact(ckpt_dir, kind: str, *, device: str = "cpu", job_threads: 
     options = dict(options)
     if kind == "perplexity":
         options["progress"] = progress
+        if streamed and not gguf:
+            from ..quantize import is_quantized_checkpoint
+
+            options["streamed"] = not is_quantized_checkpoint(ckpt_dir)
     if kind == "memory":
         options["threads"] = job_threads
     elif kind == "latency":  # timed with its own thread count; the job may claim more cores, left idle

@@ -1,0 +1,109 @@
+"""Streamed evaluation (llm_compression.streaming): one decoder block on the device at a time gives the in-memory
+model's logits and perplexity bit for bit, for uniform and per-layer widths, while only one block is resident."""
+import pytest
+import torch
+
+from conftest import tiny_llama, tiny_tokenizer
+from llm_compression.evaluate.perplexity import perplexity
+from llm_compression.models import load_checkpoint, save_checkpoint
+from llm_compression.streaming import StreamedCheckpoint, StreamingError, streamed_forward
+
+
+def _saved(tmp_path, model, name="m"):
+    out = tmp_path / name
+    save_checkpoint(model, tiny_tokenizer(), out, {"stage": "test"})
+    return out
+
+
+def _pruned_per_layer(tmp_path):
+    from llm_compression.prune.structured import prune_structured
+
+    m = tiny_llama(0, num_hidden_layers=4)
+    r = prune_structured(m, level="block", ratio=0.5, importance="l2")
+    assert not r["uniform"]
+    return _saved(tmp_path, m, "block")
+
+
+@pytest.mark.parametrize("kind", ["uniform", "per-layer widths"])
+def test_streamed_logits_and_perplexity_equal_in_memory_bit_for_bit(tmp_path, kind):
+    ckpt = _saved(tmp_path, tiny_llama(0, num_hidden_layers=3)) if kind == "uniform" else _pruned_per_layer(tmp_path)
+    model, _ = load_checkpoint(ckpt, tokenizer=False)
+    ids = torch.randint(0, 256, (7 * 32 + 5,), generator=torch.Generator().manual_seed(1))
+    sc = StreamedCheckpoint(ckpt)
+    batches = [ids[:96].view(3, 32), ids[96:160].view(2, 32), ids[160:192].view(1, 32)]
+    with torch.no_grad():
+        expected = [model(input_ids=x, use_cache=False).logits for x in batches]
+    got = list(streamed_forward(sc, batches))
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
+    for last_window in ("drop", "keep"):  # "keep": a shorter last window runs as its own batch
+        a = perplexity(model, ids, seqlen=32, batch_size=3, last_window=last_window)
+        b = perplexity(sc, ids, seqlen=32, batch_size=3, last_window=last_window)
+        assert b["window_nll"] == a["window_nll"] and b["perplexity"] == a["perplexity"]
+        assert b["window_tokens"] == a["window_tokens"]
+    # bos_token_id too (Gemma's protocol)
+    assert perplexity(sc, ids, seqlen=32, batch_size=2, bos_token_id=1)["nll_sum"] == \
+        perplexity(model, ids, seqlen=32, batch_size=2, bos_token_id=1)["nll_sum"]
+
+
+def test_only_one_block_is_resident_at_a_time(tmp_path):
+    ckpt = _saved(tmp_path, tiny_llama(0, num_hidden_layers=4, tie_word_embeddings=False))
+    sc = StreamedCheckpoint(ckpt)
+    block_bytes = sum(p.numel() * 4 for n, p in tiny_llama(0, num_hidden_layers=4).named_parameters()
+                      if n.startswith("model.layers.0."))
+    outer = sc.resident_bytes()  # embeddings, head, final norm
+    assert outer == sum(p.numel() * 4 for n, p in tiny_llama(0, num_hidden_layers=4, tie_word_embeddings=False)
+                        .named_parameters() if not n.startswith("model.layers."))
+    seen = []
+    original = sc.load_block
+
+    def spy(i):
+        block = original(i)
+        seen.append(sc.resident_bytes())
+        return block
+
+    sc.load_block = spy
+    list(streamed_forward(sc, [torch.randint(0, 256, (2, 16))]))
+    assert seen == [outer + block_bytes] * 4 and sc.resident_bytes() == outer
+
+
+def test_refusals_name_the_reason(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        StreamedCheckpoint(tmp_path)
+    ckpt = _saved(tmp_path, tiny_llama())
+    sc = StreamedCheckpoint(ckpt)
+    from llm_compression.protocols import ProtocolError
+
+    with pytest.raises(ProtocolError, match="streamed evaluation runs in the weights' own dtype"):
+        perplexity(sc, torch.randint(0, 256, (64,)), seqlen=32, dtype="bfloat16")
+    import json
+
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(StreamingError, match="bitsandbytes-quantized"):
+        StreamedCheckpoint(ckpt)
+
+
+def test_the_evaluate_job_streams_on_request_with_the_same_record(tiny_checkpoint):
+    """resources.streaming: always -> the evaluate job's perplexity is streamed: same metrics and windows."""
+    from llm_compression.evaluate import evaluate_artifact
+
+    opts = dict(dataset="ptb", preset="sparsegpt", seqlen=32, max_tokens=160, batch_size=2)
+    a = evaluate_artifact(tiny_checkpoint, "perplexity", device="cpu", job_threads=1, **opts)
+    b = evaluate_artifact(tiny_checkpoint, "perplexity", device="cpu", job_threads=1, streamed=True, **opts)
+    assert b["metrics"] == a["metrics"] and b["windows"] == a["windows"] and b["protocol"] == a["protocol"]
+    assert b["runtime"]["streamed"] is True and "streamed" not in a["runtime"]
+
+
+def test_streaming_is_a_job_resource_not_a_param(tmp_path):
+    """Switching resources.streaming changes no rule's params (nothing reruns); the evaluate rule gets it."""
+    from llm_compression.config import validate_config
+    from llm_compression.planning import Plan
+
+    raw = {"model": {"name": "m", "source": "embedded:smollm2-135m"}, "grid": {},
+           "evaluation": {"perplexity": {"datasets": {"ptb": {}}}}}
+    plain = Plan(validate_config(raw, check_model=False))
+    streamed = Plan(validate_config({**raw, "resources": {"streaming": "always"}}, check_model=False))
+    assert plain.resources.streaming == "never" and streamed.resources.streaming == "always"
+    name = plain.evaluations[0]
+    assert plain.evaluation_params(name) == streamed.evaluation_params(name)
