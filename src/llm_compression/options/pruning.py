@@ -155,7 +155,7 @@ class MethodOptions:
 
     @classmethod
     def docs(cls) -> dict[str, str]:
-        """Option name -> its documentation line (unit, default, choices), for the README."""
+        """Option name -> its documentation line (unit, default, choices), for the docs' options table."""
         out = {}
         for f in fields(cls):
             choices = f.metadata.get("choices")
