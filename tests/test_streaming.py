@@ -107,3 +107,26 @@ def test_streaming_is_a_job_resource_not_a_param(tmp_path):
     assert plain.resources.streaming == "never" and streamed.resources.streaming == "always"
     name = plain.evaluations[0]
     assert plain.evaluation_params(name) == streamed.evaluation_params(name)
+
+
+def test_gpu_acceptance_config_validates_and_the_script_refuses_without_cuda(monkeypatch):
+    """The GPU acceptance run is ready for a GPU machine: its config plans, and without CUDA the script stops
+    before any work with a message saying so."""
+    import importlib.util
+    from pathlib import Path
+
+    from llm_compression.config import read_config_yaml, validate_config
+    from llm_compression.planning import Plan
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = validate_config(read_config_yaml(root / "config" / "gpu-acceptance.yaml"), base_dir=root, check_model=False)
+    plan = Plan(cfg)
+    assert {v.label for v in plan.variants} >= {"dense", "dense+nf4-dq", "sparsegpt_unstructured_0.5_x1",
+                                                 "llmpruner-element1_block_0.5_x1+lora+nf4-dq"}
+    assert cfg["device"] == "cuda" and set(plan.evaluations) >= {"memory", "latency"}
+    spec = importlib.util.spec_from_file_location("gpu_acceptance", root / "scripts" / "gpu_acceptance.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="sees no CUDA GPU"):
+        mod.main(["--check-only"])
