@@ -13,6 +13,7 @@ rule prune:
     threads: RESOURCES.threads("prune")
     resources:
         **stage_resources("prune"),
+        streaming=RESOURCES.streaming,  # how, not what: switching it reruns nothing
     conda:
         "../envs/llm-compression.yaml"
     script:

@@ -130,3 +130,40 @@ def test_gpu_acceptance_config_validates_and_the_script_refuses_without_cuda(mon
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="sees no CUDA GPU"):
         mod.main(["--check-only"])
+
+
+@pytest.mark.parametrize("method,level,extra", [("sparsegpt", "unstructured", {}), ("sparsegpt", "2:4", {}),
+                                                ("wanda", "unstructured", {}), ("magnitude", "unstructured", {}),
+                                                ("magnitude", "4:8", {"scope": "row"})])
+def test_streamed_pruning_equals_in_memory_bit_for_bit(tmp_path, method, level, extra):
+    """One block on the device at a time: the same masks and weights as prune_model on the whole model, a
+    checkpoint that loads (sharded, with an index), and the same sparsity report."""
+    from llm_compression.prune import prune_model
+    from llm_compression.streaming import prune_streamed
+
+    src = _saved(tmp_path, tiny_llama(0, num_hidden_layers=3), "src")
+    calib = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(2))
+    model, _ = load_checkpoint(src, tokenizer=False)
+    ref = prune_model(model, method=method, level=level, ratio=0.5, calib_ids=calib, batch_size=2, **extra)
+    out = tmp_path / "streamed"
+    res = prune_streamed(src, out, method=method, level=level, ratio=0.5, calib_ids=calib, batch_size=2, **extra)
+    got, _ = load_checkpoint(out, tokenizer=False)
+    want = dict(model.named_parameters())
+    for name, p in got.named_parameters():
+        assert torch.equal(p, want[name]), name
+    assert res.sparsity_after == ref.sparsity_after and res.per_layer_sparsity == ref.per_layer_sparsity
+    assert res.sparsity_before == ref.sparsity_before and res.streamed and res.provenance()["streamed"]
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(out)  # the index makes it a standard sharded checkpoint
+    assert torch.equal(plain.model.layers[1].mlp.up_proj.weight, want["model.layers.1.mlp.up_proj.weight"])
+
+
+def test_streamed_pruning_refuses_what_cannot_stream(tmp_path):
+    from llm_compression.streaming import prune_streamed
+
+    src = _saved(tmp_path, tiny_llama(0), "src")
+    with pytest.raises(ValueError, match="scope 'global' .* cannot be streamed"):
+        prune_streamed(src, tmp_path / "o1", method="magnitude", ratio=0.5, scope="global")
+    with pytest.raises(StreamingError, match="structured pruning .* prune it in memory"):
+        prune_streamed(src, tmp_path / "o2", method="llm-pruner", level="block", ratio=0.5, importance="l1")

@@ -49,6 +49,7 @@ class PruneResult(_Record):
         structured: the report of :func:`llm_compression.prune.structured.prune_structured` (structured only).
         compute_dtype: dtype of the calibration forwards of SparseGPT/Wanda (``float32``, ``bfloat16``,
             ``float16``; absent for other methods).
+        streamed: True when pruned one decoder block at a time (:func:`llm_compression.streaming.prune_streamed`).
     """
 
     sparsity_before: float
@@ -60,6 +61,7 @@ class PruneResult(_Record):
     blocks: list = field(default_factory=list)
     structured: dict | None = field(default=None, metadata={"optional": True})
     compute_dtype: str | None = field(default=None, metadata={"optional": True})
+    streamed: bool | None = field(default=None, metadata={"optional": True})
 
     def provenance(self) -> dict:
         """The ``result`` section of the pruned checkpoint's ``compression.json``."""
@@ -70,6 +72,8 @@ class PruneResult(_Record):
             out["structured"] = self.structured
         if self.compute_dtype is not None:
             out["compute_dtype"] = self.compute_dtype
+        if self.streamed:
+            out["streamed"] = True
         return out
 
 

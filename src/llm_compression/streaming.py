@@ -188,3 +188,125 @@ def streamed_forward(sc: StreamedCheckpoint, batches: list[torch.Tensor]) -> Ite
     for j in range(len(hidden)):
         yield head(norm(hidden[j]))
         hidden[j] = None
+
+
+def streamable(pruning: dict) -> bool:
+    """Whether a prune job's settings (``method``, ``scope``) can run block by block (:func:`prune_streamed`):
+    SparseGPT, Wanda, and magnitude per layer or row; not structured pruning, not global magnitude."""
+    from .options.pruning import layerwise_calibrated
+
+    method = pruning.get("method")
+    return method in layerwise_calibrated() or (method == "magnitude" and pruning.get("scope", "layer") != "global")
+
+
+class _BlockWriter:
+    """The ``block_io`` of streamed pruning: loads block ``i`` before its turn and, once pruned, measures it,
+    writes its tensors to ``out_dir/model-layer-<i>.safetensors`` and frees it."""
+
+    def __init__(self, sc: StreamedCheckpoint, out_dir: Path):
+        self.sc, self.out = sc, out_dir
+        self.weight_map: dict[str, str] = {}
+        self.total_bytes = 0
+        self.before: dict[str, tuple[int, int]] = {}
+        self.after: dict[str, tuple[int, int]] = {}
+
+    def _zeros(self, i: int) -> dict[str, tuple[int, int]]:
+        from .modules import dense_weight, prunable_linears
+
+        prefix = f"{self.sc.prefix}.{i}."
+        return {prefix + n: (int((dense_weight(m) == 0).sum()), m.weight.numel())
+                for n, m in prunable_linears(self.sc.layers[i]).items()}
+
+    def load(self, i: int) -> None:
+        self.sc.load_block(i)
+        self.before.update(self._zeros(i))
+
+    def done(self, i: int) -> None:
+        self.after.update(self._zeros(i))
+        self.write({n: self.sc.model.get_parameter(n) for n in self.sc.block_names(i)},
+                   f"model-layer-{i:05d}.safetensors")
+        self.sc.free_block(i)
+
+    def write(self, tensors: dict, name: str) -> None:
+        from safetensors.torch import save_file
+
+        state = {n: t.detach().to("cpu").contiguous() for n, t in tensors.items()}
+        save_file(state, str(self.out / name), metadata={"format": "pt"})
+        for n, t in state.items():
+            self.weight_map[n] = name
+            self.total_bytes += t.numel() * t.element_size()
+
+    def finish(self) -> None:
+        import json
+
+        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(self.weight_map.items()))}
+        (self.out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def prune_streamed(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *, method: str,
+                   level: str = "unstructured", ratio: float = 0.5, calib_ids: torch.Tensor | None = None,
+                   batch_size: int = 8, device: str = "cpu", progress: bool = False, log=None,
+                   share_inputs: bool = True, compute_dtype: str | None = None, **method_options):
+    """Prune the checkpoint at ``ckpt_dir`` block by block with one decoder block on ``device`` at a time, and
+    write the pruned checkpoint to ``out_dir`` (sharded safetensors with an index, one shard per block, the
+    source's config and tokenizer files): the layer-wise methods (SparseGPT, Wanda, magnitude per layer or
+    row) whose reference implementations already walk the model block by block (``llama_sequential`` in
+    IST-DASLab/sparsegpt and locuslab/wanda). Masks and weights equal :func:`llm_compression.prune.prune_model`'s
+    on the in-memory model bit for bit (tested); memory is the embeddings and head, one block, and the
+    calibration activations (``samples x seqlen x hidden``, twice).
+
+    Args:
+        ckpt_dir, out_dir: source checkpoint and an empty (or new) output folder; ``compression.json`` is the
+            caller's to write.
+        method, level, ratio, calib_ids, batch_size, share_inputs, compute_dtype, method_options: as
+            :func:`llm_compression.prune.prune_model`.
+
+    Returns:
+        :class:`~llm_compression.results.PruneResult` as :func:`~llm_compression.prune.prune_model` returns it,
+        with ``streamed: True``.
+
+    Raises:
+        StreamingError: a structured method (whole-model gradients and shape changes), or a
+            bitsandbytes-quantized source.
+        ValueError: the checks of :func:`~llm_compression.prune.prune_model`; magnitude with scope global.
+    """
+    import shutil
+    import time
+
+    from .prune import _result, check_prune_request
+
+    sc = StreamedCheckpoint(ckpt_dir, device=device)
+    spec, importance, nm, options, dtype = check_prune_request(
+        sc.model, method=method, level=level, ratio=ratio, calib_ids=calib_ids, compute_dtype=compute_dtype,
+        **method_options)
+    if spec.structured:
+        raise StreamingError(f"{method}: structured pruning scores and reshapes the whole model (gradients, "
+                             "dependency groups); prune it in memory")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in sc.dir.iterdir():  # config, generation config, tokenizer: unchanged by unstructured pruning
+        if f.is_file() and not f.name.endswith(".safetensors") and f.name not in (
+                "model.safetensors.index.json", "compression.json", ".snakemake_timestamp"):
+            shutil.copy2(f, out / f.name)
+    io = _BlockWriter(sc, out)
+    outer = {n: p for n, p in sc.model.named_parameters() if not n.startswith(sc.prefix + ".") and n in sc._where}
+    io.write(outer, "model-outer.safetensors")
+    run = spec.load_runner()
+    t0 = time.perf_counter()
+    kw = {"compute_dtype": dtype} if dtype is not None else {}
+    res = run(sc.model, level=level, nm=nm, ratio=ratio, importance=importance, calib_ids=calib_ids,
+              batch_size=batch_size, options=options, share_inputs=share_inputs, progress=progress, log=log,
+              block_io=io, **kw)
+    seconds = res.pop("seconds", None) or (time.perf_counter() - t0)
+    io.finish()
+
+    def reading(counts):
+        zeros, total = sum(z for z, _ in counts.values()), sum(t for _, t in counts.values())
+        return {"sparsity": zeros / total if total else 0.0, "prunable_weights": total, "zero_weights": zeros,
+                "per_layer": {n: z / t for n, (z, t) in counts.items()}}
+
+    before, after = reading(io.before), reading(io.after)
+    if log:
+        log(f"{method} {level} ratio={ratio} (streamed): sparsity {before['sparsity']:.4f} -> "
+            f"{after['sparsity']:.4f} in {seconds:.1f}s")
+    return _result(before, after, seconds, res.pop("blocks", []), streamed=True, **res)

@@ -271,3 +271,32 @@ def test_a_live_run_keeps_its_lock(tmp_path):
         live.kill()
         live.wait()
     assert r.returncode == 0 and r.stderr == "" and (locks / "0.input.lock").exists()
+
+
+@pytest.mark.slow
+def test_streaming_switch_reruns_nothing_and_forced_reruns_give_the_same_results(project, tmp_path):
+    """resources.streaming: always is a job resource: switching it on plans nothing; rerunning the prune and
+    evaluate jobs with it streams them (one block resident) and gives the same weights and metrics."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    copy = _copy(project, tmp_path / "streamed")
+    cfg = _config(resources={"streaming": "always", "stages": {s: {"cpus": 1} for s in ("import", "prune", "evaluate")}})
+    (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
+    dry = _snakemake(copy, "-n")
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout, dry.stdout[-3000:]
+    run = _snakemake(copy, "--forcerun", "prune", "evaluate")
+    assert run.returncode == 0, run.stderr[-5000:]
+    pruned = "results/tiny/pruned/magnitude_unstructured_0.5_x1"
+    comp = json.loads((copy / pruned / "compression.json").read_text())
+    assert comp["result"]["streamed"] is True
+    assert "streamed" not in json.loads((project / pruned / "compression.json").read_text())["result"]
+    a = {k: v for f in sorted((project / pruned).glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+    b = {k: v for f in sorted((copy / pruned).glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+    assert set(b) <= set(a) and all(torch.equal(a[k], b[k]) for k in b)
+    for f in sorted((project / "results/tiny/metrics").rglob("ppl-*.json")):
+        ra, rb = json.loads(f.read_text()), json.loads((copy / f.relative_to(project)).read_text())
+        assert rb["metrics"] == ra["metrics"] and rb["windows"] == ra["windows"], f
+        assert rb["runtime"].get("streamed") is True

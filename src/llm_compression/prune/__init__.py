@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from ..modules import measure_sparsity, prunable_linears
+from ..modules import decoder_layers, measure_sparsity, prunable_linears
 from ..results import PruneResult
 from ..options.pruning import DEFAULT_IMPORTANCE, METHODS as REGISTRY
 from ..options.pruning import STRUCTURED_LEVELS, PruningMethod, canonical_importance, path_methods, split_path_method
@@ -142,6 +142,36 @@ def prune_model(
             weight changes); non-finite (NaN/inf)
             calibration activations reaching a Linear (SparseGPT, Wanda; the message names it).
     """
+    spec, importance, nm, options, dtype = check_prune_request(
+        model, method=method, level=level, ratio=ratio, calib_ids=calib_ids, importance=importance,
+        compute_dtype=compute_dtype, **method_options)
+    run = spec.load_runner()
+    before = measure_sparsity(model)
+    t0 = time.perf_counter()
+    kw = {"compute_dtype": dtype} if dtype is not None else {}
+    out = run(model, level=level, nm=nm, ratio=ratio, importance=importance, calib_ids=calib_ids,
+              batch_size=batch_size, options=options, share_inputs=share_inputs, progress=progress, log=log, **kw)
+    seconds = out.pop("seconds", None)
+    seconds = time.perf_counter() - t0 if seconds is None else seconds
+    after = measure_sparsity(model)
+    if log and not spec.structured:
+        log(f"{method} {level} ratio={ratio}: sparsity {before['sparsity']:.4f} -> {after['sparsity']:.4f} in {seconds:.1f}s")
+    return _result(before, after, seconds, out.pop("blocks", []), **out)
+
+
+def check_prune_request(model, *, method: str, level: str = "unstructured", ratio: float = 0.5,
+                        calib_ids: torch.Tensor | None = None, importance: str | None = None,
+                        compute_dtype: str | torch.dtype | None = None, **method_options):
+    """Every check :func:`prune_model` makes before a weight changes (the model's weights may be on the
+    ``meta`` device: only shapes are read).
+
+    Returns:
+        ``(spec, importance, nm, options, dtype)``: the registered method, its structured criterion, the
+        N:M pattern (or None), the options object and the calibration compute dtype (or None).
+
+    Raises:
+        ValueError: see :func:`prune_model`.
+    """
     spec, importance = resolve_method(method, importance)
     if spec.structured:
         if level not in STRUCTURED_LEVELS:
@@ -168,22 +198,22 @@ def prune_model(
             raise ValueError(f"compute_dtype={compute_dtype!r}: only {', '.join(layerwise_calibrated())} take a calibration "
                              f"compute dtype, not {method!r}")
         check_compute_dtype(dtype, next(model.parameters()).device)
-    run = spec.load_runner()
-    before = measure_sparsity(model)
-    t0 = time.perf_counter()
-    kw = {"compute_dtype": dtype} if dtype is not None else {}
-    out = run(model, level=level, nm=nm, ratio=ratio, importance=importance, calib_ids=calib_ids,
-              batch_size=batch_size, options=options, share_inputs=share_inputs, progress=progress, log=log, **kw)
-    seconds = out.pop("seconds", None)
-    seconds = time.perf_counter() - t0 if seconds is None else seconds
-    after = measure_sparsity(model)
-    if log and not spec.structured:
-        log(f"{method} {level} ratio={ratio}: sparsity {before['sparsity']:.4f} -> {after['sparsity']:.4f} in {seconds:.1f}s")
-    return _result(before, after, seconds, out.pop("blocks", []), **out)
+    return spec, importance, nm, options, dtype
 
 
-def run_magnitude(model, *, ratio, nm, options, **_) -> dict:
-    """Magnitude pruning (:mod:`.magnitude`) of every prunable Linear, per layer/row or globally."""
+def run_magnitude(model, *, ratio, nm, options, block_io=None, **_) -> dict:
+    """Magnitude pruning (:mod:`.magnitude`) of every prunable Linear, per layer/row or globally.
+    ``block_io`` (streamed pruning): decoder blocks are loaded and written out one at a time."""
+    if block_io is not None:
+        if options.scope == "global":
+            raise ValueError("magnitude scope 'global' ranks every weight of the model at once: it cannot be "
+                             "streamed block by block; use scope layer or row, or prune in memory")
+        for i, block in enumerate(decoder_layers(model)):
+            block_io.load(i)
+            for lin in prunable_linears(block).values():
+                prune_linear_magnitude(lin, ratio, nm=nm, **options.as_kwargs())
+            block_io.done(i)
+        return {}
     if options.scope == "global":
         prune_global_magnitude(prunable_linears(model).values(), ratio)
     else:
@@ -193,7 +223,7 @@ def run_magnitude(model, *, ratio, nm, options, **_) -> dict:
 
 
 def _run_calibrated(cls, model, *, ratio, nm, options, calib_ids, batch_size, share_inputs, progress, log,
-                    compute_dtype=None, **_) -> dict:
+                    compute_dtype=None, block_io=None, **_) -> dict:
     """Layer-by-layer calibrated pruning (:func:`~.calibration.sequential_prune`) with pruner ``cls``."""
     kwargs = options.as_kwargs()
     blocks = sequential_prune(
@@ -205,6 +235,7 @@ def _run_calibrated(cls, model, *, ratio, nm, options, calib_ids, batch_size, sh
         progress=progress,
         log=log,
         compute_dtype=compute_dtype,
+        block_io=block_io,
     )
     dtype = compute_dtype if compute_dtype is not None else next(model.parameters()).dtype
     return {"blocks": blocks, "compute_dtype": dtype_name(dtype)}

@@ -216,6 +216,7 @@ def sequential_prune(
     log: Callable[[str], None] | None = None,
     share_inputs: bool = True,
     compute_dtype: torch.dtype | None = None,
+    block_io=None,
 ) -> list[dict]:
     """Prune every Linear of every decoder block, block by block, on calibrated activations.
 
@@ -230,6 +231,9 @@ def sequential_prune(
             each block's forwards on a copy of the block cast to it (the block inputs are kept in it
             too) while the pruners prune the model's own weights; the pruners accumulate their
             statistics in float32/float64.
+        block_io: streamed pruning (:func:`llm_compression.streaming.prune_streamed`): ``block_io.load(i)``
+            brings block ``i``'s weights onto the device before its turn and ``block_io.done(i)`` writes the
+            pruned block out and frees it after the next block's inputs are computed.
 
     Returns:
         One dict per decoder block: ``block``, ``seconds``.
@@ -256,6 +260,8 @@ def sequential_prune(
         it = tqdm(it, desc="prune blocks", unit="block", mininterval=5)
     for i in it:
         t0 = time.perf_counter()
+        if block_io is not None:
+            block_io.load(i)
         block = layers[i]
         linears = {n: m for n, m in block.named_modules() if is_linear(m)}
         pruners = {n: make_pruner(f"{prefix}.{i}.{n}", m) for n, m in linears.items()}
@@ -292,6 +298,8 @@ def sequential_prune(
             for j, (h, (args, kwargs)) in enumerate(zip(hidden, call_args[i])):
                 hidden[j] = _block_output(work(h, *args, **kwargs))  # frees the old input as it goes
         del work, work_linears
+        if block_io is not None:
+            block_io.done(i)
         secs = time.perf_counter() - t0
         report.append({"block": i, "seconds": secs})
         if log:
