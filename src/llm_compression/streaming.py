@@ -256,10 +256,12 @@ def prune_streamed(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
     calibration activations (``samples x seqlen x hidden``, twice).
 
     Args:
-        ckpt_dir, out_dir: source checkpoint and an empty (or new) output folder; ``compression.json`` is the
-            caller's to write.
-        method, level, ratio, calib_ids, batch_size, share_inputs, compute_dtype, method_options: as
-            :func:`llm_compression.prune.prune_model`.
+        ckpt_dir: the source checkpoint.
+        out_dir: an empty (or new) output folder; ``compression.json`` is the caller's to write.
+        device: where each block runs.
+        method: a layer-wise method (``sparsegpt``, ``wanda``, ``magnitude``); ``level``, ``ratio``,
+            ``calib_ids`` (``[samples, seqlen]`` token ids), ``batch_size``, ``share_inputs``, ``compute_dtype``,
+            ``progress``, ``log`` and ``method_options`` as :func:`llm_compression.prune.prune_model` takes them.
 
     Returns:
         :class:`~llm_compression.results.PruneResult` as :func:`~llm_compression.prune.prune_model` returns it,
