@@ -154,7 +154,7 @@ def test_snakemake_refuses_duplicate_key_before_any_job(tmp_path, cfg):
 
 @pytest.mark.parametrize("name", ["config.yaml", "config/unstructured.yaml", "config/structured.yaml",
                                   "config/healing.yaml", "config/healing_structured.yaml", "config/evaluation.yaml", "config/gemma.yaml", "config/study.yaml",
-                                  "config/study-embedded.yaml", "config/quick.yaml"])
+                                  "config/study-embedded.yaml", "config/quick.yaml", "config/gpu-acceptance.yaml"])
 def test_every_shipped_config_is_complete_and_valid(name):
     """Each shipped config is a whole config (``--configfile`` replaces config.yaml), without duplicate keys."""
     c = load_config_file(ROOT / name, check_model=False)
