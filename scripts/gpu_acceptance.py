@@ -3,7 +3,7 @@
 record. One command, from the project root, after `make setup` with a CUDA build of torch
 (`make setup TORCH_SPEC=torch==2.13.0` on Linux x86-64 is the CUDA build):
 
-    .venv/bin/python scripts/gpu_acceptance.py            # about 8 minutes on one GPU
+    .venv/bin/python scripts/gpu_acceptance.py            # sized for about 8 minutes on one GPU (not yet run)
 
 It runs the workflow with config/gpu-acceptance.yaml into results/gpu-acceptance/ (prune with SparseGPT and
 LLM-Pruner block on the GPU, LoRA healing, NF4-DQ through bitsandbytes' CUDA kernels, perplexity, cost, peak
