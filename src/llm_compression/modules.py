@@ -123,6 +123,28 @@ def dense_weight(linear: nn.Linear) -> torch.Tensor:
 
 
 @torch.no_grad()
+def zero_counts(model_or_block: nn.Module, prefix: str = "") -> dict[str, tuple[int, int]]:
+    """Name (``prefix`` + the name of :func:`prunable_linears`) -> ``(exact zeros, weights)`` of every prunable
+    Linear; 4-bit/8-bit weights are counted dequantized (:func:`dense_weight`)."""
+    out = {}
+    for name, lin in prunable_linears(model_or_block).items():
+        w = dense_weight(lin)
+        out[prefix + name] = (int((w == 0).sum()), w.numel())
+    return out
+
+
+def sparsity_reading(counts: dict[str, tuple[int, int]]) -> dict:
+    """The reading of :func:`measure_sparsity` from :func:`zero_counts` (of a model, or gathered block by block)."""
+    total = sum(t for _, t in counts.values())
+    zeros = sum(z for z, _ in counts.values())
+    return {
+        "sparsity": zeros / total if total else 0.0,
+        "prunable_weights": total,
+        "zero_weights": zeros,
+        "per_layer": {n: z / t for n, (z, t) in counts.items()},
+    }
+
+
 def measure_sparsity(model: nn.Module) -> dict:
     """Fraction of exactly-zero weights over the prunable Linear layers.
 
@@ -130,17 +152,4 @@ def measure_sparsity(model: nn.Module) -> dict:
         dict with ``sparsity`` (zeros / weights), ``prunable_weights``, ``zero_weights`` and
         ``per_layer`` (name -> sparsity).
     """
-    total = zeros = 0
-    per_layer = {}
-    for name, lin in prunable_linears(model).items():
-        w = dense_weight(lin)
-        z = int((w == 0).sum())
-        per_layer[name] = z / w.numel()
-        total += w.numel()
-        zeros += z
-    return {
-        "sparsity": zeros / total if total else 0.0,
-        "prunable_weights": total,
-        "zero_weights": zeros,
-        "per_layer": per_layer,
-    }
+    return sparsity_reading(zero_counts(model))

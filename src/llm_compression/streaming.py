@@ -211,11 +211,9 @@ class _BlockWriter:
         self.after: dict[str, tuple[int, int]] = {}
 
     def _zeros(self, i: int) -> dict[str, tuple[int, int]]:
-        from .modules import dense_weight, prunable_linears
+        from .modules import zero_counts
 
-        prefix = f"{self.sc.prefix}.{i}."
-        return {prefix + n: (int((dense_weight(m) == 0).sum()), m.weight.numel())
-                for n, m in prunable_linears(self.sc.layers[i]).items()}
+        return zero_counts(self.sc.layers[i], prefix=f"{self.sc.prefix}.{i}.")
 
     def load(self, i: int) -> None:
         self.sc.load_block(i)
@@ -302,12 +300,9 @@ def prune_streamed(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
     seconds = res.pop("seconds", None) or (time.perf_counter() - t0)
     io.finish()
 
-    def reading(counts):
-        zeros, total = sum(z for z, _ in counts.values()), sum(t for _, t in counts.values())
-        return {"sparsity": zeros / total if total else 0.0, "prunable_weights": total, "zero_weights": zeros,
-                "per_layer": {n: z / t for n, (z, t) in counts.items()}}
+    from .modules import sparsity_reading
 
-    before, after = reading(io.before), reading(io.after)
+    before, after = sparsity_reading(io.before), sparsity_reading(io.after)
     if log:
         log(f"{method} {level} ratio={ratio} (streamed): sparsity {before['sparsity']:.4f} -> "
             f"{after['sparsity']:.4f} in {seconds:.1f}s")
