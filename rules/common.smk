@@ -53,6 +53,12 @@ def stage_resources(stage):
     return RESOURCES.snakemake_resources(stage)
 
 
+def job_resources(stage):
+    """A rule's `resources:` with mem_mb from each job's planned peak (llm_compression.memory_plan) and, for prune
+    and evaluate, the job's resolved `streaming` (always/never)."""
+    return PLAN.job_resources(stage)
+
+
 def R(path):
     """Path under the results root."""
     return PLAN.path(path)

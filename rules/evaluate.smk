@@ -18,8 +18,7 @@ rule evaluate:
         R("benchmarks/evaluate/{pruning}/{healing}/{quant}/{evaluation}.tsv")
     threads: lambda w: PLAN.evaluation_threads(w.evaluation, local_cores=LOCAL_CORES)
     resources:
-        **stage_resources("evaluate"),
-        streaming=RESOURCES.streaming,  # how, not what: switching it reruns nothing
+        **job_resources("evaluate"),  # mem_mb planned per job; streaming: how, not what (switching it reruns nothing)
     conda:
         "../envs/llm-compression.yaml"
     script:
@@ -44,7 +43,7 @@ rule generate:
         R("benchmarks/generate/{pruning}/{healing}/{quant}.tsv")
     threads: RESOURCES.threads("evaluate")
     resources:
-        **stage_resources("evaluate"),
+        **job_resources("generate"),
     conda:
         "../envs/llm-compression.yaml"
     script:

@@ -18,7 +18,7 @@ rule heal:
         R("benchmarks/heal/{pruning}/{healing}.tsv")
     threads: RESOURCES.threads("heal")
     resources:
-        **stage_resources("heal"),
+        **job_resources("heal"),
     conda:
         "../envs/llm-compression.yaml"
     script:

@@ -12,8 +12,7 @@ rule prune:
         R("benchmarks/prune/{pruning}.tsv")
     threads: RESOURCES.threads("prune")
     resources:
-        **stage_resources("prune"),
-        streaming=RESOURCES.streaming,  # how, not what: switching it reruns nothing
+        **job_resources("prune"),  # mem_mb planned per job; streaming: how, not what (switching it reruns nothing)
     conda:
         "../envs/llm-compression.yaml"
     script:

@@ -13,7 +13,7 @@ rule quantize:
         R("benchmarks/quantize/{pruning}/{healing}/{quant}.tsv")
     threads: RESOURCES.threads("quantize")
     resources:
-        **stage_resources("quantize"),
+        **job_resources("quantize"),
     conda:
         "../envs/llm-compression.yaml"
     script:

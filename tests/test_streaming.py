@@ -104,7 +104,7 @@ def test_streaming_is_a_job_resource_not_a_param(tmp_path):
            "evaluation": {"perplexity": {"datasets": {"ptb": {}}}}}
     plain = Plan(validate_config(raw, check_model=False))
     streamed = Plan(validate_config({**raw, "resources": {"streaming": "always"}}, check_model=False))
-    assert plain.resources.streaming == "never" and streamed.resources.streaming == "always"
+    assert plain.resources.streaming == "auto" and streamed.resources.streaming == "always"
     name = plain.evaluations[0]
     assert plain.evaluation_params(name) == streamed.evaluation_params(name)
 

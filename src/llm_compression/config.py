@@ -307,7 +307,24 @@ def validate_config(config: dict, *, schema_path: str | os.PathLike | None = Non
         raise ConfigError(str(e)) from None
     _check_larger_sample(cfg)
     _check_against_model_config(cfg, base, plan)
+    _check_memory_plan(cfg)
     return cfg
+
+
+def _check_memory_plan(cfg: dict) -> None:
+    """Every job's planned peak against the memory budget (``resources.memory``), when the model's config.json
+    was at hand (:meth:`llm_compression.planning.Plan.check_memory`).
+
+    Raises:
+        ConfigError: a job that does not fit (its estimate, the budget and what would fit).
+    """
+    from .memory_plan import MemoryPlanError
+    from .planning import Plan
+
+    try:
+        Plan(cfg).check_memory()
+    except MemoryPlanError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_larger_sample(cfg: dict) -> None:
@@ -345,6 +362,7 @@ def _check_against_model_config(cfg: dict, base: Path, plan) -> None:
     except (OSError, ValueError) as e:
         cfg.setdefault("_warnings", []).append(f"could not read {path} to check the config against the model: {e}")
         return
+    cfg["_model_config"] = model_cfg  # the memory plan's model shape (llm_compression.planning.Plan.model_shape)
     shown = os.path.relpath(path)
     check_against_model(cfg, model_cfg, str(path.resolve()) if shown.startswith("..") else shown,
                         prune_mem_mb=plan.scaled("prune", "mem_mb"))

@@ -13,6 +13,8 @@ Nothing imported here imports torch, transformers, peft, bitsandbytes, lm-eval o
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from .options.pruning import (
     DEFAULT_IMPORTANCE,
     METHODS,
@@ -27,6 +29,7 @@ from .variants import (
     COST_EVALUATIONS,
     DENSE,
     NO_HEALING,
+    NO_QUANT,
     ZEROSHOT_EVALUATION,
     Pruning,
     Variant,
@@ -434,6 +437,135 @@ class Plan:
             timed = int(self.cfg["evaluation"]["latency"]["threads"])
             return max(timed, int(local_cores)) if local_cores else timed
         return self.resources.threads("evaluate")
+
+    # memory (llm_compression.memory_plan): each job's planned peak, its streaming and its mem_mb
+    def model_shape(self):
+        """The configured model's :class:`~llm_compression.memory_plan.ModelShape`, from the config.json (or GGUF
+        header) that config validation read (``cfg["_model_config"]``); None for a hub model before its import
+        (the jobs then use the stage constants of :mod:`llm_compression.resources`)."""
+        if not hasattr(self, "_shape"):
+            from .memory_plan import ModelShape
+
+            self._shape = None
+            model_cfg = self.cfg.get("_model_config")
+            if model_cfg:
+                try:
+                    self._shape = ModelShape.from_config(model_cfg, self.cfg["model"].get("dtype"))
+                except (ValueError, KeyError, TypeError):
+                    self._shape = None
+        return self._shape
+
+    def _job_estimates(self, stage: str, w) -> tuple:
+        """``(job name, in-memory estimate, streamed estimate or None, hint)`` of one job (wildcards ``w``)."""
+        from .memory_plan import (estimate_evaluation, estimate_heal, estimate_prune, estimate_quantize)
+        from .options.pruning import streamable
+
+        shape = self.model_shape()
+        cuda = self.resources.device(stage if stage != "generate" else "evaluate") == "cuda"
+        if stage == "prune":
+            p = self.prune_params(w.pruning)
+            hint = ""
+            if p.get("calibration"):
+                cal = p["calibration"]
+                hint = (f"fewer calibration windows than {cal['samples']} x {cal['seqlen']} "
+                        f"(calibration.samples / seqlen)")
+            return (f"prune {w.pruning}", estimate_prune(shape, p, cuda=cuda),
+                    estimate_prune(shape, p, streamed=True, cuda=cuda) if streamable(p) else None, hint)
+        if stage == "heal":
+            r = self.healing_recipe(w.healing)
+            return (f"heal {w.pruning}/{w.healing}", estimate_heal(shape, r, cuda=cuda), None,
+                    f"a smaller healing batch_size ({r.get('batch_size')}) or seqlen ({r.get('seqlen')})")
+        if stage == "quantize":
+            return (f"quantize {w.pruning}/{w.healing}/{w.quant}",
+                    estimate_quantize(shape, {"scheme": w.quant}, cuda=cuda), None, "")
+        if stage == "import":
+            return (f"import {self.model}", estimate_quantize(shape, {"scheme": ""}, cuda=False), None, "")
+        quant = None if w.quant == NO_QUANT else w.quant
+        if stage == "generate":
+            ev = {"kind": "generate"}
+        else:
+            ev = self.evaluation_params(w.evaluation, variant_of(w.pruning, w.healing, w.quant))
+        name = f"evaluate {w.pruning}/{w.healing}/{w.quant}" + (f"/{w.evaluation}" if stage == "evaluate" else "")
+        can_stream = ev.get("kind") == "perplexity" and quant is None
+        return (name, estimate_evaluation(shape, ev, cuda=cuda, quantization=quant),
+                estimate_evaluation(shape, ev, streamed=True, cuda=cuda) if can_stream else None,
+                f"a smaller evaluation batch_size ({ev.get('batch_size')})" if ev.get("batch_size") else "")
+
+    def job_memory(self, stage: str, w):
+        """The :class:`~llm_compression.memory_plan.Estimate` a job runs under (streamed or not by
+        ``resources.streaming``), or None when the model's shape is unknown while planning.
+
+        Raises:
+            MemoryPlanError: the job does not fit the budget (``resources.memory``).
+        """
+        from .memory_plan import Budget, choose
+
+        if self.model_shape() is None:
+            return None
+        name, in_memory, streamed, hint = self._job_estimates(stage, w)
+        if not hasattr(self, "_budget"):
+            self._budget = Budget.from_config(self.resources.memory)
+        return choose(name, in_memory, streamed, self.resources.streaming, self._budget, hint)
+
+    def job_streaming(self, stage: str, w) -> str:
+        """``always`` or ``never``: the job's ``streaming`` resource, resolved from ``resources.streaming``."""
+        policy = self.resources.streaming
+        if policy != "auto":
+            return policy
+        est = self.job_memory(stage, w)
+        return "always" if est is not None and est.streamed else "never"
+
+    def job_mem_mb(self, stage: str, w, attempt: int = 1) -> int:
+        """A job's Snakemake ``mem_mb``: the stage's configured ``mem_mb`` when set, else its planned peak plus
+        the margin (:func:`llm_compression.memory_plan.request_mb`), else the stage constant; doubled per retry."""
+        from .memory_plan import request_mb
+
+        base = "evaluate" if stage == "generate" else stage
+        if base not in self.resources.mem_mb_overridden:
+            est = self.job_memory(stage, w)
+            if est is not None:
+                return request_mb(est, attempt)
+        return self.resources.scaled(base, "mem_mb", attempt)
+
+    def job_resources(self, stage: str) -> dict:
+        """Keyword arguments for a rule's ``resources:``: the stage's (:meth:`ResourcePlan.snakemake_resources`)
+        with ``mem_mb`` planned per job and, for prune and evaluate, the job's resolved ``streaming``."""
+        base = "evaluate" if stage == "generate" else stage
+        out = self.resources.snakemake_resources(base)
+        out["mem_mb"] = lambda wildcards, attempt: self.job_mem_mb(stage, wildcards, attempt)
+        if stage in ("prune", "evaluate"):
+            out["streaming"] = lambda wildcards: self.job_streaming(stage, wildcards)
+        return out
+
+    def memory_jobs(self) -> list[tuple[str, SimpleNamespace]]:
+        """``(stage, wildcards)`` of every prune, heal, quantize and evaluate job of the plan."""
+        jobs: dict[tuple, tuple] = {}
+        for v in self.variants:
+            p = v.pruning
+            while p is not None and not p.is_dense:
+                jobs[("prune", p.segment)] = ("prune", SimpleNamespace(pruning=p.segment))
+                p = p.parent()
+            seg = v.pruning.segment
+            if v.healing != NO_HEALING:
+                jobs[("heal", seg, v.healing)] = ("heal", SimpleNamespace(pruning=seg, healing=v.healing))
+            if v.quant != NO_QUANT:
+                jobs[("quantize", seg, v.healing, v.quant)] = (
+                    "quantize", SimpleNamespace(pruning=seg, healing=v.healing, quant=v.quant))
+            for e in variant_evaluations(v, self.evaluations):
+                jobs[("evaluate", seg, v.healing, v.quant, e)] = (
+                    "evaluate", SimpleNamespace(pruning=seg, healing=v.healing, quant=v.quant, evaluation=e))
+        return list(jobs.values())
+
+    def check_memory(self) -> list[tuple[str, object]]:
+        """Plan every job's memory against the budget, before any job runs; returns ``(job name, estimate)``
+        (empty when the model's shape is unknown). Config validation calls it.
+
+        Raises:
+            MemoryPlanError: the first job that does not fit (the estimate, the budget, what would fit).
+        """
+        if self.model_shape() is None:
+            return []
+        return [(self._job_estimates(stage, w)[0], self.job_memory(stage, w)) for stage, w in self.memory_jobs()]
 
     # report
     def figure_inputs(self, figure: str) -> list[str]:

@@ -145,9 +145,14 @@ class ResourcePlan:
                     f"read locally; cluster resources assume {FALLBACK_PARAMS_B}B parameters"
                 )
         self.params_b = float(size)
-        #: ``never`` / ``always``: whether perplexity evaluations stream decoder blocks (:mod:`llm_compression.streaming`)
-        self.streaming = res.get("streaming", "never")
+        #: ``auto`` / ``never`` / ``always``: whether layer-wise pruning and perplexity evaluations stream decoder
+        #: blocks (:mod:`llm_compression.streaming`); ``auto`` decides per job from its planned memory
+        self.streaming = res.get("streaming", "auto")
+        #: the memory budget jobs are planned against (:class:`llm_compression.memory_plan.Budget`)
+        self.memory = dict(res.get("memory") or {})
         overrides = res.get("stages") or {}
+        #: stages whose ``mem_mb`` the config sets (the plan's per-job estimate is not used for them)
+        self.mem_mb_overridden = {s for s, o in overrides.items() if "mem_mb" in (o or {})}
         unknown = sorted(set(overrides) - set(STAGES))
         if unknown:
             raise ResourceConfigError(f"resources.stages: unknown stage(s) {unknown}; valid: {', '.join(STAGES)}")

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from .options.pruning import LAYER_SHAPES_KEY
+from .options.pruning import LAYER_SHAPES_KEY, streamable  # noqa: F401 (streamable: public here too)
 
 
 class StreamingError(ValueError):
@@ -188,15 +188,6 @@ def streamed_forward(sc: StreamedCheckpoint, batches: list[torch.Tensor]) -> Ite
     for j in range(len(hidden)):
         yield head(norm(hidden[j]))
         hidden[j] = None
-
-
-def streamable(pruning: dict) -> bool:
-    """Whether a prune job's settings (``method``, ``scope``) can run block by block (:func:`prune_streamed`):
-    SparseGPT, Wanda, and magnitude per layer or row; not structured pruning, not global magnitude."""
-    from .options.pruning import layerwise_calibrated
-
-    method = pruning.get("method")
-    return method in layerwise_calibrated() or (method == "magnitude" and pruning.get("scope", "layer") != "global")
 
 
 class _BlockWriter:

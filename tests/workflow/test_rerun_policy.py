@@ -292,6 +292,14 @@ def test_streaming_switch_reruns_nothing_and_forced_reruns_give_the_same_results
     pruned = "results/tiny/pruned/magnitude_unstructured_0.5_x1"
     comp = json.loads((copy / pruned / "compression.json").read_text())
     assert comp["result"]["streamed"] is True
+    # every job records the memory plan's estimate beside its measured peak (llm_compression.memory_plan)
+    assert comp["memory"]["streamed"] is True and comp["memory"]["measured_peak_rss_bytes"] > 0
+    for log in ("prune/magnitude_unstructured_0.5_x1", "evaluate/dense/none/none/ppl-ptb-sparsegpt"):
+        streamed = json.loads((copy / f"results/logs/{log}.log.memory.json").read_text())
+        before = json.loads((project / f"results/logs/{log}.log.memory.json").read_text())
+        assert streamed["streamed"] is True and before["streamed"] is False, log  # auto: a tiny model fits
+        for rec in (streamed, before):  # a tiny model: the runtime dominates both
+            assert 0.5 < rec["measured_over_estimate"] < 2, (log, rec)
     assert "streamed" not in json.loads((project / pruned / "compression.json").read_text())["result"]
     a = {k: v for f in sorted((project / pruned).glob("*.safetensors")) for k, v in load_file(str(f)).items()}
     b = {k: v for f in sorted((copy / pruned).glob("*.safetensors")) for k, v in load_file(str(f)).items()}

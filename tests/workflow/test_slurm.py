@@ -273,6 +273,26 @@ def test_sbatch_requests_gpus_for_gpu_stages_only(tmp_path, tiny_model):
 
 
 @pytest.mark.slow
+def test_sbatch_mem_is_each_jobs_planned_peak(tmp_path, tiny_model):
+    """Without a configured mem_mb, each job's sbatch --mem is its own planned peak plus the margin
+    (llm_compression.memory_plan), per job: magnitude and Wanda pruning differ (Wanda holds calibration
+    activations); a stage with mem_mb configured keeps it."""
+    from llm_compression.config import load_config_file
+    from llm_compression.planning import Plan
+
+    stages = {"prune": {"cpus": 1}, "quantize": {"cpus": 1}, "evaluate": {"mem_mb": {"base": 1234, "per_b": 0}}}
+    calls = _sbatch_calls(tmp_path, tiny_model, device="cpu", stages=stages)
+    plan = Plan(load_config_file(tmp_path / "work-cpu-0" / "config.yaml"))
+    planned = {stage: {plan.job_mem_mb(stage, w) for st, w in plan.memory_jobs() if st == stage}
+               for stage in ("prune", "quantize")}
+    assert len(planned["prune"]) == 2, planned  # magnitude and wanda
+    for stage in ("prune", "quantize"):
+        asked = {int(m) for c in calls[stage] for m in _flags(c)["mem"]}
+        assert asked == planned[stage], (stage, asked, planned[stage])
+    assert {int(m) for c in calls["evaluate"] for m in _flags(c)["mem"]} == {1234}
+
+
+@pytest.mark.slow
 def test_sbatch_per_stage_device(tmp_path, tiny_model):
     """device cpu, but prune on cuda with 2 GPUs: only prune asks for GPUs."""
     calls = _sbatch_calls(tmp_path, tiny_model, device="cpu", stages={"prune": {"device": "cuda", "gpus": 2}})

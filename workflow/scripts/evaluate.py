@@ -29,4 +29,10 @@ write_json_atomic(sm.output[0], {
     **rec,
     "wall_seconds": time.perf_counter() - t0,
 })
+if kind != "memory" and not sm.wildcards.quant.startswith("gguf"):  # those measure in another process
+    from llm_compression.memory_plan import estimate_job, record_job_memory
+
+    quant = None if sm.wildcards.quant == "none" else sm.wildcards.quant
+    record_job_memory(sm.log[0], estimate_job("evaluate", sm.input[0], dict(sm.params.evaluation), streamed=streamed,
+                                              device=str(device), quantization=quant), device, log.info)
 finish_job()  # every output is written: exit without tearing down torch and transformers (~1 s)

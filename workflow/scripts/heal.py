@@ -3,6 +3,7 @@ import time
 
 from llm_compression.heal import heal_model, save_healed
 from llm_compression.checkpoint import load_checkpoint, provenance
+from llm_compression.memory_plan import estimate_job, record_job_memory
 from llm_compression.models import pick_device
 from llm_compression.runtime import finish_job, setup_job
 
@@ -26,4 +27,5 @@ save_healed(result, tok, sm.output[0], provenance(
     wall_seconds=time.perf_counter() - t0,
 ))
 log.info("saved %s (%.1fs)", sm.output[0], time.perf_counter() - t0)
+record_job_memory(sm.log[0], estimate_job("heal", sm.input.pruned, recipe, device=str(device)), device, log.info)
 finish_job()  # every output is written: exit without tearing down torch and transformers (~1 s)

@@ -4,6 +4,7 @@ import time
 from llm_compression.data import calibration_set, load_text
 from llm_compression.checkpoint import load_checkpoint, provenance, save_checkpoint, write_compression
 from llm_compression.io import atomic_dir
+from llm_compression.memory_plan import estimate_job, job_memory_record, record_job_memory
 from llm_compression.models import pick_device
 from llm_compression.plan_checks import check_calibration_corpus, check_pruning_job
 from llm_compression.options.pruning import layerwise_calibrated
@@ -29,6 +30,8 @@ if streamed:
     model, tok = None, AutoTokenizer.from_pretrained(sm.input[0])
 else:
     model, tok = load_checkpoint(sm.input[0], device=device)
+# the plan's estimate on this input (its own widths), recorded beside the measured peak
+estimate = estimate_job("prune", sm.input[0], dict(sm.params.prune), streamed=streamed, device=str(device))
 calib_ids = None
 calib_protocol = None
 if needs_calibration(p["method"]):
@@ -50,7 +53,8 @@ def record(result):
     log.info("achieved sparsity %.4f over %d prunable weights (before: %.4f)",
              result["sparsity_after"], result["prunable_weights"], result["sparsity_before"])
     return provenance("prune", sm.input[0], pruning={**p, **options}, calibration=calib_protocol,
-                      result=result.provenance(), device=device, wall_seconds=time.perf_counter() - t0)
+                      result=result.provenance(), device=device, wall_seconds=time.perf_counter() - t0,
+                      memory=job_memory_record(estimate, device))  # the peak so far: pruning, before saving
 
 
 if streamed:
@@ -59,4 +63,5 @@ if streamed:
 else:
     result = prune_model(model, **kwargs)
     save_checkpoint(model, tok, sm.output[0], record(result))
+record_job_memory(sm.log[0], estimate, device, log.info)  # the whole job's peak, saving included
 finish_job()  # every output is written: exit without tearing down torch and transformers (~1 s)

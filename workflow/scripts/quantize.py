@@ -23,4 +23,8 @@ else:
     info = quantize_checkpoint(sm.input[0], sm.output[0], scheme=sm.params.scheme, device=device,
                                **dict(sm.params.options))
     log.info("quantized %s -> %s (%s)", sm.input[0], sm.output[0], info["quantization"]["scheme"])
+    from llm_compression.memory_plan import estimate_job, record_job_memory
+
+    record_job_memory(sm.log[0], estimate_job("quantize", sm.input[0], {"scheme": sm.params.scheme},
+                                              device=str(device)), device, log.info)
 finish_job()  # every output is written: exit without tearing down torch and transformers (~1 s)

@@ -21,7 +21,22 @@ def _proc_status_bytes(field: str) -> int | None:
     return None
 
 
+#: the highest ``VmHWM`` this process reached before any reset of it (:func:`process_peak_rss_bytes`)
+_PEAK_BEFORE_RESETS = 0
+
+
+def process_peak_rss_bytes() -> int | None:
+    """This process's peak resident set since it started, resets of the high-water mark by
+    :func:`_reset_peak_rss` notwithstanding (the highest ``VmHWM`` seen before each, and now)."""
+    now = _proc_status_bytes("VmHWM")
+    if now is None:
+        return None
+    return max(now, _PEAK_BEFORE_RESETS)
+
+
 def _reset_peak_rss() -> bool:
+    global _PEAK_BEFORE_RESETS
+    _PEAK_BEFORE_RESETS = max(_PEAK_BEFORE_RESETS, _proc_status_bytes("VmHWM") or 0)
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")

@@ -341,6 +341,14 @@ def layerwise_calibrated() -> tuple[str, ...]:
     return tuple(name for name, m in METHODS.items() if not m.structured and m.needs_calibration())
 
 
+def streamable(pruning: dict) -> bool:
+    """Whether a prune job's settings (``method``, ``scope``) can run block by block
+    (:func:`llm_compression.streaming.prune_streamed`): SparseGPT, Wanda, and magnitude per layer or row; not
+    structured pruning, not global magnitude."""
+    method = pruning.get("method")
+    return method in layerwise_calibrated() or (method == "magnitude" and pruning.get("scope", "layer") != "global")
+
+
 def unregister(name: str) -> None:
     """Remove a registered method (tests register toy methods and remove them again)."""
     METHODS.pop(name, None)
