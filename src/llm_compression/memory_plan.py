@@ -317,14 +317,24 @@ def estimate_heal(shape: ModelShape, recipe: dict, *, cuda: bool = False) -> Est
     return _finish(parts, cuda, False)
 
 
-def estimate_quantize(shape: ModelShape, quantize: dict, *, cuda: bool = False) -> Estimate:
-    """Peak of one quantization job (``scheme``): bitsandbytes quantizes while loading, so the stored weights
-    pass through memory once beside the quantized copy; GGUF export converts tensor by tensor."""
+def estimate_quantize(shape: ModelShape, quantize: dict, *, streamed: bool = False, cuda: bool = False) -> Estimate:
+    """Peak of one quantization job (``scheme``). bitsandbytes on CPU: the mapped weights, a full-precision copy
+    of them and the quantized weights (measured: runtime + 2 x weights + the 4-bit copy); on CUDA (not measured
+    here: no GPU) the device holds the quantized model and one block in full precision, the host the mapped
+    files. Streamed (:func:`llm_compression.quantize.quantize_streamed`): the outer weights, one block read,
+    its working copy and its 4-bit copy. GGUF export converts tensor by tensor (the mapped weights)."""
     scheme = str(quantize.get("scheme", ""))
     bnb = scheme.startswith(("nf4", "fp4", "int8"))
+    block = shape.block_params(shape.largest_block) * shape.weight_bytes
+    if streamed:
+        q_block = shape.block_linear_params(shape.largest_block) // 2
+        parts = {"runtime": RUNTIME_BYTES, **_load_parts(shape, True), "working_copy": block, "quantized": q_block}
+        return _finish(parts, cuda, True)
     parts = {"runtime": RUNTIME_BYTES, **_load_parts(shape, False, copy=bnb)}
     if bnb:
         parts["quantized"] = shape.weight_bytes_total(scheme)
+        if cuda:  # weights stream through the host (mapped files) and are quantized as each reaches the device
+            parts.update(weights=block, load=shape.params * shape.weight_bytes)
     return _finish(parts, cuda, False)
 
 
@@ -491,7 +501,7 @@ def estimate_job(stage: str, checkpoint_dir, settings: dict, *, streamed: bool =
     if stage == "heal":
         return estimate_heal(shape, settings, cuda=cuda)
     if stage == "quantize":
-        return estimate_quantize(shape, settings, cuda=cuda)
+        return estimate_quantize(shape, settings, streamed=streamed, cuda=cuda)
     return estimate_evaluation(shape, settings, streamed=streamed, cuda=cuda, quantization=quantization)
 
 

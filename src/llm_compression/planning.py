@@ -476,8 +476,10 @@ class Plan:
             return (f"heal {w.pruning}/{w.healing}", estimate_heal(shape, r, cuda=cuda), None,
                     f"a smaller healing batch_size ({r.get('batch_size')}) or seqlen ({r.get('seqlen')})")
         if stage == "quantize":
-            return (f"quantize {w.pruning}/{w.healing}/{w.quant}",
-                    estimate_quantize(shape, {"scheme": w.quant}, cuda=cuda), None, "")
+            q = {"scheme": w.quant}
+            four_bit = w.quant in ("nf4", "nf4-dq", "fp4")  # quantize_streamed's schemes
+            return (f"quantize {w.pruning}/{w.healing}/{w.quant}", estimate_quantize(shape, q, cuda=cuda),
+                    estimate_quantize(shape, q, streamed=True, cuda=cuda) if four_bit else None, "")
         if stage == "import":
             return (f"import {self.model}", estimate_quantize(shape, {"scheme": ""}, cuda=False), None, "")
         quant = None if w.quant == NO_QUANT else w.quant
@@ -529,11 +531,11 @@ class Plan:
 
     def job_resources(self, stage: str) -> dict:
         """Keyword arguments for a rule's ``resources:``: the stage's (:meth:`ResourcePlan.snakemake_resources`)
-        with ``mem_mb`` planned per job and, for prune and evaluate, the job's resolved ``streaming``."""
+        with ``mem_mb`` planned per job and, for prune, quantize and evaluate, the job's resolved ``streaming``."""
         base = "evaluate" if stage == "generate" else stage
         out = self.resources.snakemake_resources(base)
         out["mem_mb"] = lambda wildcards, attempt: self.job_mem_mb(stage, wildcards, attempt)
-        if stage in ("prune", "evaluate"):
+        if stage in ("prune", "quantize", "evaluate"):
             out["streaming"] = lambda wildcards: self.job_streaming(stage, wildcards)
         return out
 

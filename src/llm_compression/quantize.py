@@ -161,13 +161,7 @@ def quantize_checkpoint(
 
     src_dir = Path(src_dir)
     check_options(scheme, compute_dtype=compute_dtype, blocksize=blocksize, int8_threshold=int8_threshold)
-    if is_quantized_checkpoint(src_dir):
-        old = json.loads((src_dir / "config.json").read_text())["quantization_config"]
-        raise AlreadyQuantizedError(
-            f"checkpoint {src_dir} is already quantized ({old.get('quant_method')}, "
-            f"{old.get('bnb_4bit_quant_type') if old.get('load_in_4bit') else 'int8' if old.get('load_in_8bit') else '?'}); "
-            f"refusing to quantize it again with {scheme!r}: quantize its unquantized parent instead"
-        )
+    _refuse_quantized(src_dir, scheme)
     per_layer = needs_structured_loader(src_dir)
     if per_layer and scheme not in FOUR_BIT:
         raise NonUniformWidthsError(
@@ -197,8 +191,108 @@ def quantize_checkpoint(
     return info
 
 
+def _refuse_quantized(src_dir: Path, scheme: str) -> None:
+    if is_quantized_checkpoint(src_dir):
+        old = json.loads((src_dir / "config.json").read_text())["quantization_config"]
+        raise AlreadyQuantizedError(
+            f"checkpoint {src_dir} is already quantized ({old.get('quant_method')}, "
+            f"{old.get('bnb_4bit_quant_type') if old.get('load_in_4bit') else 'int8' if old.get('load_in_8bit') else '?'}); "
+            f"refusing to quantize it again with {scheme!r}: quantize its unquantized parent instead"
+        )
+
+
+def quantize_streamed(
+    src_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    scheme: str = "nf4-dq",
+    compute_dtype: str = "float32",
+    blocksize: int = DEFAULT_BLOCKSIZE,
+    device: str = "cpu",
+) -> dict:
+    """Quantize a checkpoint to a 4-bit scheme one decoder block at a time and save it (atomically) as sharded
+    safetensors: the weights stay in the source's files (:class:`~llm_compression.streaming.StreamedCheckpoint`),
+    each block is read, its Linears quantized with bitsandbytes (``Params4bit``, as transformers quantizes
+    them while loading), written as its own shard and dropped; the embeddings, final norm and head stay in full
+    precision as transformers keeps them. Memory: the outer weights, one block and its 4-bit copy.
+
+    The output has the same tensors as :func:`quantize_checkpoint`'s, bit for bit (tested on fp32 checkpoints),
+    the same ``quantization_config`` and loads with plain ``from_pretrained`` (or
+    :func:`~llm_compression.checkpoint.load_checkpoint` for per-layer widths).
+
+    Args:
+        scheme: a 4-bit scheme (``nf4``, ``nf4-dq``, ``fp4``); compute_dtype, blocksize as
+            :func:`quantize_checkpoint`; device: where each block is quantized.
+
+    Returns:
+        The ``compression.json`` written with the output (``quantization.streamed: true``).
+
+    Raises:
+        StreamingError: ``int8`` (LLM.int8() is built by transformers' loader; quantize it in memory).
+        AlreadyQuantizedError: ``src_dir`` is already quantized.
+        ValueError: an invalid option (see :func:`check_options`).
+    """
+    import copy
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from .streaming import StreamedCheckpoint, StreamingError
+
+    src_dir = Path(src_dir)
+    if scheme not in FOUR_BIT:
+        raise StreamingError(f"scheme {scheme!r} cannot be quantized streamed; streamed: {', '.join(FOUR_BIT)} "
+                             "(int8 is built by transformers' loader in memory)")
+    check_options(scheme, compute_dtype=compute_dtype, blocksize=blocksize)
+    _refuse_quantized(src_dir, scheme)
+    qcfg = bnb_config(scheme, compute_dtype=compute_dtype)
+    spec = SCHEMES[scheme]
+    sc = StreamedCheckpoint(src_dir, device="cpu")
+    model = sc.model
+    weight_map: dict[str, str] = {}
+    total = 0
+    n4 = 0
+    with atomic_dir(out_dir) as tmp:
+        tmp = Path(tmp)
+
+        def write(tensors: dict, name: str) -> None:
+            nonlocal total
+            tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+            save_file(tensors, str(tmp / name), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(tensors, name))
+            total += sum(v.numel() * v.element_size() for v in tensors.values())
+
+        for i in range(len(sc.layers)):
+            block = copy.deepcopy(sc.load_block(i))
+            sc.free_block(i)
+            n4 += len(replace_linears_4bit(block, quant_type=spec["bnb_4bit_quant_type"],
+                                           double_quant=spec["bnb_4bit_use_double_quant"], compute_dtype=compute_dtype,
+                                           blocksize=int(blocksize), device=device))
+            write({f"{sc.prefix}.{i}.{k}": v for k, v in block.state_dict().items()}, f"model-layer-{i:05d}.safetensors")
+            del block
+        head = model.get_output_embeddings()
+        tied = head is not None and head.weight is model.get_input_embeddings().weight
+        outer = {k: v for k, v in model.state_dict().items()
+                 if not k.startswith(sc.prefix + ".") and not (tied and k == "lm_head.weight")}
+        write(outer, "model-outer.safetensors")
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+        config = copy.deepcopy(model.config)
+        config.quantization_config = qcfg
+        config.save_pretrained(tmp)
+        for f in src_dir.iterdir():  # tokenizer and generation config, as the source has them
+            if f.is_file() and (f.name.startswith(("tokenizer", "special_tokens", "generation_config", "chat_template"))
+                                or f.suffix in (".model", ".jinja")):
+                shutil.copy2(f, tmp / f.name)
+        info = _quantize_info(src_dir, scheme, compute_dtype, blocksize, 6.0, device, 0, qcfg, streamed=True,
+                              per_layer_widths={"layers_4bit": n4, "writer": "llm_compression.quantize (streamed)"}
+                              if needs_structured_loader(src_dir) else None)
+        info = write_compression(tmp, info)
+    return info
+
+
 def _quantize_info(src_dir, scheme, compute_dtype, blocksize, int8_threshold, device, requantized, cfg,
-                   per_layer_widths=None) -> dict:
+                   per_layer_widths=None, streamed=None) -> dict:
     result = QuantizeResult(
         scheme=scheme,
         compute_dtype=compute_dtype if scheme in FOUR_BIT else None,
@@ -208,6 +302,7 @@ def _quantize_info(src_dir, scheme, compute_dtype, blocksize, int8_threshold, de
         layers_requantized_for_blocksize=requantized,
         config=cfg.to_dict(),
         per_layer_widths=per_layer_widths,
+        streamed=streamed,
     )
     return provenance("quantize", str(src_dir), quantization=result.to_dict())
 

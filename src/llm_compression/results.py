@@ -102,6 +102,7 @@ class QuantizeResult(_Record):
         layers_requantized_for_blocksize: 4-bit layers re-quantized at a non-default block size.
         config: the ``BitsAndBytesConfig`` as a dict.
         per_layer_widths: set for structurally pruned checkpoints with per-layer widths.
+        streamed: set (True) when the checkpoint was quantized one decoder block at a time.
     """
 
     scheme: str
@@ -112,6 +113,7 @@ class QuantizeResult(_Record):
     layers_requantized_for_blocksize: int
     config: dict
     per_layer_widths: dict | None = field(default=None, metadata={"optional": True})
+    streamed: bool | None = field(default=None, metadata={"optional": True})
 
 
 class EvaluationRecord(TypedDict, total=False):

@@ -17,14 +17,20 @@ if is_gguf_scheme(sm.params.scheme):
         log.info("padding: %s", p)
 else:
     from llm_compression.models import pick_device
-    from llm_compression.quantize import quantize_checkpoint
+    from llm_compression.quantize import FOUR_BIT, quantize_checkpoint, quantize_streamed
 
     device = pick_device(sm.params.device)
-    info = quantize_checkpoint(sm.input[0], sm.output[0], scheme=sm.params.scheme, device=device,
-                               **dict(sm.params.options))
+    # resources.streaming (resolved per job by the memory plan): 4-bit schemes one decoder block at a time
+    streamed = getattr(sm.resources, "streaming", "never") == "always" and sm.params.scheme in FOUR_BIT
+    options = dict(sm.params.options)
+    if streamed:
+        options.pop("int8_threshold", None)
+        info = quantize_streamed(sm.input[0], sm.output[0], scheme=sm.params.scheme, device=device, **options)
+    else:
+        info = quantize_checkpoint(sm.input[0], sm.output[0], scheme=sm.params.scheme, device=device, **options)
     log.info("quantized %s -> %s (%s)", sm.input[0], sm.output[0], info["quantization"]["scheme"])
     from llm_compression.memory_plan import estimate_job, record_job_memory
 
     record_job_memory(sm.log[0], estimate_job("quantize", sm.input[0], {"scheme": sm.params.scheme},
-                                              device=str(device)), device, log.info)
+                                              streamed=streamed, device=str(device)), device, log.info)
 finish_job()  # every output is written: exit without tearing down torch and transformers (~1 s)
