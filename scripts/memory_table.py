@@ -60,7 +60,7 @@ def estimates(shape: ModelShape, cuda: bool) -> dict:
         "perplexity": (estimate_evaluation(shape, PERPLEXITY, cuda=cuda),
                        estimate_evaluation(shape, PERPLEXITY, streamed=True, cuda=cuda)),
         "LoRA healing": (estimate_heal(shape, LORA, cuda=cuda), None),
-        "NF4-DQ": (estimate_quantize(shape, NF4, cuda=cuda), None),
+        "NF4-DQ": (estimate_quantize(shape, NF4, cuda=cuda), estimate_quantize(shape, NF4, streamed=True, cuda=cuda)),
     }
 
 

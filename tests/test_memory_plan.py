@@ -80,7 +80,11 @@ def test_streamed_estimates_hold_one_block_and_the_outer_weights():
     assert mem.parts["weights"] == shape.weight_bytes_total()
     assert streamed.parts["weights"] == 4 * (shape.outer_params + shape.block_params(0))
     # the terms that do not depend on streaming are the same
-    assert mem.parts["hessians"] == streamed.parts["hessians"] == 4 * (3 * 576**2 + 1536**2 + 2 * 1536**2)
+    # block work: the larger of the Hessians (d, d, q, m columns + one working inverse of the largest) and one
+    # batch of 8 x 512 tokens through the block (gate, up: 2 m; attention projections: 2 d)
+    hessians = 4 * (3 * 576**2 + 1536**2 + 1536**2)
+    forward = 8 * 512 * (2 * 1536 + 2 * 576) * 4
+    assert mem.parts["block_work"] == streamed.parts["block_work"] == max(hessians, forward)
     assert mem.parts["activations"] == streamed.parts["activations"] == (16 + 8) * 512 * 576 * 4
     assert streamed.host_bytes < mem.host_bytes
     assert mem.host_bytes == sum(mem.parts.values()) and mem.parts["runtime"] == RUNTIME_BYTES
@@ -105,7 +109,7 @@ def test_cuda_puts_the_working_set_on_the_device():
     shape = ModelShape.from_config(SMOLLM2)
     est = estimate_prune(shape, SPARSEGPT, cuda=True)
     assert est.host_bytes == RUNTIME_BYTES  # the weights go to the device; pruning makes no second copy
-    assert est.device_bytes > est.parts["weights"] + est.parts["hessians"]
+    assert est.device_bytes > est.parts["weights"] + est.parts["block_work"]
 
 
 def test_choose_streams_only_when_needed_and_refuses_with_the_fix():
@@ -237,3 +241,18 @@ def test_nf4_quantization_streams_when_its_in_memory_plan_does_not_fit(tmp_path)
     assert plan.job_streaming("quantize", w) == "always"
     with pytest.raises(MemoryPlanError, match="cannot stream"):  # LLM.int8() is built in memory only
         plan.job_memory("quantize", SimpleNamespace(pruning="dense", healing="none", quant="int8"))
+
+
+def test_the_embedded_models_gguf_header_gives_its_whole_shape():
+    """Planning reads the embedded model's GGUF header (no weights): the shape gives SmolLM2-135M's parameters."""
+    from llm_compression.models import ModelSourceError, resolve_source
+    from llm_compression.plan_checks import read_gguf_config
+
+    try:
+        res = resolve_source("embedded:smollm2-135m")
+    except ModelSourceError as e:
+        pytest.skip(f"embedded model not installed: {e}")
+    cfg = read_gguf_config(Path(res.path) / res.gguf_file)
+    assert cfg["vocab_size"] == 49152 and cfg["tie_word_embeddings"] is True
+    assert (cfg["intermediate_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]) == (1536, 9, 3)
+    assert ModelShape.from_config(cfg, "float32").params == 134_515_008

@@ -222,22 +222,31 @@ def _load_parts(shape: ModelShape, streamed: bool, quantization: str | None = No
     return {"weights": w, "load": shape.params * shape.weight_bytes if copy else 0}
 
 
-def _hessian_bytes(shape: ModelShape, i: int, shared: bool = True, hessian_bytes: int = 4) -> int:
-    """SparseGPT's Hessians ``H = 2 X X^T`` of layer ``i``'s Linears, ``cols x cols`` each: q/k/v share the
-    input's, gate/up share theirs (o: query width, down: MLP channels); plus the solve's inverse and its
-    Cholesky factor of the largest (Frantar & Alistarh 2023, Alg. 1)."""
+def _hessian_bytes(shape: ModelShape, i: int, hessian_bytes: int = 4) -> int:
+    """SparseGPT's Hessians ``H = 2 X X^T`` of layer ``i``'s Linears, ``cols x cols`` each, accumulated for the
+    whole block at once: q/k/v share the input's, gate/up share theirs (o: query width, down: MLP channels);
+    plus one working inverse of the largest while the Linears are solved one by one (Frantar & Alistarh 2023,
+    Alg. 1)."""
     q, _ = shape.attention[i]
     d, m = shape.hidden, shape.intermediate[i]
-    cols = [d, d, q, m] if shared else [d, d, d, q, d, d, m]
-    return hessian_bytes * (sum(c * c for c in cols) + 2 * max(cols) ** 2)
+    cols = [d, d, q, m]
+    return hessian_bytes * (sum(c * c for c in cols) + max(cols) ** 2)
+
+
+def _block_forward_bytes(shape: ModelShape, i: int, tokens: int, compute: int) -> int:
+    """Intermediates of one batch of ``tokens`` tokens through decoder layer ``i``: the MLP's gate and up
+    projections and the attention's projections (PyTorch's CPU/CUDA scaled-dot-product attention does not keep
+    the ``heads x seqlen^2`` scores)."""
+    return tokens * (2 * shape.intermediate[i] + 2 * shape.hidden) * compute
 
 
 def estimate_prune(shape: ModelShape, prune: dict, *, streamed: bool = False, cuda: bool = False) -> Estimate:
     """Peak of one prune job (its ``params.prune``: ``method``, ``level``, ``calibration``...).
 
     Layer-wise methods (magnitude, Wanda, SparseGPT; SparseGPT's sequential scheme, Frantar & Alistarh 2023,
-    Sec. 3): the calibration activations ``samples x seqlen x d`` (compute dtype) of the block being pruned,
-    one batch's block output, the block's MLP/attention intermediates for one batch, SparseGPT's Hessians.
+    Sec. 3): the calibration activations ``samples x seqlen x d`` (compute dtype) of the block being pruned and
+    one batch's block output, then ``block_work``: the larger of one batch's intermediates through the block
+    and SparseGPT's Hessians with one working inverse (they take turns).
     Structured criteria with gradients (LLM-Pruner's Taylor importance, Ma et al. 2023, Eq. 3-5): the weights'
     gradients and the activations a backward pass keeps (:func:`_backward_activations`).
 
@@ -251,16 +260,15 @@ def estimate_prune(shape: ModelShape, prune: dict, *, streamed: bool = False, cu
     batch = min(int(cal.get("batch_size") or 8), max(samples, 1))
     parts = {"runtime": RUNTIME_BYTES, **_load_parts(shape, streamed)}
     i = shape.largest_block
-    q, _ = shape.attention[i]
-    heads = max(q // shape.head_dim, 1)
     if method in ("sparsegpt", "wanda", "magnitude"):
         if method != "magnitude":
             parts["activations"] = (samples + batch) * seqlen * shape.hidden * compute
-            # one batch through the block: MLP (gate, up, act) and attention (q/k/v, scores)
-            parts["block_forward"] = batch * seqlen * (3 * shape.intermediate[i] + 4 * q + heads * seqlen) * compute
-        if method == "sparsegpt":
-            hb = 8 if prune.get("hessian_dtype") == "float64" else 4
-            parts["hessians"] = _hessian_bytes(shape, i, hessian_bytes=hb)
+            # the block's forwards (statistics, then the next block's inputs) and SparseGPT's solves take turns
+            work = _block_forward_bytes(shape, i, batch * seqlen, compute)
+            if method == "sparsegpt":
+                hb = 8 if prune.get("hessian_dtype") == "float64" else 4
+                work = max(work, _hessian_bytes(shape, i, hessian_bytes=hb))
+            parts["block_work"] = work
         if streamed:
             parts["write"] = shape.block_params(i) * shape.weight_bytes  # the pruned block serialised
         return _finish(parts, cuda, streamed)
@@ -279,7 +287,7 @@ def estimate_prune(shape: ModelShape, prune: dict, *, streamed: bool = False, cu
         parts["activations"] = _backward_activations(shape, step)
         parts["logits"] = 3 * step * shape.vocab * 4
     else:
-        parts["activations"] = step * (3 * max(shape.intermediate) + 4 * shape.hidden) * compute
+        parts["activations"] = _block_forward_bytes(shape, shape.largest_block, step, compute)
         parts["logits"] = step * shape.vocab * 4
     return _finish(parts, cuda, False)
 
@@ -454,7 +462,7 @@ def choose(job: str, in_memory: Estimate, streamed: Estimate | None, policy: str
         fixes.append(f"streaming (resources.streaming: auto or always) plans {_where(streamed)}"
                      + ("" if budget.fits(streamed) else ", which does not fit either"))
     elif streamed is None:
-        fixes.append("this job cannot stream (only layer-wise pruning and perplexity do)")
+        fixes.append("this job cannot stream (layer-wise pruning, 4-bit quantization and perplexity do)")
     if hint:
         fixes.append(hint)
     fixes.append("a machine with more memory (resources.memory.host_mb / device_mb say what the node has)")

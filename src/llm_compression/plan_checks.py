@@ -170,13 +170,18 @@ def read_model_config(path: str | os.PathLike) -> dict:
 
 #: GGUF metadata keys (after ``<architecture>.``) -> the config.json names transformers gives them
 _GGUF_KEYS = {"block_count": "num_hidden_layers", "context_length": "max_position_embeddings",
-              "embedding_length": "hidden_size"}
+              "embedding_length": "hidden_size", "feed_forward_length": "intermediate_size",
+              "attention.head_count": "num_attention_heads", "attention.head_count_kv": "num_key_value_heads",
+              "attention.key_length": "head_dim"}
 
 
 def read_gguf_config(path: str | os.PathLike) -> dict:
-    """Depth, context and width of a GGUF model from its metadata header (GGUF v2/v3 key-value section,
-    read without the tensors): ``num_hidden_layers``, ``max_position_embeddings``, ``hidden_size``, as
-    transformers maps ``<arch>.block_count``, ``<arch>.context_length``, ``<arch>.embedding_length``.
+    """Depth, context and widths of a GGUF model from its header (GGUF v2/v3 key-value section and tensor
+    infos, read without the tensors): ``num_hidden_layers``, ``max_position_embeddings``, ``hidden_size``,
+    ``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads``, ``head_dim`` as transformers maps
+    ``<arch>.block_count``, ``.context_length``, ``.embedding_length``, ``.feed_forward_length``,
+    ``.attention.head_count``, ``.attention.head_count_kv``, ``.attention.key_length``; ``vocab_size`` from the
+    ``token_embd.weight`` shape and ``tie_word_embeddings`` (no ``output.weight`` tensor) for the memory plan.
 
     Raises:
         ValueError: not a GGUF v2/v3 file.
@@ -207,15 +212,24 @@ def read_gguf_config(path: str | os.PathLike) -> dict:
 
         if fh.read(4) != b"GGUF" or read("<I") not in (2, 3):
             raise ValueError(f"{path} is not a GGUF v2/v3 file")
-        read("<Q")  # tensor count
+        n_tensors = read("<Q")
         meta = {}
         for _ in range(read("<Q")):
             key = string()
             v = value(read("<I"))
             if not key.startswith("tokenizer."):
                 meta[key] = v
+        shapes = {}
+        for _ in range(n_tensors):  # tensor infos: name, dims, type, offset
+            name = string()
+            shapes[name] = [read("<Q") for _ in range(read("<I"))]
+            read("<I")
+            read("<Q")
     arch = meta.get("general.architecture")
     out = {name: int(meta[f"{arch}.{k}"]) for k, name in _GGUF_KEYS.items() if f"{arch}.{k}" in meta}
+    if len(shapes.get("token_embd.weight", [])) == 2:
+        out["vocab_size"] = int(shapes["token_embd.weight"][1])  # GGUF lists dims innermost first
+        out["tie_word_embeddings"] = "output.weight" not in shapes
     if arch:
         out["model_type"] = {"gemma3": "gemma3_text"}.get(arch, arch)  # as transformers names the config
     return out

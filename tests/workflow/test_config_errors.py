@@ -308,7 +308,9 @@ def test_embedded_model_is_known_before_its_import(tmp_path):
     from llm_compression.plan_checks import read_gguf_config
 
     assert read_gguf_config(resolve_source("embedded:smollm2-135m").path + "/SmolLM2-135M-Instruct.Q4_1.gguf") == {
-        "num_hidden_layers": 30, "max_position_embeddings": 8192, "hidden_size": 576, "model_type": "llama"}
+        "num_hidden_layers": 30, "max_position_embeddings": 8192, "hidden_size": 576, "model_type": "llama",
+        "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152,
+        "tie_word_embeddings": True}
 
 
 def test_gguf_quantization_of_a_model_it_cannot_export_is_refused_at_planning():

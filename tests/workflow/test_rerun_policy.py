@@ -294,7 +294,7 @@ def test_streaming_switch_reruns_nothing_and_forced_reruns_give_the_same_results
     assert comp["result"]["streamed"] is True
     # every job records the memory plan's estimate beside its measured peak (llm_compression.memory_plan)
     assert comp["memory"]["streamed"] is True and comp["memory"]["measured_peak_rss_bytes"] > 0
-    for log in ("prune/magnitude_unstructured_0.5_x1", "evaluate/dense/none/none/ppl-ptb-sparsegpt"):
+    for log in ("prune/magnitude_unstructured_0.5_x1", "evaluate/dense/none/none/ppl-wikitext2-sparsegpt"):
         streamed = json.loads((copy / f"results/logs/{log}.log.memory.json").read_text())
         before = json.loads((project / f"results/logs/{log}.log.memory.json").read_text())
         assert streamed["streamed"] is True and before["streamed"] is False, log  # auto: a tiny model fits

@@ -33,6 +33,8 @@ if kind != "memory" and not sm.wildcards.quant.startswith("gguf"):  # those meas
     from llm_compression.memory_plan import estimate_job, record_job_memory
 
     quant = None if sm.wildcards.quant == "none" else sm.wildcards.quant
-    record_job_memory(sm.log[0], estimate_job("evaluate", sm.input[0], dict(sm.params.evaluation), streamed=streamed,
-                                              device=str(device), quantization=quant), device, log.info)
+    streamed_here = streamed and kind == "perplexity" and quant is None  # what evaluate_artifact streams
+    estimate = estimate_job("evaluate", sm.input[0], dict(sm.params.evaluation), streamed=streamed_here,
+                            device=str(device), quantization=quant)
+    record_job_memory(sm.log[0], estimate, device, log.info)
 finish_job()  # every output is written: exit without tearing down torch and transformers (~1 s)
