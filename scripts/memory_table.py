@@ -79,7 +79,27 @@ def verdict(pair, gpu_gb, host_gb) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--detail", action="store_true", help="print every estimate (GB) instead of the verdicts")
+    ap.add_argument("--compact", action="store_true", help="one row per model, one cell per machine (README)")
     a = ap.parse_args()
+    if a.compact:
+        print("| model (bf16) | " + " | ".join(m[0] for m in MACHINES) + " |")
+        print("|---|" + "---|" * len(MACHINES))
+        for name, cfg in SHAPES.items():
+            shape = ModelShape.from_config(cfg, "bfloat16")
+            gpu, cpu = estimates(shape, True), estimates(shape, False)
+            cells = []
+            for _, g, h in MACHINES:
+                v = {job: verdict(gpu[job] if g else cpu[job], g, h) for job in gpu}
+                if all(x == "yes" for x in v.values()):
+                    cells.append("all four jobs")
+                    continue
+                parts = [f"{', '.join(j for j, x in v.items() if x == k)} {word}"
+                         for k, word in (("streamed", "streamed"), ("no", "do not fit" if list(v.values()).count("no") > 1
+                                                                     else "does not fit"))
+                         if k in v.values()]
+                cells.append("; ".join(parts))
+            print(f"| {name} ({shape.params / 1e9:.1f} B) | " + " | ".join(cells) + " |")
+        return
     if a.detail:
         print("| model | params (B) | job | GPU in memory | GPU streamed | host in memory | host streamed |")
         print("|---|---:|---|---:|---:|---:|---:|")

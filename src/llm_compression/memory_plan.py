@@ -19,7 +19,8 @@ the plan; ``benchmarks/streaming_memory.py`` prints both for models of 135 M to 
 
 What an estimate counts (bytes, ``parts`` names each term):
 
-- ``runtime``: the Python process with torch and transformers imported (:data:`RUNTIME_BYTES`, measured).
+- ``runtime``: the Python process with torch and transformers imported and a tokenizer loaded
+  (:data:`RUNTIME_BYTES`, measured); ``tokenize``: what encoding a corpus leaves behind (:data:`TOKENIZE_BYTES`).
 - ``weights``: the resident weights, ``params x bytes per weight`` (NF4: 4 bits + one absmax byte per block of 64
   for the Linear weights of decoder blocks, the rest as stored). transformers maps a checkpoint's safetensors
   files, so weights count once as they are read, and pruning rewrites them in place (measured: a 538 MB model
@@ -44,6 +45,10 @@ from dataclasses import dataclass, field
 #: before any model (measured on CPU, torch 2.13 / transformers 5.23: 289 MB after the imports, 144 MB more with
 #: SmolLM2's 49,152-token tokenizer loaded)
 RUNTIME_BYTES = 450 * 10**6
+#: what tokenizing a corpus leaves in the resident set (the fast tokenizer's encodings, freed to the allocator but
+#: not returned to the system): measured +200 MB of peak while encoding LAMBADA test (1.7 MB of text) for
+#: calibration windows; counted for every job that tokenizes a corpus (calibrated pruning, healing, perplexity)
+TOKENIZE_BYTES = 200 * 10**6
 #: CUDA context and cuBLAS workspaces on the device (not in ``torch.cuda.max_memory_allocated``), for budgets
 CUDA_CONTEXT_BYTES = 600 * 10**6
 #: headroom added to an estimate for Snakemake's ``mem_mb`` (the request, not the estimate)
@@ -202,13 +207,14 @@ class Estimate:
 
 
 def _finish(parts: dict, cuda: bool, streamed: bool) -> Estimate:
-    """Sum the terms: on CPU everything is host memory; on CUDA the model and working set are on the device
-    and the host holds the runtime and what loading passes through it."""
+    """Sum the terms: on CPU everything is host memory; on CUDA the model and working set are on the device,
+    and the host holds the runtime, any copy loading makes and the weights' mapped files as they pass through
+    (a cgroup memory limit such as sbatch --mem counts mapped file pages)."""
     parts = {k: int(v) for k, v in parts.items() if v}
     if not cuda:
         return Estimate(sum(parts.values()), 0, streamed, parts)
-    host = parts.get("runtime", 0) + parts.get("load", 0)
-    device = CUDA_CONTEXT_BYTES + sum(v for k, v in parts.items() if k not in ("runtime", "load"))
+    host = sum(parts.get(k, 0) for k in ("runtime", "tokenize", "load", "weights"))
+    device = CUDA_CONTEXT_BYTES + sum(v for k, v in parts.items() if k not in ("runtime", "tokenize", "load"))
     return Estimate(host, device, streamed, parts)
 
 
@@ -260,6 +266,8 @@ def estimate_prune(shape: ModelShape, prune: dict, *, streamed: bool = False, cu
     batch = min(int(cal.get("batch_size") or 8), max(samples, 1))
     parts = {"runtime": RUNTIME_BYTES, **_load_parts(shape, streamed)}
     i = shape.largest_block
+    if samples:
+        parts["tokenize"] = TOKENIZE_BYTES
     if method in ("sparsegpt", "wanda", "magnitude"):
         if method != "magnitude":
             parts["activations"] = (samples + batch) * seqlen * shape.hidden * compute
@@ -318,7 +326,7 @@ def estimate_heal(shape: ModelShape, recipe: dict, *, cuda: bool = False) -> Est
     parts = {"runtime": RUNTIME_BYTES, **_load_parts(shape, False, copy=True),
              "optimizer": adapters * 4 * 4,
              "activations": _backward_activations(shape, tokens, bool(recipe.get("gradient_checkpointing"))),
-             "logits": 3 * tokens * shape.vocab * 4}
+             "logits": 3 * tokens * shape.vocab * 4, "tokenize": TOKENIZE_BYTES}
     if recipe.get("method") == "kd":
         parts["teacher"] = shape.params * shape.weight_bytes
         parts["teacher_logits"] = 2 * tokens * shape.vocab * 4
@@ -326,11 +334,13 @@ def estimate_heal(shape: ModelShape, recipe: dict, *, cuda: bool = False) -> Est
 
 
 def estimate_quantize(shape: ModelShape, quantize: dict, *, streamed: bool = False, cuda: bool = False) -> Estimate:
-    """Peak of one quantization job (``scheme``). bitsandbytes on CPU: the mapped weights, a full-precision copy
-    of them and the quantized weights (measured: runtime + 2 x weights + the 4-bit copy); on CUDA (not measured
-    here: no GPU) the device holds the quantized model and one block in full precision, the host the mapped
-    files. Streamed (:func:`llm_compression.quantize.quantize_streamed`): the outer weights, one block read,
-    its working copy and its 4-bit copy. GGUF export converts tensor by tensor (the mapped weights)."""
+    """Peak of one quantization job (``scheme``). bitsandbytes on CPU (transformers quantizes while loading):
+    the mapped weights, a copy of the weights it keeps in full precision (embeddings, head, norms) and the
+    quantized Linears (measured on SmolLM2-135M: after loading, 589 MB of mapped files and 227 MB of new memory);
+    on CUDA (not measured here: no GPU) the device holds the quantized model and one block in full precision,
+    the host the mapped files. Streamed (:func:`llm_compression.quantize.quantize_streamed`): the outer weights,
+    one block read, its working copy and its 4-bit copy. GGUF export converts tensor by tensor (the mapped
+    weights)."""
     scheme = str(quantize.get("scheme", ""))
     bnb = scheme.startswith(("nf4", "fp4", "int8"))
     block = shape.block_params(shape.largest_block) * shape.weight_bytes
@@ -338,11 +348,13 @@ def estimate_quantize(shape: ModelShape, quantize: dict, *, streamed: bool = Fal
         q_block = shape.block_linear_params(shape.largest_block) // 2
         parts = {"runtime": RUNTIME_BYTES, **_load_parts(shape, True), "working_copy": block, "quantized": q_block}
         return _finish(parts, cuda, True)
-    parts = {"runtime": RUNTIME_BYTES, **_load_parts(shape, False, copy=bnb)}
+    parts = {"runtime": RUNTIME_BYTES, **_load_parts(shape, False)}
     if bnb:
-        parts["quantized"] = shape.weight_bytes_total(scheme)
-        if cuda:  # weights stream through the host (mapped files) and are quantized as each reaches the device
-            parts.update(weights=block, load=shape.params * shape.weight_bytes)
+        quantized = shape.weight_bytes_total(scheme)
+        outer = shape.outer_params * shape.weight_bytes
+        parts.update(load=outer, quantized=quantized - outer)  # full-precision copies + the 4-bit Linears
+        if cuda:  # weights pass through the host (mapped files) and are quantized as each reaches the device
+            parts.update(weights=block, load=shape.params * shape.weight_bytes, quantized=quantized)
     return _finish(parts, cuda, False)
 
 
@@ -361,6 +373,8 @@ def estimate_evaluation(shape: ModelShape, evaluation: dict, *, streamed: bool =
     batch = int(evaluation.get("batch_size") or 1)
     parts = {"runtime": RUNTIME_BYTES, **_load_parts(shape, streamed, quantization)}
     i = shape.largest_block
+    if kind in ("perplexity", "zeroshot"):
+        parts["tokenize"] = TOKENIZE_BYTES
     if kind == "perplexity":
         tokens = evaluation.get("max_tokens")
         windows = max(1, math.ceil(int(tokens) / seqlen)) if tokens else 64
@@ -553,6 +567,7 @@ def record_job_memory(log_path: str | os.PathLike | None, est: Estimate | None, 
 
 __all__ = [
     "Budget", "CUDA_CONTEXT_BYTES", "Estimate", "MARGIN", "MemoryPlanError", "ModelShape", "RUNTIME_BYTES",
+    "TOKENIZE_BYTES",
     "STREAMING_POLICIES", "choose", "dtype_bytes", "estimate_evaluation", "estimate_heal", "estimate_job",
     "estimate_prune", "record_job_memory",
     "estimate_quantize", "host_memory_bytes", "job_memory_record", "measured_peak_bytes", "request_mb",
