@@ -90,7 +90,10 @@ def test_streamed_estimates_hold_one_block_and_the_outer_weights():
     assert mem.host_bytes == sum(mem.parts.values()) and mem.parts["runtime"] == RUNTIME_BYTES
     ppl, ppl_s = estimate_evaluation(shape, PPL), estimate_evaluation(shape, PPL, streamed=True)
     assert ppl_s.parts["hidden_states"] == 2 * 8 * 512 * 576 * 4 and "hidden_states" not in ppl.parts
-    assert ppl.parts["logits"] == 3 * 4 * 512 * 49152 * 4
+    assert ppl.parts["logits"] == 4 * 512 * 49152 * 4  # one batch's fp32 logits, log-softmaxed in chunks
+    # streamed: the block's turn (read + run) and the head's logits take turns
+    assert ppl_s.parts["block_or_head"] == max(2 * 4 * shape.block_params(0) + 4 * 512 * (2 * 1536 + 2 * 576) * 4,
+                                               ppl.parts["logits"])
 
 
 def test_a_7b_model_streams_in_a_fraction_of_its_weights():

@@ -49,6 +49,8 @@ RUNTIME_BYTES = 450 * 10**6
 #: not returned to the system): measured +200 MB of peak while encoding LAMBADA test (1.7 MB of text) for
 #: calibration windows; counted for every job that tokenizes a corpus (calibrated pruning, healing, perplexity)
 TOKENIZE_BYTES = 200 * 10**6
+#: the same for an evaluation's test split (PTB test 0.4 MB, WikiText-2 test 1.3 MB of text)
+EVAL_TOKENIZE_BYTES = 100 * 10**6
 #: CUDA context and cuBLAS workspaces on the device (not in ``torch.cuda.max_memory_allocated``), for budgets
 CUDA_CONTEXT_BYTES = 600 * 10**6
 #: headroom added to an estimate for Snakemake's ``mem_mb`` (the request, not the estimate)
@@ -362,11 +364,13 @@ def estimate_evaluation(shape: ModelShape, evaluation: dict, *, streamed: bool =
                         quantization: str | None = None) -> Estimate:
     """Peak of one evaluation job (its ``params.evaluation``: ``kind``, ``seqlen``, ``batch_size``, ``max_tokens``).
 
-    Perplexity: ``batch x seqlen x V`` float32 logits (with their log-softmax), one batch's block
-    intermediates; streamed (all windows through block ``i``, then ``i + 1``: the SparseGPT reference's
-    evaluation): every window's hidden state ``windows x seqlen x d`` twice (input and output of a block).
-    Zero-shot: logits of one batch of (context + continuation) sequences. Cost, memory, latency: the model and
-    one sequence.
+    Perplexity: one batch's ``batch x seqlen x V`` float32 logits (log-softmaxed in chunks, no second copy:
+    :func:`llm_compression.evaluate.perplexity.window_nll`) and block intermediates. Streamed (all windows through
+    block ``i``, then ``i + 1``: the SparseGPT reference's evaluation): every window's hidden state ``windows x
+    seqlen x d`` twice (input and output of a block), and either one block being read and run or the head's
+    logits (they take turns). Zero-shot: logits of one batch of (context + continuation) sequences and their
+    log-softmax. Cost, memory, latency: the model and one sequence. Tokenizing a test split leaves
+    :data:`EVAL_TOKENIZE_BYTES`.
     """
     kind = evaluation.get("kind", "perplexity")
     seqlen = int(evaluation.get("seqlen") or 512)
@@ -374,21 +378,26 @@ def estimate_evaluation(shape: ModelShape, evaluation: dict, *, streamed: bool =
     parts = {"runtime": RUNTIME_BYTES, **_load_parts(shape, streamed, quantization)}
     i = shape.largest_block
     if kind in ("perplexity", "zeroshot"):
-        parts["tokenize"] = TOKENIZE_BYTES
+        parts["tokenize"] = EVAL_TOKENIZE_BYTES
     if kind == "perplexity":
         tokens = evaluation.get("max_tokens")
         windows = max(1, math.ceil(int(tokens) / seqlen)) if tokens else 64
         step = min(batch, windows) * seqlen
-        parts["logits"] = 3 * step * shape.vocab * 4
-        parts["activations"] = step * (3 * shape.intermediate[i] + 6 * shape.hidden) * 4
+        logits = step * shape.vocab * 4
+        activations = _block_forward_bytes(shape, i, step, 4)
         if streamed:
             parts["hidden_states"] = 2 * windows * seqlen * shape.hidden * 4
+            block_turn = parts.pop("load") + parts["weights"] - shape.outer_params * shape.weight_bytes + activations
+            parts["weights"] = shape.outer_params * shape.weight_bytes
+            parts["block_or_head"] = max(block_turn, logits)
+        else:
+            parts.update(logits=logits, activations=activations)
     elif kind == "zeroshot":
         step = batch * 256
-        parts["logits"] = 3 * step * shape.vocab * 4
-        parts["activations"] = step * (3 * shape.intermediate[i] + 6 * shape.hidden) * 4
+        parts["logits"] = 2 * step * shape.vocab * 4
+        parts["activations"] = _block_forward_bytes(shape, i, step, 4)
     else:
-        parts["activations"] = seqlen * (3 * shape.intermediate[i] + 6 * shape.hidden) * 4
+        parts["activations"] = _block_forward_bytes(shape, i, seqlen, 4)
         parts["logits"] = seqlen * shape.vocab * 4
     return _finish(parts, cuda, streamed)
 
@@ -567,7 +576,7 @@ def record_job_memory(log_path: str | os.PathLike | None, est: Estimate | None, 
 
 __all__ = [
     "Budget", "CUDA_CONTEXT_BYTES", "Estimate", "MARGIN", "MemoryPlanError", "ModelShape", "RUNTIME_BYTES",
-    "TOKENIZE_BYTES",
+    "TOKENIZE_BYTES", "EVAL_TOKENIZE_BYTES",
     "STREAMING_POLICIES", "choose", "dtype_bytes", "estimate_evaluation", "estimate_heal", "estimate_job",
     "estimate_prune", "record_job_memory",
     "estimate_quantize", "host_memory_bytes", "job_memory_record", "measured_peak_bytes", "request_mb",
