@@ -279,8 +279,11 @@ def estimate_prune(shape: ModelShape, prune: dict, *, streamed: bool = False, cu
                 hb = 8 if prune.get("hessian_dtype") == "float64" else 4
                 work = max(work, _hessian_bytes(shape, i, hessian_bytes=hb))
             parts["block_work"] = work
-        if streamed:
-            parts["write"] = shape.block_params(i) * shape.weight_bytes  # the pruned block serialised
+        if streamed:  # the outer weights only until the block-0 inputs exist; then one block and its writing
+            block = shape.block_params(i) * shape.weight_bytes
+            outer = parts.pop("weights") - block
+            block_turn = 2 * block + parts.pop("load") - block + parts.pop("block_work", 0)
+            parts["outer_or_block"] = max(outer, block_turn)
         return _finish(parts, cuda, streamed)
     # structured (LLM-Pruner style) and depth criteria: whole model resident
     from .options.pruning import needs_gradients
@@ -348,7 +351,8 @@ def estimate_quantize(shape: ModelShape, quantize: dict, *, streamed: bool = Fal
     block = shape.block_params(shape.largest_block) * shape.weight_bytes
     if streamed:
         q_block = shape.block_linear_params(shape.largest_block) // 2
-        parts = {"runtime": RUNTIME_BYTES, **_load_parts(shape, True), "working_copy": block, "quantized": q_block}
+        outer = shape.outer_params * shape.weight_bytes  # written first, then dropped
+        parts = {"runtime": RUNTIME_BYTES, "outer_or_block": max(outer, 3 * block + q_block)}
         return _finish(parts, cuda, True)
     parts = {"runtime": RUNTIME_BYTES, **_load_parts(shape, False)}
     if bnb:

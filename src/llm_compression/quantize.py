@@ -214,7 +214,8 @@ def quantize_streamed(
     safetensors: the weights stay in the source's files (:class:`~llm_compression.streaming.StreamedCheckpoint`),
     each block is read, its Linears quantized with bitsandbytes (``Params4bit``, as transformers quantizes
     them while loading), written as its own shard and dropped; the embeddings, final norm and head stay in full
-    precision as transformers keeps them. Memory: the outer weights, one block and its 4-bit copy.
+    precision as transformers keeps them (written first, then dropped). Memory: one block, its working copy and
+    its 4-bit copy.
 
     The output has the same tensors as :func:`quantize_checkpoint`'s, bit for bit (tested on fp32 checkpoints),
     the same ``quantization_config`` and loads with plain ``from_pretrained`` (or
@@ -262,6 +263,12 @@ def quantize_streamed(
             weight_map.update(dict.fromkeys(tensors, name))
             total += sum(v.numel() * v.element_size() for v in tensors.values())
 
+        # the full-precision outer weights first, then off the memory: the blocks do not need them
+        head = model.get_output_embeddings()
+        tied = head is not None and head.weight is model.get_input_embeddings().weight
+        write({k: v for k, v in model.state_dict().items()
+               if not k.startswith(sc.prefix + ".") and not (tied and k == "lm_head.weight")}, "model-outer.safetensors")
+        sc.free_outer()
         for i in range(len(sc.layers)):
             block = copy.deepcopy(sc.load_block(i))
             sc.free_block(i)
@@ -270,11 +277,6 @@ def quantize_streamed(
                                            blocksize=int(blocksize), device=device))
             write({f"{sc.prefix}.{i}.{k}": v for k, v in block.state_dict().items()}, f"model-layer-{i:05d}.safetensors")
             del block
-        head = model.get_output_embeddings()
-        tied = head is not None and head.weight is model.get_input_embeddings().weight
-        outer = {k: v for k, v in model.state_dict().items()
-                 if not k.startswith(sc.prefix + ".") and not (tied and k == "lm_head.weight")}
-        write(outer, "model-outer.safetensors")
         (tmp / "model.safetensors.index.json").write_text(json.dumps(
             {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
         config = copy.deepcopy(model.config)

@@ -143,6 +143,13 @@ class StreamedCheckpoint:
         for n in self.block_names(i):
             _set(self.model, n, "meta")
 
+    def free_outer(self) -> None:
+        """Drop the weights outside the decoder blocks (embeddings, final norm, head: back to ``meta``), for work
+        that needs only the blocks once the block inputs exist (pruning, quantization)."""
+        for n, _ in list(self.model.named_parameters()):
+            if not n.startswith(self.prefix + "."):
+                _set(self.model, n, "meta")
+
     def resident_bytes(self) -> int:
         """Bytes of the weights on the device now."""
         seen, total = set(), 0
@@ -206,6 +213,9 @@ class _BlockWriter:
 
         return zero_counts(self.sc.layers[i], prefix=f"{self.sc.prefix}.{i}.")
 
+    def inputs_captured(self) -> None:
+        self.sc.free_outer()  # written already; the blocks' work needs only the blocks
+
     def load(self, i: int) -> None:
         self.sc.load_block(i)
         self.before.update(self._zeros(i))
@@ -241,8 +251,8 @@ def prune_streamed(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
     source's config and tokenizer files): the layer-wise methods (SparseGPT, Wanda, magnitude per layer or
     row) whose reference implementations already walk the model block by block (``llama_sequential`` in
     IST-DASLab/sparsegpt and locuslab/wanda). Masks and weights equal :func:`llm_compression.prune.prune_model`'s
-    on the in-memory model bit for bit (tested); memory is the embeddings and head, one block, and the
-    calibration activations (``samples x seqlen x hidden``, twice).
+    on the in-memory model bit for bit (tested); memory is one block and the calibration activations
+    (``samples x seqlen x hidden``, twice), with the embeddings and head only until the block-0 inputs exist.
 
     Args:
         ckpt_dir: the source checkpoint.
@@ -282,6 +292,9 @@ def prune_streamed(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
     io = _BlockWriter(sc, out)
     outer = {n: p for n, p in sc.model.named_parameters() if not n.startswith(sc.prefix + ".") and n in sc._where}
     io.write(outer, "model-outer.safetensors")
+    del outer
+    if calib_ids is None:  # no block inputs to compute: the outer weights are done with
+        sc.free_outer()
     run = spec.load_runner()
     t0 = time.perf_counter()
     kw = {"compute_dtype": dtype} if dtype is not None else {}

@@ -338,3 +338,29 @@ def test_auto_dtype_is_resolved_and_recorded(tmp_path, monkeypatch, native_bf16,
     assert res.info["dtype"] == res.recipe["dtype"] == expected
     assert res.info["dtype_requested"] == "auto" and res.info["dtype_reason"].startswith("auto: ")
     assert seen == ([torch.bfloat16] * 2 if native_bf16 else [])
+
+
+@pytest.mark.parametrize("method", ["lora", "kd"])
+def test_gradient_checkpointing_gives_the_same_healed_weights(tmp_path, method):
+    """gradient_checkpointing recomputes activations in the backward pass: same losses and healed weights (LoRA
+    dropout included: the random state is preserved); off, the recipe (hence the job's params) has no such key."""
+    from llm_compression.heal import normalize_recipe
+
+    recs = [{"instruction": f"Repeat {i % 4}", "input": "", "output": f"{i % 4} {i % 4}"} for i in range(16)]
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(recs))
+    recipe = {"method": method, "steps": 4, "batch_size": 2, "seqlen": 64, "learning_rate": 3e-3, "warmup_steps": 0,
+              "lora": {"rank": 4, "dropout": 0.1}, "data": {"format": "alpaca", "path": str(data), "loss_on": "full"}}
+    assert "gradient_checkpointing" not in normalize_recipe(recipe)
+    out = []
+    for on in (False, True):
+        model = tiny_llama(0)
+        logs = []
+        res = heal_model(model, CharTok(), {**recipe, "gradient_checkpointing": on},
+                         teacher=tiny_llama(1) if method == "kd" else None, log=logs.append)
+        assert any("gradient checkpointing: on" in line for line in logs) == on
+        assert not res.model.is_activation_checkpointing
+        out.append(([h["loss"] for h in res.history], {k: v.clone() for k, v in res.model.state_dict().items()}))
+    assert out[0][0] == pytest.approx(out[1][0], rel=1e-5)
+    for k, v in out[0][1].items():
+        assert torch.allclose(v, out[1][1][k], atol=1e-6), k

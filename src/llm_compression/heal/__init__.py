@@ -162,9 +162,15 @@ def heal_model(model, tokenizer, recipe: dict, *, teacher=None, device: str = "c
     settings = TrainSettings(learning_rate=recipe["learning_rate"], steps=steps, weight_decay=recipe["weight_decay"],
                              warmup_steps=recipe["warmup_steps"], lr_schedule=recipe["lr_schedule"],
                              max_grad_norm=recipe["max_grad_norm"], dtype=recipe["dtype"], log_every=recipe["log_every"])
+    if recipe.get("gradient_checkpointing"):
+        # recompute each layer's activations in the backward pass (memory: one layer's, not all of them)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        log("gradient checkpointing: on")
     torch.manual_seed(recipe["seed"])
     res = train_loop(train_model, params, cycle_batches(batches_fn), loss_fn, settings, masks=step_masks,
                      device=device, log=log)
+    if recipe.get("gradient_checkpointing"):
+        model.activation_checkpointing_disable()
 
     merge_info = {}
     adapter_state = adapter_config = None

@@ -33,6 +33,7 @@ DEFAULTS = {
     "lr_schedule": "constant",
     "max_grad_norm": 1.0,
     "log_every": 10,
+    "gradient_checkpointing": False,
     "lora": {"rank": 8, "alpha": 16.0, "dropout": 0.05, "target_modules": None, "masked": False},
     "kd": {"teacher": "base", "temperature": 2.0, "alpha": 1.0, "trainable": "lora"},
     "data": {"format": "corpus", "corpus": "lambada", "split": "test", "path": None, "max_tokens": None,
@@ -77,6 +78,11 @@ def normalize_recipe(recipe: dict, *, name: str = "recipe") -> dict:
             out[k] = {**default, **sub}
         else:
             out[k] = r.get(k, default)
+    if not isinstance(out["gradient_checkpointing"], bool):
+        raise RecipeError(f"healing recipe {name!r}: gradient_checkpointing {out['gradient_checkpointing']!r} must be "
+                          "true or false")
+    if not out["gradient_checkpointing"]:
+        del out["gradient_checkpointing"]  # kept only when on: recipes written before it stay the same params
     if method != "kd":
         del out["kd"]
     elif out["kd"]["trainable"] not in TRAINABLE:

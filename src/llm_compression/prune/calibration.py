@@ -233,7 +233,8 @@ def sequential_prune(
             statistics in float32/float64.
         block_io: streamed pruning (:func:`llm_compression.streaming.prune_streamed`): ``block_io.load(i)``
             brings block ``i``'s weights onto the device before its turn and ``block_io.done(i)`` writes the
-            pruned block out and frees it after the next block's inputs are computed.
+            pruned block out and frees it after the next block's inputs are computed; ``block_io.inputs_captured()``,
+            when it exists, is called once the block-0 inputs are computed.
 
     Returns:
         One dict per decoder block: ``block``, ``seconds``.
@@ -248,6 +249,8 @@ def sequential_prune(
     cast = compute_dtype is not None and compute_dtype != param.dtype
     prefix = next(n for n, m in model.named_modules() if m is layers)
     hidden, call_args = capture_block_inputs(model, calib_ids, batch_size)
+    if block_io is not None and hasattr(block_io, "inputs_captured"):
+        block_io.inputs_captured()  # streamed: the embeddings and head are not needed from here on
     if cast:
         hidden = [h.to(compute_dtype) for h in hidden]
         call_args = _to_dtype(call_args, compute_dtype)
