@@ -117,7 +117,9 @@ class StreamedCheckpoint:
         for f, ns in by_file.items():
             with safe_open(str(f), framework="pt", device="cpu") as fh:
                 for n in ns:
-                    t = fh.get_tensor(n)
+                    # get_tensor maps the file; a copy leaves no mapping behind once the tensor is dropped
+                    # (a mapping lives while any tensor of its shard does, and its read pages count as resident)
+                    t = fh.get_tensor(n).clone()
                     _set(self.model, n, self.device, t.to(self.dtype) if self.dtype and t.is_floating_point() else t)
 
     def block_names(self, i: int) -> list[str]:

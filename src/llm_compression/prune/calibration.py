@@ -245,8 +245,10 @@ def sequential_prune(
     """
     layers = decoder_layers(model)
     param = next(model.parameters())
-    check_compute_dtype(compute_dtype, param.device)
-    cast = compute_dtype is not None and compute_dtype != param.dtype
+    param_device, param_dtype = param.device, param.dtype
+    del param  # no reference to the embeddings: streamed pruning frees them once the block inputs exist
+    check_compute_dtype(compute_dtype, param_device)
+    cast = compute_dtype is not None and compute_dtype != param_dtype
     prefix = next(n for n, m in model.named_modules() if m is layers)
     hidden, call_args = capture_block_inputs(model, calib_ids, batch_size)
     if block_io is not None and hasattr(block_io, "inputs_captured"):
