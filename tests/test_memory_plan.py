@@ -85,7 +85,8 @@ def test_streamed_estimates_hold_one_block_and_the_outer_weights():
     assert mem.parts["block_work"] == max(hessians, forward)
     # streamed: the outer weights until the block-0 inputs exist, then one block (read, worked on, written)
     block = 4 * shape.block_params(0)
-    assert streamed.parts["outer_or_block"] == max(4 * shape.outer_params, 2 * block + max(hessians, forward))
+    assert streamed.parts["outer_or_block"] == max(4 * shape.outer_params + 4 * shape.embedding_params,
+                                                   2 * block + max(hessians, forward))
     assert mem.parts["activations"] == streamed.parts["activations"] == (16 + 8) * 512 * 576 * 4
     assert streamed.host_bytes < mem.host_bytes
     assert mem.host_bytes == sum(mem.parts.values()) and mem.parts["runtime"] == RUNTIME_BYTES

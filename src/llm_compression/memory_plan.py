@@ -283,7 +283,8 @@ def estimate_prune(shape: ModelShape, prune: dict, *, streamed: bool = False, cu
             block = shape.block_params(i) * shape.weight_bytes
             outer = parts.pop("weights") - block
             block_turn = 2 * block + parts.pop("load") - block + parts.pop("block_work", 0)
-            parts["outer_or_block"] = max(outer, block_turn)
+            # reading the outer weights maps one tensor at a time beside its copy: the embedding is the largest
+            parts["outer_or_block"] = max(outer + shape.embedding_params * shape.weight_bytes, block_turn)
         return _finish(parts, cuda, streamed)
     # structured (LLM-Pruner style) and depth criteria: whole model resident
     from .options.pruning import needs_gradients

@@ -115,12 +115,13 @@ class StreamedCheckpoint:
         for n in names:
             by_file.setdefault(self._where[n], []).append(n)
         for f, ns in by_file.items():
-            with safe_open(str(f), framework="pt", device="cpu") as fh:
-                for n in ns:
-                    # get_tensor maps the file; a copy leaves no mapping behind once the tensor is dropped
-                    # (a mapping lives while any tensor of its shard does, and its read pages count as resident)
+            for n in ns:
+                # get_tensor maps the file, and the mapping (with every page read through it) stays resident while
+                # the file is open or any tensor of it lives: open it per tensor and keep a copy, so at most one
+                # tensor's pages are mapped at a time and none outlive their tensor
+                with safe_open(str(f), framework="pt", device="cpu") as fh:
                     t = fh.get_tensor(n).clone()
-                    _set(self.model, n, self.device, t.to(self.dtype) if self.dtype and t.is_floating_point() else t)
+                _set(self.model, n, self.device, t.to(self.dtype) if self.dtype and t.is_floating_point() else t)
 
     def block_names(self, i: int) -> list[str]:
         """Parameter names of decoder block ``i`` (``model.layers.<i>.*``)."""
