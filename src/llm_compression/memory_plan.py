@@ -258,8 +258,7 @@ def estimate_prune(shape: ModelShape, prune: dict, *, streamed: bool = False, cu
     Structured criteria with gradients (LLM-Pruner's Taylor importance, Ma et al. 2023, Eq. 3-5): the weights'
     gradients and the activations a backward pass keeps (:func:`_backward_activations`).
 
-    Raises:
-        MemoryPlanError: never (budgets are checked by :func:`plan_job`).
+    Budgets are checked by :func:`choose`; this only estimates.
     """
     method = prune.get("method")
     cal = prune.get("calibration") or {}
@@ -282,7 +281,7 @@ def estimate_prune(shape: ModelShape, prune: dict, *, streamed: bool = False, cu
         if streamed:  # the outer weights only until the block-0 inputs exist; then one block and its writing
             block = shape.block_params(i) * shape.weight_bytes
             outer = parts.pop("weights") - block
-            block_turn = 2 * block + parts.pop("load") - block + parts.pop("block_work", 0)
+            block_turn = block + parts.pop("load") + parts.pop("block_work", 0)  # read, worked on, written
             # reading the outer weights maps one tensor at a time beside its copy: the embedding is the largest
             parts["outer_or_block"] = max(outer + shape.embedding_params * shape.weight_bytes, block_turn)
         return _finish(parts, cuda, streamed)
