@@ -73,7 +73,7 @@ def test_shape_counts_match_torch_models_with_uniform_and_per_layer_widths():
     assert shape.largest_block == 0
 
 
-def test_streamed_estimates_hold_one_block_and_the_outer_weights():
+def test_streamed_estimates_hold_one_block_and_the_embeddings():
     shape = ModelShape.from_config(SMOLLM2)
     mem = estimate_prune(shape, SPARSEGPT)
     streamed = estimate_prune(shape, SPARSEGPT, streamed=True)
@@ -83,19 +83,29 @@ def test_streamed_estimates_hold_one_block_and_the_outer_weights():
     hessians = 4 * (3 * 576**2 + 1536**2 + 1536**2)
     forward = 8 * 512 * (2 * 1536 + 2 * 576) * 4
     assert mem.parts["block_work"] == max(hessians, forward)
-    # streamed: the outer weights until the block-0 inputs exist, then one block (read, worked on, written)
+    # streamed: the embeddings (read: mapped pages beside the copy) until the block-0 inputs exist, then one block
+    # (read, worked on, written)
     block = 4 * shape.block_params(0)
-    assert streamed.parts["outer_or_block"] == max(4 * shape.outer_params + 4 * shape.embedding_params,
-                                                   2 * block + max(hessians, forward))
+    assert "weights" not in streamed.parts
+    assert streamed.parts["embedding_or_block"] == max(2 * 4 * shape.embedding_params,
+                                                       2 * block + max(hessians, forward))
     assert mem.parts["activations"] == streamed.parts["activations"] == (16 + 8) * 512 * 576 * 4
     assert streamed.host_bytes < mem.host_bytes
     assert mem.host_bytes == sum(mem.parts.values()) and mem.parts["runtime"] == RUNTIME_BYTES
     ppl, ppl_s = estimate_evaluation(shape, PPL), estimate_evaluation(shape, PPL, streamed=True)
     assert ppl_s.parts["hidden_states"] == 2 * 8 * 512 * 576 * 4 and "hidden_states" not in ppl.parts
     assert ppl.parts["logits"] == 4 * 512 * 49152 * 4  # one batch's fp32 logits, log-softmaxed in chunks
-    # streamed: the block's turn (read + run) and the head's logits take turns
-    assert ppl_s.parts["block_or_head"] == max(2 * 4 * shape.block_params(0) + 4 * 512 * (2 * 1536 + 2 * 576) * 4,
-                                               ppl.parts["logits"])
+    # streamed: the embeddings' read, the block's turn (read + run; SmolLM2's head is tied: the embeddings stay)
+    # and the head with its logits take turns
+    emb = 4 * shape.embedding_params
+    assert shape.tied and "weights" not in ppl_s.parts
+    assert ppl_s.parts["embedding_block_or_head"] == max(
+        2 * emb, emb + 2 * 4 * shape.block_params(0) + 4 * 512 * (2 * 1536 + 2 * 576) * 4,
+        emb + 4 * 576 + ppl.parts["logits"])
+    untied = ModelShape.from_config({**SMOLLM2, "tie_word_embeddings": False})
+    head = estimate_evaluation(untied, PPL, streamed=True).parts["embedding_block_or_head"]
+    assert head == max(2 * emb, 2 * 4 * untied.block_params(0) + 4 * 512 * (2 * 1536 + 2 * 576) * 4,
+                       emb + 4 * 576 + max(emb, ppl.parts["logits"]))
 
 
 def test_a_7b_model_streams_in_a_fraction_of_its_weights():

@@ -45,14 +45,20 @@ def test_streamed_logits_and_perplexity_equal_in_memory_bit_for_bit(tmp_path, ki
         perplexity(model, ids, seqlen=32, batch_size=2, bos_token_id=1)["nll_sum"]
 
 
-def test_only_one_block_is_resident_at_a_time(tmp_path):
-    ckpt = _saved(tmp_path, tiny_llama(0, num_hidden_layers=4, tie_word_embeddings=False))
-    sc = StreamedCheckpoint(ckpt)
-    block_bytes = sum(p.numel() * 4 for n, p in tiny_llama(0, num_hidden_layers=4).named_parameters()
-                      if n.startswith("model.layers.0."))
-    outer = sc.resident_bytes()  # embeddings, head, final norm
-    assert outer == sum(p.numel() * 4 for n, p in tiny_llama(0, num_hidden_layers=4, tie_word_embeddings=False)
-                        .named_parameters() if not n.startswith("model.layers."))
+@pytest.mark.parametrize("tied", [False, True])
+def test_only_one_block_is_resident_at_a_time(tmp_path, tied):
+    """Blocks one at a time; the embeddings only for the block-0 inputs and the norm and head only after the
+    blocks, unless the head is the (tied) embedding."""
+    model = tiny_llama(0, num_hidden_layers=4, tie_word_embeddings=tied)
+    ckpt = _saved(tmp_path, model)
+    size = {n: p.numel() * 4 for n, p in model.named_parameters()}
+    block_bytes = sum(v for n, v in size.items() if n.startswith("model.layers.0."))
+    embedding = size["model.embed_tokens.weight"]
+    head = 0 if tied else size["lm_head.weight"]
+    norm = size["model.norm.weight"]
+    assert StreamedCheckpoint(ckpt).resident_bytes() == embedding + head + norm  # load_outer=True: all of them
+    sc = StreamedCheckpoint(ckpt, load_outer=False)
+    assert sc.resident_bytes() == 0
     seen = []
     original = sc.load_block
 
@@ -63,7 +69,10 @@ def test_only_one_block_is_resident_at_a_time(tmp_path):
 
     sc.load_block = spy
     list(streamed_forward(sc, [torch.randint(0, 256, (2, 16))]))
-    assert seen == [outer + block_bytes] * 4 and sc.resident_bytes() == outer
+    assert seen == [(embedding if tied else 0) + block_bytes] * 4
+    assert sc.resident_bytes() == (embedding if tied else head) + norm
+    with pytest.raises(ValueError, match="part 'head'"):
+        sc.load_outer("head")
 
 
 def test_refusals_name_the_reason(tmp_path):

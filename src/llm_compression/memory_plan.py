@@ -278,12 +278,13 @@ def estimate_prune(shape: ModelShape, prune: dict, *, streamed: bool = False, cu
                 hb = 8 if prune.get("hessian_dtype") == "float64" else 4
                 work = max(work, _hessian_bytes(shape, i, hessian_bytes=hb))
             parts["block_work"] = work
-        if streamed:  # the outer weights only until the block-0 inputs exist; then one block and its writing
+        if streamed:  # the input embeddings only until the block-0 inputs exist; then one block and its writing
             block = shape.block_params(i) * shape.weight_bytes
-            outer = parts.pop("weights") - block
+            parts.pop("weights")
             block_turn = block + parts.pop("load") + parts.pop("block_work", 0)  # read, worked on, written
-            # reading the outer weights maps one tensor at a time beside its copy: the embedding is the largest
-            parts["outer_or_block"] = max(outer + shape.embedding_params * shape.weight_bytes, block_turn)
+            # the outer weights are copied, then the embeddings read, one tensor at a time: a tensor's mapped
+            # pages beside its copy, the embedding being the largest
+            parts["embedding_or_block"] = max(2 * shape.embedding_params * shape.weight_bytes, block_turn)
         return _finish(parts, cuda, streamed)
     # structured (LLM-Pruner style) and depth criteria: whole model resident
     from .options.pruning import needs_gradients
@@ -351,8 +352,8 @@ def estimate_quantize(shape: ModelShape, quantize: dict, *, streamed: bool = Fal
     block = shape.block_params(shape.largest_block) * shape.weight_bytes
     if streamed:
         q_block = shape.block_linear_params(shape.largest_block) // 2
-        outer = shape.outer_params * shape.weight_bytes  # written first, then dropped
-        parts = {"runtime": RUNTIME_BYTES, "outer_or_block": max(outer, 3 * block + q_block)}
+        copying = 2 * shape.embedding_params * shape.weight_bytes  # outer weights copied one tensor at a time
+        parts = {"runtime": RUNTIME_BYTES, "embedding_or_block": max(copying, 3 * block + q_block)}
         return _finish(parts, cuda, True)
     parts = {"runtime": RUNTIME_BYTES, **_load_parts(shape, False)}
     if bnb:
@@ -371,8 +372,9 @@ def estimate_evaluation(shape: ModelShape, evaluation: dict, *, streamed: bool =
     Perplexity: one batch's ``batch x seqlen x V`` float32 logits (log-softmaxed in chunks, no second copy:
     :func:`llm_compression.evaluate.perplexity.window_nll`) and block intermediates. Streamed (all windows through
     block ``i``, then ``i + 1``: the SparseGPT reference's evaluation): every window's hidden state ``windows x
-    seqlen x d`` twice (input and output of a block), and either one block being read and run or the head's
-    logits (they take turns). Zero-shot: logits of one batch of (context + continuation) sequences and their
+    seqlen x d`` twice (input and output of a block), and in turn the embeddings (read for the block-0 inputs),
+    one block being read and run (beside the embeddings when the head is tied to them), the norm and head with
+    one batch's logits. Zero-shot: logits of one batch of (context + continuation) sequences and their
     log-softmax. Cost, memory, latency: the model and one sequence. Tokenizing a test split leaves
     :data:`EVAL_TOKENIZE_BYTES`.
     """
@@ -389,11 +391,15 @@ def estimate_evaluation(shape: ModelShape, evaluation: dict, *, streamed: bool =
         step = min(batch, windows) * seqlen
         logits = step * shape.vocab * 4
         activations = _block_forward_bytes(shape, i, step, 4)
-        if streamed:
+        if streamed:  # three phases: embeddings (block-0 inputs), one block at a time, norm and head (logits)
             parts["hidden_states"] = 2 * windows * seqlen * shape.hidden * 4
-            block_turn = parts.pop("load") + parts["weights"] - shape.outer_params * shape.weight_bytes + activations
-            parts["weights"] = shape.outer_params * shape.weight_bytes
-            parts["block_or_head"] = max(block_turn, logits)
+            emb = shape.embedding_params * shape.weight_bytes
+            block_turn = parts.pop("load") + parts.pop("weights") - shape.outer_params * shape.weight_bytes
+            tied = emb if shape.tied else 0  # a tied head is the embedding: it stays through the blocks
+            parts["embedding_block_or_head"] = max(
+                2 * emb,  # reading the embeddings: mapped pages beside the copy
+                tied + block_turn + activations,
+                emb + shape.hidden * shape.weight_bytes + max(0 if shape.tied else emb, logits))
         else:
             parts.update(logits=logits, activations=activations)
     elif kind == "zeroshot":

@@ -214,7 +214,7 @@ def quantize_streamed(
     safetensors: the weights stay in the source's files (:class:`~llm_compression.streaming.StreamedCheckpoint`),
     each block is read, its Linears quantized with bitsandbytes (``Params4bit``, as transformers quantizes
     them while loading), written as its own shard and dropped; the embeddings, final norm and head stay in full
-    precision as transformers keeps them (written first, then dropped). Memory: one block, its working copy and
+    precision as transformers keeps them (copied first, one tensor at a time). Memory: one block, its working copy and
     its 4-bit copy.
 
     The output has the same tensors as :func:`quantize_checkpoint`'s, bit for bit (tested on fp32 checkpoints),
@@ -248,7 +248,7 @@ def quantize_streamed(
     _refuse_quantized(src_dir, scheme)
     qcfg = bnb_config(scheme, compute_dtype=compute_dtype)
     spec = SCHEMES[scheme]
-    sc = StreamedCheckpoint(src_dir, device="cpu")
+    sc = StreamedCheckpoint(src_dir, device="cpu", load_outer=False)
     model = sc.model
     weight_map: dict[str, str] = {}
     total = 0
@@ -263,12 +263,9 @@ def quantize_streamed(
             weight_map.update(dict.fromkeys(tensors, name))
             total += sum(v.numel() * v.element_size() for v in tensors.values())
 
-        # the full-precision outer weights first, then off the memory: the blocks do not need them
-        head = model.get_output_embeddings()
-        tied = head is not None and head.weight is model.get_input_embeddings().weight
-        write({k: v for k, v in model.state_dict().items()
-               if not k.startswith(sc.prefix + ".") and not (tied and k == "lm_head.weight")}, "model-outer.safetensors")
-        sc.free_outer()
+        # the full-precision outer weights, unchanged, one tensor at a time: the blocks do not need them
+        for k, n in enumerate(sc.input_names + sc.output_names):
+            write({n: sc.read(n)}, f"model-outer-{k:05d}.safetensors")
         for i in range(len(sc.layers)):
             block = copy.deepcopy(sc.load_block(i))
             sc.free_block(i)

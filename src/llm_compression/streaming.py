@@ -38,6 +38,9 @@ class StreamedCheckpoint:
             ``*.safetensors``; per-layer widths through ``config.json``'s ``pruned_layer_shapes``).
         device: where blocks run (``cpu``, ``cuda``, ``cuda:N``).
         dtype: the weights' dtype on the device (a torch dtype name); None keeps the stored dtype.
+        load_outer: load the weights outside the decoder blocks now; False leaves them on ``meta`` until
+            :meth:`load_outer` brings the part a phase needs (the input embeddings before the blocks, the final
+            norm and head after them), so they are never all resident at once.
 
     Raises:
         FileNotFoundError: no ``config.json`` or no ``*.safetensors`` in ``ckpt_dir``.
@@ -45,7 +48,8 @@ class StreamedCheckpoint:
             model without ``model.layers`` / ``model.norm`` / ``lm_head`` (the layout streamed here).
     """
 
-    def __init__(self, ckpt_dir: str | os.PathLike, *, device: str = "cpu", dtype: str | None = None):
+    def __init__(self, ckpt_dir: str | os.PathLike, *, device: str = "cpu", dtype: str | None = None,
+                 load_outer: bool = True):
         from accelerate import init_empty_weights
         from safetensors import safe_open
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -90,18 +94,23 @@ class StreamedCheckpoint:
             with safe_open(str(f), framework="pt") as fh:
                 for key in fh.keys():
                     self._where[key] = f
-        # everything that is not a decoder block: embeddings, final norm, head (tied or not)
-        outer = [n for n, _ in model.named_parameters() if not n.startswith(self.prefix + ".")]
-        self._load([n for n in outer if n in self._where])
-        tied = bool(getattr(config, "tie_word_embeddings", False))
-        if tied:
+        self.tied = bool(getattr(config, "tie_word_embeddings", False))
+        if self.tied:
             model.tie_weights()
-        left = [n for n, p in model.named_parameters() if p.device.type == "meta" and not n.startswith(self.prefix + ".")]
-        if left:
-            raise StreamingError(f"{self.dir}: tensors missing from the checkpoint: {left[:5]}")
+        # everything that is not a decoder block: embeddings, final norm, head (tied: the embedding's name only)
+        outer = [n for n, _ in model.named_parameters() if not n.startswith(self.prefix + ".")]
+        missing = [n for n in outer if n not in self._where]
+        if missing:
+            raise StreamingError(f"{self.dir}: tensors missing from the checkpoint: {missing[:5]}")
+        output_side = {id(p) for m in (inner.norm, model.get_output_embeddings()) for p in m.parameters()}
+        input_ids = {id(p) for p in model.get_input_embeddings().parameters()}
+        self.output_names = [n for n, p in model.named_parameters() if id(p) in output_side and id(p) not in input_ids]
+        self.input_names = [n for n in outer if n not in self.output_names]
         for name, buf in model.named_buffers():  # rotary inv_freq etc.: built on CPU by the config
             if buf.device != self.device:
                 _set(model, name, self.device, buf)
+        if load_outer:
+            self.load_outer()
 
     @property
     def config(self):
@@ -122,6 +131,14 @@ class StreamedCheckpoint:
                 with safe_open(str(f), framework="pt", device="cpu") as fh:
                     t = fh.get_tensor(n).clone()
                 _set(self.model, n, self.device, t.to(self.dtype) if self.dtype and t.is_floating_point() else t)
+
+    def read(self, name: str) -> torch.Tensor:
+        """One stored tensor as saved (CPU, stored dtype), read from its file without placing it in the model:
+        for copying weights a job leaves unchanged."""
+        from safetensors import safe_open
+
+        with safe_open(str(self._where[name]), framework="pt", device="cpu") as fh:
+            return fh.get_tensor(name).clone()
 
     def block_names(self, i: int) -> list[str]:
         """Parameter names of decoder block ``i`` (``model.layers.<i>.*``)."""
@@ -146,12 +163,42 @@ class StreamedCheckpoint:
         for n in self.block_names(i):
             _set(self.model, n, "meta")
 
-    def free_outer(self) -> None:
-        """Drop the weights outside the decoder blocks (embeddings, final norm, head: back to ``meta``), for work
-        that needs only the blocks once the block inputs exist (pruning, quantization)."""
-        for n, _ in list(self.model.named_parameters()):
-            if not n.startswith(self.prefix + "."):
-                _set(self.model, n, "meta")
+    def _outer(self, part: str) -> list[str]:
+        if part not in ("all", "input", "output"):
+            raise ValueError(f"part {part!r}: one of 'all', 'input', 'output'")
+        return {"input": self.input_names, "output": self.output_names}.get(part, self.input_names + self.output_names)
+
+    def load_outer(self, part: str = "all") -> None:
+        """Bring the weights outside the decoder blocks onto the device: ``input`` (the embeddings the blocks'
+        inputs come from), ``output`` (final norm and head; a head tied to the embeddings brings them too) or
+        ``all``. Weights already resident are not read again.
+
+        Raises:
+            ValueError: another ``part``.
+        """
+        names = self._outer(part)
+        if part == "output" and self.tied:
+            names = names + self.input_names
+        self._load([n for n in names if self.model.get_parameter(n).device.type == "meta"])
+        if self.tied:  # the head shares the embedding's (new) parameter
+            self.model.tie_weights()
+
+    def free_outer(self, part: str = "all") -> None:
+        """Drop the weights outside the decoder blocks (back to ``meta``): ``input``, ``output`` or ``all`` as in
+        :meth:`load_outer`, for work that needs only the blocks once the block inputs exist (pruning,
+        quantization) or only the head after them (evaluation). A tied head keeps the embeddings resident while
+        the output part is.
+
+        Raises:
+            ValueError: another ``part``.
+        """
+        names = self._outer(part)
+        if part == "input" and self.tied and self.model.get_output_embeddings().weight.device.type != "meta":
+            names = []
+        for n in names:
+            _set(self.model, n, "meta")
+        if self.tied and part != "output":
+            self.model.tie_weights()
 
     def resident_bytes(self) -> int:
         """Bytes of the weights on the device now."""
@@ -180,12 +227,14 @@ def streamed_forward(sc: StreamedCheckpoint, batches: list[torch.Tensor]) -> Ite
     """
     from .prune.calibration import _block_output, capture_block_inputs
 
+    sc.load_outer("input")
     hidden, call_args = [], [[] for _ in sc.layers]
     for x in batches:  # block-0 inputs and each block's call arguments (mask, position embeddings)
         h, args = capture_block_inputs(sc.model, x.to(sc.device), batch_size=x.shape[0])
         hidden += h
         for i, a in enumerate(args):
             call_args[i] += a
+    sc.free_outer("input")  # the embeddings are done with (unless the head is tied to them)
     for i in range(len(sc.layers)):
         block = sc.load_block(i)
         try:
@@ -194,6 +243,7 @@ def streamed_forward(sc: StreamedCheckpoint, batches: list[torch.Tensor]) -> Ite
         finally:
             sc.free_block(i)
         call_args[i] = None  # this block's arguments are no longer needed
+    sc.load_outer("output")
     norm, head = sc.model.model.norm, sc.model.get_output_embeddings()
     for j in range(len(hidden)):
         yield head(norm(hidden[j]))
@@ -229,6 +279,12 @@ class _BlockWriter:
                    f"model-layer-{i:05d}.safetensors")
         self.sc.free_block(i)
 
+    def write_outer(self) -> None:
+        """Copy the weights outside the decoder blocks, unchanged, one tensor per shard
+        (``model-outer-<k>.safetensors``): one of them in memory at a time."""
+        for k, n in enumerate(self.sc.input_names + self.sc.output_names):
+            self.write({n: self.sc.read(n)}, f"model-outer-{k:05d}.safetensors")
+
     def write(self, tensors: dict, name: str) -> None:
         from safetensors.torch import save_file
 
@@ -255,7 +311,8 @@ def prune_streamed(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
     row) whose reference implementations already walk the model block by block (``llama_sequential`` in
     IST-DASLab/sparsegpt and locuslab/wanda). Masks and weights equal :func:`llm_compression.prune.prune_model`'s
     on the in-memory model bit for bit (tested); memory is one block and the calibration activations
-    (``samples x seqlen x hidden``, twice), with the embeddings and head only until the block-0 inputs exist.
+    (``samples x seqlen x hidden``, twice), with the input embeddings only until the block-0 inputs exist (the
+    weights outside the blocks are copied to the output one tensor at a time).
 
     Args:
         ckpt_dir: the source checkpoint.
@@ -279,7 +336,7 @@ def prune_streamed(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
 
     from .prune import _result, check_prune_request
 
-    sc = StreamedCheckpoint(ckpt_dir, device=device)
+    sc = StreamedCheckpoint(ckpt_dir, device=device, load_outer=False)
     spec, importance, nm, options, dtype = check_prune_request(
         sc.model, method=method, level=level, ratio=ratio, calib_ids=calib_ids, compute_dtype=compute_dtype,
         **method_options)
@@ -293,11 +350,9 @@ def prune_streamed(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
                 "model.safetensors.index.json", "compression.json", ".snakemake_timestamp"):
             shutil.copy2(f, out / f.name)
     io = _BlockWriter(sc, out)
-    outer = {n: p for n, p in sc.model.named_parameters() if not n.startswith(sc.prefix + ".") and n in sc._where}
-    io.write(outer, "model-outer.safetensors")
-    del outer
-    if calib_ids is None:  # no block inputs to compute: the outer weights are done with
-        sc.free_outer()
+    io.write_outer()
+    if calib_ids is not None:  # the block-0 inputs come from the embeddings; norm and head are not needed
+        sc.load_outer("input")
     run = spec.load_runner()
     t0 = time.perf_counter()
     kw = {"compute_dtype": dtype} if dtype is not None else {}

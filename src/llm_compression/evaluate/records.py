@@ -52,7 +52,7 @@ def evaluate_perplexity(ckpt_dir, *, device: str = "cpu", streamed: bool = False
 
         from ..streaming import StreamedCheckpoint
 
-        model, tok = StreamedCheckpoint(ckpt_dir, device=device), AutoTokenizer.from_pretrained(ckpt_dir)
+        model, tok = StreamedCheckpoint(ckpt_dir, device=device, load_outer=False), AutoTokenizer.from_pretrained(ckpt_dir)
     else:
         model, tok = load_checkpoint(ckpt_dir, device=device)
     return perplexity_of_model(model, tok, device=device, **kwargs)
