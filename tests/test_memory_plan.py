@@ -268,3 +268,22 @@ def test_the_embedded_models_gguf_header_gives_its_whole_shape():
     assert cfg["vocab_size"] == 49152 and cfg["tie_word_embeddings"] is True
     assert (cfg["intermediate_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]) == (1536, 9, 3)
     assert ModelShape.from_config(cfg, "float32").params == 134_515_008
+
+
+def test_structured_block_pruning_scored_from_weights_streams_and_the_rest_does_not():
+    from llm_compression.options.pruning import streamable
+
+    assert streamable({"method": "llmpruner-l2", "level": "block"})
+    assert streamable({"method": "llm-pruner", "importance": "random", "level": "block"})
+    assert not streamable({"method": "llm-pruner", "level": "block"})  # default importance: Taylor (gradients)
+    for method, level in (("llmpruner-l2", "channel"), ("llmpruner-l1", "layer"), ("llmpruner-activation", "block"),
+                          ("llmpruner-element1", "block"), ("llmpruner-nonsense", "block")):
+        assert not streamable({"method": method, "level": level}), (method, level)
+    shape = ModelShape.from_config(SMOLLM2)
+    l2 = {"method": "llmpruner-l2", "level": "block", "ratio": 0.25}
+    streamed, mem = estimate_prune(shape, l2, streamed=True), estimate_prune(shape, l2)
+    block = 4 * shape.block_params(0)
+    # the block read (resident + its read copy), its cut copy, one MLP matrix's float64 scores (w and |w|)
+    assert streamed.parts == {"runtime": RUNTIME_BYTES, "embedding_or_block": max(
+        2 * 4 * shape.embedding_params, 3 * block + 2 * 8 * 576 * 1536)}
+    assert streamed.host_bytes - RUNTIME_BYTES < (mem.host_bytes - RUNTIME_BYTES) / 2

@@ -174,8 +174,46 @@ def test_streamed_pruning_refuses_what_cannot_stream(tmp_path):
     src = _saved(tmp_path, tiny_llama(0), "src")
     with pytest.raises(ValueError, match="scope 'global' .* cannot be streamed"):
         prune_streamed(src, tmp_path / "o1", method="magnitude", ratio=0.5, scope="global")
-    with pytest.raises(StreamingError, match="structured pruning .* prune it in memory"):
-        prune_streamed(src, tmp_path / "o2", method="llm-pruner", level="block", ratio=0.5, importance="l1")
+    for level, importance in (("block", "element1"), ("block", "activation"), ("channel", "l2"), ("layer", "l1")):
+        with pytest.raises(StreamingError, match=f"at level '{level}'.* the block level with l1, l2, random "
+                                                 "streams. Prune this one in memory"):
+            prune_streamed(src, tmp_path / "o2", method="llm-pruner", level=level, ratio=0.5, importance=importance,
+                           calib_ids=torch.zeros(2, 8, dtype=torch.long))
+    assert not (tmp_path / "o2").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("importance,extra", [("l2", {}), ("l1", {"attention": "kv_group", "aggregation": "max"}),
+                                              ("random", {"seed": 3, "width_multiple": 4})])
+@pytest.mark.parametrize("source", ["uniform", "per-layer widths"])
+def test_streamed_structured_pruning_equals_in_memory_bit_for_bit(tmp_path, importance, extra, source):
+    """Block-level structured pruning one decoder block at a time (each block scored from its own weights, cut,
+    written): the same kept heads and channels, tensors, config widths and report as in memory, from a dense and
+    from an already pruned (per-layer widths) source; the output reloads and runs."""
+    import json
+
+    from llm_compression.checkpoint import load_checkpoint as load
+    from llm_compression.prune import prune_model
+    from llm_compression.streaming import prune_streamed
+
+    src = (_saved(tmp_path, tiny_llama(0, num_hidden_layers=4), "src") if source == "uniform"
+           else _pruned_per_layer(tmp_path))
+    model, _ = load(src, tokenizer=False)
+    ref = prune_model(model, method="llm-pruner", level="block", ratio=0.25, importance=importance, **extra)
+    a, b = tmp_path / "in-memory", tmp_path / "streamed"
+    save_checkpoint(model, tiny_tokenizer(), a, {"stage": "test"})
+    res = prune_streamed(src, b, method="llm-pruner", level="block", ratio=0.25, importance=importance, **extra)
+    assert res.structured == ref.structured | {"seconds": res.structured["seconds"],
+                                               "gradient_seconds": res.structured["gradient_seconds"]}
+    assert res.structured["parameters_after"] < res.structured["parameters_before"]
+    ta, tb = _tensors(a), _tensors(b)
+    assert set(ta) == set(tb)
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+    ca, cb = (json.loads((d / "config.json").read_text()) for d in (a, b))
+    assert cb == ca
+    got, _ = load(b, tokenizer=False)
+    x = torch.randint(0, 256, (1, 12))
+    assert torch.equal(got(x).logits, model(x).logits)
 
 
 def _tensors(ckpt):

@@ -256,7 +256,9 @@ def estimate_prune(shape: ModelShape, prune: dict, *, streamed: bool = False, cu
     one batch's block output, then ``block_work``: the larger of one batch's intermediates through the block
     and SparseGPT's Hessians with one working inverse (they take turns).
     Structured criteria with gradients (LLM-Pruner's Taylor importance, Ma et al. 2023, Eq. 3-5): the weights'
-    gradients and the activations a backward pass keeps (:func:`_backward_activations`).
+    gradients and the activations a backward pass keeps (:func:`_backward_activations`). Structured block-level
+    pruning scored from the weights (L1, L2, random), streamed: one block read, its cut copy and one Linear's
+    float64 scores.
 
     Budgets are checked by :func:`choose`; this only estimates.
     """
@@ -286,8 +288,17 @@ def estimate_prune(shape: ModelShape, prune: dict, *, streamed: bool = False, cu
             # pages beside its copy, the embedding being the largest
             parts["embedding_or_block"] = max(2 * shape.embedding_params * shape.weight_bytes, block_turn)
         return _finish(parts, cuda, streamed)
+    from .options.pruning import needs_gradients, streamable
+
+    if streamed and streamable(prune):  # structured, block level, scored from each block's own weights
+        block = shape.block_params(i) * shape.weight_bytes
+        largest = shape.hidden * max(shape.intermediate[i], shape.attention[i][0])
+        # the block read, its cut copy, and one member's float64 scores (the weights as float64 and |w| or w^2)
+        parts.pop("weights")
+        parts["embedding_or_block"] = max(2 * shape.embedding_params * shape.weight_bytes,
+                                          block + parts.pop("load") + block + 2 * 8 * largest)
+        return _finish(parts, cuda, True)
     # structured (LLM-Pruner style) and depth criteria: whole model resident
-    from .options.pruning import needs_gradients
 
     importance = prune.get("importance") or (method.split("-", 1)[1] if method and "-" in method else "")
     try:

@@ -309,7 +309,8 @@ def prune_streamed(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
     write the pruned checkpoint to ``out_dir`` (sharded safetensors with an index, one shard per block, the
     source's config and tokenizer files): the layer-wise methods (SparseGPT, Wanda, magnitude per layer or
     row) whose reference implementations already walk the model block by block (``llama_sequential`` in
-    IST-DASLab/sparsegpt and locuslab/wanda). Masks and weights equal :func:`llm_compression.prune.prune_model`'s
+    IST-DASLab/sparsegpt and locuslab/wanda), and structured pruning at the block level with the criteria that
+    score a block from its own weights (L1, L2, random; the config then carries the new widths). Masks and weights equal :func:`llm_compression.prune.prune_model`'s
     on the in-memory model bit for bit (tested); memory is one block and the calibration activations
     (``samples x seqlen x hidden``, twice), with the input embeddings only until the block-0 inputs exist (the
     weights outside the blocks are copied to the output one tensor at a time).
@@ -327,7 +328,8 @@ def prune_streamed(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
         with ``streamed: True``.
 
     Raises:
-        StreamingError: a structured method (whole-model gradients and shape changes), or a
+        StreamingError: a structured criterion or level that is not streamable (gradients, activations, the
+            channel and layer levels; see :func:`~llm_compression.options.pruning.streamable`), or a
             bitsandbytes-quantized source.
         ValueError: the checks of :func:`~llm_compression.prune.prune_model`; magnitude with scope global.
     """
@@ -340,9 +342,13 @@ def prune_streamed(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
     spec, importance, nm, options, dtype = check_prune_request(
         sc.model, method=method, level=level, ratio=ratio, calib_ids=calib_ids, compute_dtype=compute_dtype,
         **method_options)
-    if spec.structured:
-        raise StreamingError(f"{method}: structured pruning scores and reshapes the whole model (gradients, "
-                             "dependency groups); prune it in memory")
+    if spec.structured and not streamable({"method": method, "level": level, **method_options}):
+        from .options.pruning import STREAMED_STRUCTURED_IMPORTANCES
+
+        raise StreamingError(
+            f"{method} at level {level!r}: this structured criterion reads gradients or activations of the whole "
+            f"model, or the level couples every block (channel, layer); the block level with "
+            f"{', '.join(STREAMED_STRUCTURED_IMPORTANCES)} streams. Prune this one in memory")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for f in sc.dir.iterdir():  # config, generation config, tokenizer: unchanged by unstructured pruning
@@ -361,6 +367,8 @@ def prune_streamed(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
               block_io=io, **kw)
     seconds = res.pop("seconds", None) or (time.perf_counter() - t0)
     io.finish()
+    if spec.structured:  # new widths: the config as the in-memory model saves it
+        sc.model.config.save_pretrained(out)
 
     from .modules import sparsity_reading
 

@@ -341,11 +341,25 @@ def layerwise_calibrated() -> tuple[str, ...]:
     return tuple(name for name, m in METHODS.items() if not m.structured and m.needs_calibration())
 
 
+#: structured criteria that score one decoder block from its own weights (Ma et al. 2023's L1/L2/random
+#: baselines): the ``block`` level prunes them block by block, streamed
+STREAMED_STRUCTURED_IMPORTANCES = ("l1", "l2", "random")
+
+
 def streamable(pruning: dict) -> bool:
-    """Whether a prune job's settings (``method``, ``scope``) can run block by block
-    (:func:`llm_compression.streaming.prune_streamed`): SparseGPT, Wanda, and magnitude per layer or row; not
-    structured pruning, not global magnitude."""
+    """Whether a prune job's settings (``method``, ``level``, ``scope``, ``importance``) can run block by block
+    (:func:`llm_compression.streaming.prune_streamed`): SparseGPT, Wanda, magnitude per layer or row, and
+    structured pruning at the ``block`` level with a criterion of :data:`STREAMED_STRUCTURED_IMPORTANCES`; not
+    global magnitude, not the channel or layer levels, not the criteria that read gradients or activations."""
     method = pruning.get("method")
+    if isinstance(method, str) and (method == STRUCTURED_METHOD or method.startswith(STRUCTURED_PREFIX)):
+        importance = (pruning.get("importance") or DEFAULT_IMPORTANCE if method == STRUCTURED_METHOD
+                      else method[len(STRUCTURED_PREFIX):])
+        try:
+            importance = canonical_importance(importance)
+        except StructuredPruningError:
+            return False
+        return pruning.get("level") == "block" and importance in STREAMED_STRUCTURED_IMPORTANCES
     return method in layerwise_calibrated() or (method == "magnitude" and pruning.get("scope", "layer") != "global")
 
 

@@ -251,11 +251,12 @@ def run_sparsegpt(model, **kw) -> dict:
     return _run_calibrated(SparseGPTPruner, model, **kw)
 
 
-def run_structured(model, *, level, ratio, importance, calib_ids, batch_size, options, log, **_) -> dict:
-    """Structured pruning, LLM-Pruner style (see :func:`.structured.prune_structured`)."""
+def run_structured(model, *, level, ratio, importance, calib_ids, batch_size, options, log, block_io=None,
+                   **_) -> dict:
+    """Structured pruning, LLM-Pruner style (see :func:`.structured.prune_structured`; ``block_io``: streamed)."""
     with torch.enable_grad():
         res = prune_structured(model, level=level, ratio=ratio, importance=importance, calib_ids=calib_ids,
-                               batch_size=batch_size, log=log, **options.as_kwargs())
+                               batch_size=batch_size, log=log, block_io=block_io, **options.as_kwargs())
     return {"seconds": res["seconds"], "structured": res}
 
 

@@ -43,6 +43,7 @@ from .importance import (
 )
 from ...checkpoint import load_pruned, needs_structured_loader  # noqa: F401  (loading lives in checkpoint)
 
+from ...options.pruning import STREAMED_STRUCTURED_IMPORTANCES
 from ...options.pruning import STRUCTURED_LEVELS as LEVELS
 from ...options.pruning import STRUCTURED_PREFIX as METHOD_PREFIX
 
@@ -119,6 +120,7 @@ def prune_structured(
     seed: int = 0,
     width_multiple: int = 1,
     log: Callable[[str], None] | None = None,
+    block_io=None,
 ) -> dict:
     """Structurally prune ``model`` in place (LLM-Pruner, Ma et al. 2023, Sec. 3).
 
@@ -149,6 +151,12 @@ def prune_structured(
         calib_ids: LongTensor ``[samples, seqlen]``; required by the gradient and activation criteria.
         batch_size: samples per backward pass (``element2`` always uses 1).
         seed: seed of ``random`` importance.
+        block_io: streamed pruning (:func:`llm_compression.streaming.prune_streamed`; ``block`` level with a
+            criterion of :data:`~llm_compression.options.pruning.STREAMED_STRUCTURED_IMPORTANCES`): the decoder
+            blocks of ``model`` are on ``meta`` and ``block_io.load(i)`` brings block ``i`` in, which is scored,
+            cut and handed to ``block_io.done(i)`` before the next one. The kept groups, the tensors and the report
+            equal the in-memory ones (each block's scores read only its own weights; ``random`` draws the same
+            numbers in the same order).
 
     Returns:
         dict with ``parameters_before``/``parameters_after`` (distinct tensors' elements),
@@ -179,10 +187,28 @@ def prune_structured(
         return _prune_layers(model, ratio=ratio, importance=importance, aggregation=aggregation,
                              layer_range=layer_range, snap=snap, calib_ids=calib_ids, batch_size=batch_size,
                              seed=seed, log=log, t0=t0)
+    if block_io is not None and (level != "block" or importance not in STREAMED_STRUCTURED_IMPORTANCES):
+        raise StructuredPruningError(
+            f"level {level!r} with importance {importance!r} cannot be pruned block by block (streamed): the block "
+            f"level with {', '.join(STREAMED_STRUCTURED_IMPORTANCES)} can; prune this one in memory")
     groupsets = build_groups(model, level, layer_range=layer_range, attention=attention)
     apply_width_multiple(groupsets, width_multiple)
     before = count_parameters(model)
     shapes_before = layer_shapes(model)
+    seen_msgs: set[str] = set()
+
+    def once(msg):
+        if log and msg not in seen_msgs:
+            seen_msgs.add(msg)
+            log(msg)
+
+    if block_io is not None:
+        keeps = _prune_blocks_streamed(model, groupsets, block_io, ratio=ratio, importance=importance,
+                                       aggregation=aggregation, snap=snap, seed=seed, log=once)
+        return _structured_report(model, groupsets, keeps, level=level, ratio=ratio, importance=importance,
+                                  aggregation=aggregation, attention=attention, layer_range=layer_range,
+                                  before=before, shapes_before=shapes_before, calib_ids=calib_ids,
+                                  batch_size=batch_size, t_grad=0.0, t0=t0, log=log)
     # scores, then the kept indices (validates snapping) before any tensor changes
     grads = None
     t_grad = 0.0
@@ -202,15 +228,44 @@ def prune_structured(
     else:  # nothing is removed: no scores needed (and no gradients were taken)
         scores = [torch.zeros(gs.n_groups, dtype=torch.float64) for gs in groupsets]
     del grads
-    seen_msgs: set[str] = set()
-
-    def once(msg):
-        if log and msg not in seen_msgs:
-            seen_msgs.add(msg)
-            log(msg)
-
     keeps = [select(gs, s, ratio, snap=snap, log=once) for gs, s in zip(groupsets, scores)]
     shrink(model, groupsets, keeps)
+    return _structured_report(model, groupsets, keeps, level=level, ratio=ratio, importance=importance,
+                              aggregation=aggregation, attention=attention, layer_range=layer_range, before=before,
+                              shapes_before=shapes_before, calib_ids=calib_ids, batch_size=batch_size,
+                              t_grad=t_grad, t0=t0, log=log)
+
+
+def _prune_blocks_streamed(model, groupsets, block_io, *, ratio, importance, aggregation, snap, seed,
+                           log) -> list[torch.Tensor]:
+    """The streamed ``block`` level of :func:`prune_structured`: every decoder block in turn is loaded
+    (``block_io.load``), its group sets scored from its own weights, cut, and handed on (``block_io.done``).
+    The snapping of every group set is checked first, before any block is read. Returns the kept indices."""
+    for gs in groupsets:  # a ratio that is no whole number of heads (snap False) fails before any work
+        select(gs, torch.zeros(gs.n_groups, dtype=torch.float64), ratio, snap=snap, log=None)
+    drawn = (group_importance(groupsets, model, "random", seed=seed)  # no weights read: the same draws in order
+             if importance == "random" else None)
+    keeps: list[torch.Tensor | None] = [None] * len(groupsets)
+    for i in range(len(layer_shapes(model))):
+        block_io.load(i)
+        mine = [j for j, gs in enumerate(groupsets) if gs.layer == i]
+        if mine:
+            if ratio <= 0:
+                scores = [torch.zeros(groupsets[j].n_groups, dtype=torch.float64) for j in mine]
+            elif drawn is not None:
+                scores = [drawn[j] for j in mine]
+            else:
+                scores = group_importance([groupsets[j] for j in mine], model, importance, aggregation=aggregation)
+            for j, sc in zip(mine, scores):
+                keeps[j] = select(groupsets[j], sc, ratio, snap=snap, log=log)
+            shrink(model, [groupsets[j] for j in mine], [keeps[j] for j in mine])
+        block_io.done(i)
+    return keeps
+
+
+def _structured_report(model, groupsets, keeps, *, level, ratio, importance, aggregation, attention, layer_range,
+                       before, shapes_before, calib_ids, batch_size, t_grad, t0, log) -> dict:
+    """The result of :func:`prune_structured` (``block`` and ``channel`` levels), logged."""
     groups = [{"kind": gs.kind, "layer": gs.layer, "before": gs.n_groups, "after": int(k.numel()),
                "removed": sorted(set(range(gs.n_groups)) - set(k.tolist()))}
               for gs, k in zip(groupsets, keeps)]
