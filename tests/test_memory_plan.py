@@ -276,7 +276,8 @@ def test_structured_block_pruning_scored_from_weights_streams_and_the_rest_does_
     assert streamable({"method": "llmpruner-l2", "level": "block"})
     assert streamable({"method": "llm-pruner", "importance": "random", "level": "block"})
     assert not streamable({"method": "llm-pruner", "level": "block"})  # default importance: Taylor (gradients)
-    for method, level in (("llmpruner-l2", "channel"), ("llmpruner-l1", "layer"), ("llmpruner-activation", "block"),
+    assert streamable({"method": "llmpruner-contribution", "level": "block"})
+    for method, level in (("llmpruner-l2", "channel"), ("llmpruner-l1", "layer"), ("llmpruner-activation", "channel"),
                           ("llmpruner-element1", "block"), ("llmpruner-nonsense", "block")):
         assert not streamable({"method": method, "level": level}), (method, level)
     shape = ModelShape.from_config(SMOLLM2)
@@ -287,3 +288,11 @@ def test_structured_block_pruning_scored_from_weights_streams_and_the_rest_does_
     assert streamed.parts == {"runtime": RUNTIME_BYTES, "embedding_or_block": max(
         2 * 4 * shape.embedding_params, 3 * block + 2 * 8 * 576 * 1536)}
     assert streamed.host_bytes - RUNTIME_BYTES < (mem.host_bytes - RUNTIME_BYTES) / 2
+    # Minitron's contribution: the calibration hidden states (16 + 1) x 512 x d, one batch's forward and each
+    # head's float64 o_proj output (1 x 512 x 9 heads x 576, twice) beside the block
+    contribution = {"method": "llmpruner-contribution", "level": "block", "ratio": 0.25,
+                    "calibration": {"samples": 16, "seqlen": 512, "batch_size": 1}}
+    c = estimate_prune(shape, contribution, streamed=True)
+    assert c.parts["activations"] == 17 * 512 * 576 * 4
+    assert c.parts["embedding_or_block"] == max(2 * 4 * shape.embedding_params, 3 * block + max(
+        2 * 8 * 576 * 1536, 512 * (2 * 1536 + 2 * 576) * 4) + 2 * 512 * 9 * 576 * 8)

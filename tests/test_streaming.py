@@ -174,16 +174,18 @@ def test_streamed_pruning_refuses_what_cannot_stream(tmp_path):
     src = _saved(tmp_path, tiny_llama(0), "src")
     with pytest.raises(ValueError, match="scope 'global' .* cannot be streamed"):
         prune_streamed(src, tmp_path / "o1", method="magnitude", ratio=0.5, scope="global")
-    for level, importance in (("block", "element1"), ("block", "activation"), ("channel", "l2"), ("layer", "l1")):
-        with pytest.raises(StreamingError, match=f"at level '{level}'.* the block level with l1, l2, random "
-                                                 "streams. Prune this one in memory"):
+    for level, importance in (("block", "element1"), ("channel", "activation"), ("channel", "l2"), ("layer", "l1")):
+        with pytest.raises(StreamingError, match=f"at level '{level}'.* the block level with l1, l2, random, "
+                                                 "activation, contribution streams. Prune this one in memory"):
             prune_streamed(src, tmp_path / "o2", method="llm-pruner", level=level, ratio=0.5, importance=importance,
                            calib_ids=torch.zeros(2, 8, dtype=torch.long))
     assert not (tmp_path / "o2").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize("importance,extra", [("l2", {}), ("l1", {"attention": "kv_group", "aggregation": "max"}),
-                                              ("random", {"seed": 3, "width_multiple": 4})])
+                                              ("random", {"seed": 3, "width_multiple": 4}),
+                                              ("activation", {"batch_size": 2}),
+                                              ("contribution", {"attention": "kv_group", "layer_range": [0, 3]})])
 @pytest.mark.parametrize("source", ["uniform", "per-layer widths"])
 def test_streamed_structured_pruning_equals_in_memory_bit_for_bit(tmp_path, importance, extra, source):
     """Block-level structured pruning one decoder block at a time (each block scored from its own weights, cut,
@@ -198,6 +200,8 @@ def test_streamed_structured_pruning_equals_in_memory_bit_for_bit(tmp_path, impo
     src = (_saved(tmp_path, tiny_llama(0, num_hidden_layers=4), "src") if source == "uniform"
            else _pruned_per_layer(tmp_path))
     model, _ = load(src, tokenizer=False)
+    if importance in ("activation", "contribution"):  # scored on the calibration set, replayed block by block
+        extra = {**extra, "calib_ids": torch.randint(0, 256, (3, 16), generator=torch.Generator().manual_seed(5))}
     ref = prune_model(model, method="llm-pruner", level="block", ratio=0.25, importance=importance, **extra)
     a, b = tmp_path / "in-memory", tmp_path / "streamed"
     save_checkpoint(model, tiny_tokenizer(), a, {"stage": "test"})

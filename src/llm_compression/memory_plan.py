@@ -258,7 +258,8 @@ def estimate_prune(shape: ModelShape, prune: dict, *, streamed: bool = False, cu
     Structured criteria with gradients (LLM-Pruner's Taylor importance, Ma et al. 2023, Eq. 3-5): the weights'
     gradients and the activations a backward pass keeps (:func:`_backward_activations`). Structured block-level
     pruning scored from the weights (L1, L2, random), streamed: one block read, its cut copy and one Linear's
-    float64 scores.
+    float64 scores; scored from activations (Minitron), also the calibration hidden states and one batch's
+    block forward (with ``contribution``, each head's float64 ``o_proj`` output).
 
     Budgets are checked by :func:`choose`; this only estimates.
     """
@@ -290,13 +291,20 @@ def estimate_prune(shape: ModelShape, prune: dict, *, streamed: bool = False, cu
         return _finish(parts, cuda, streamed)
     from .options.pruning import needs_gradients, streamable
 
-    if streamed and streamable(prune):  # structured, block level, scored from each block's own weights
+    if streamed and streamable(prune):  # structured, block level, scored from each block's weights or outputs
         block = shape.block_params(i) * shape.weight_bytes
         largest = shape.hidden * max(shape.intermediate[i], shape.attention[i][0])
         # the block read, its cut copy, and one member's float64 scores (the weights as float64 and |w| or w^2)
+        work = 2 * 8 * largest
+        if samples:  # Minitron's statistics: the calibration set replayed block by block (float32 hidden states)
+            parts["activations"] = (samples + batch) * seqlen * shape.hidden * 4
+            work = max(work, _block_forward_bytes(shape, i, batch * seqlen, 4))
+            if "contribution" in str(method) or prune.get("importance") == "contribution":
+                # each head's o_proj output, float64: batch x seqlen x heads x d (twice: product and norm input)
+                work += 2 * batch * seqlen * (shape.attention[i][0] // shape.head_dim) * shape.hidden * 8
         parts.pop("weights")
         parts["embedding_or_block"] = max(2 * shape.embedding_params * shape.weight_bytes,
-                                          block + parts.pop("load") + block + 2 * 8 * largest)
+                                          block + parts.pop("load") + block + work)
         return _finish(parts, cuda, True)
     # structured (LLM-Pruner style) and depth criteria: whole model resident
 

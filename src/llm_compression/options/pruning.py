@@ -342,15 +342,16 @@ def layerwise_calibrated() -> tuple[str, ...]:
 
 
 #: structured criteria that score one decoder block from its own weights (Ma et al. 2023's L1/L2/random
-#: baselines): the ``block`` level prunes them block by block, streamed
-STREAMED_STRUCTURED_IMPORTANCES = ("l1", "l2", "random")
+#: baselines) or from its own activations on its inputs (Minitron's ``activation``, ``contribution``): the
+#: ``block`` level prunes them block by block, streamed
+STREAMED_STRUCTURED_IMPORTANCES = ("l1", "l2", "random", "activation", "contribution")
 
 
 def streamable(pruning: dict) -> bool:
     """Whether a prune job's settings (``method``, ``level``, ``scope``, ``importance``) can run block by block
     (:func:`llm_compression.streaming.prune_streamed`): SparseGPT, Wanda, magnitude per layer or row, and
     structured pruning at the ``block`` level with a criterion of :data:`STREAMED_STRUCTURED_IMPORTANCES`; not
-    global magnitude, not the channel or layer levels, not the criteria that read gradients or activations."""
+    global magnitude, not the channel or layer levels, not the criteria that read whole-model gradients."""
     method = pruning.get("method")
     if isinstance(method, str) and (method == STRUCTURED_METHOD or method.startswith(STRUCTURED_PREFIX)):
         importance = (pruning.get("importance") or DEFAULT_IMPORTANCE if method == STRUCTURED_METHOD

@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from ...modules import decoder_layers
 from .apply import LAYER_SHAPES_KEY, is_uniform, layer_shapes, plain_loadable, select, shrink
 from .groups import LEVELS as GROUP_LEVELS
 from .groups import (
@@ -204,7 +205,8 @@ def prune_structured(
 
     if block_io is not None:
         keeps = _prune_blocks_streamed(model, groupsets, block_io, ratio=ratio, importance=importance,
-                                       aggregation=aggregation, snap=snap, seed=seed, log=once)
+                                       aggregation=aggregation, snap=snap, seed=seed, log=once, calib_ids=calib_ids,
+                                       batch_size=batch_size)
         return _structured_report(model, groupsets, keeps, level=level, ratio=ratio, importance=importance,
                                   aggregation=aggregation, attention=attention, layer_range=layer_range,
                                   before=before, shapes_before=shapes_before, calib_ids=calib_ids,
@@ -236,24 +238,55 @@ def prune_structured(
                               t_grad=t_grad, t0=t0, log=log)
 
 
-def _prune_blocks_streamed(model, groupsets, block_io, *, ratio, importance, aggregation, snap, seed,
-                           log) -> list[torch.Tensor]:
+@torch.no_grad()
+def _prune_blocks_streamed(model, groupsets, block_io, *, ratio, importance, aggregation, snap, seed, log,
+                           calib_ids=None, batch_size=1) -> list[torch.Tensor]:
     """The streamed ``block`` level of :func:`prune_structured`: every decoder block in turn is loaded
-    (``block_io.load``), its group sets scored from its own weights, cut, and handed on (``block_io.done``).
-    The snapping of every group set is checked first, before any block is read. Returns the kept indices."""
+    (``block_io.load``), its group sets scored from its own weights or, for the activation criteria, from its
+    outputs on its (dense) inputs, cut, and handed on (``block_io.done``). The snapping of every group set is
+    checked first, before any block is read. Returns the kept indices.
+
+    The activation criteria replay the calibration set block by block (the block-0 inputs captured once, each
+    dense block's outputs the next one's inputs, computed before the block is cut): the statistics of
+    :func:`.activations.activation_statistics` on the same hidden states, batch by batch in the same order."""
+    from ..calibration import _block_output, capture_block_inputs
+    from .activations import ActivationStatistics, width_scores
+
     for gs in groupsets:  # a ratio that is no whole number of heads (snap False) fails before any work
         select(gs, torch.zeros(gs.n_groups, dtype=torch.float64), ratio, snap=snap, log=None)
     drawn = (group_importance(groupsets, model, "random", seed=seed)  # no weights read: the same draws in order
              if importance == "random" else None)
+    replay = importance in WIDTH_ACTIVATION_IMPORTANCES and ratio > 0 and groupsets
+    if replay:
+        if not (isinstance(calib_ids, torch.Tensor) and calib_ids.dim() == 2 and calib_ids.numel() > 0):
+            raise StructuredPruningError("activation importance needs calib_ids, a LongTensor [samples, seqlen]")
+        hidden, call_args = capture_block_inputs(model, calib_ids, max(1, int(batch_size)))
+        if hasattr(block_io, "inputs_captured"):
+            block_io.inputs_captured()
+        last = max(gs.layer for gs in groupsets)  # no statistics after it: its outputs are not needed
+        stats = ActivationStatistics(contribution=importance == "contribution")
     keeps: list[torch.Tensor | None] = [None] * len(groupsets)
     for i in range(len(layer_shapes(model))):
+        block = decoder_layers(model)[i]
         block_io.load(i)
         mine = [j for j, gs in enumerate(groupsets) if gs.layer == i]
+        if replay and i <= last:
+            hooks = stats.attach(i, block) if mine else []
+            try:
+                for j, (args, kwargs) in enumerate(call_args[i]):
+                    out = _block_output(block(hidden[j], *args, **kwargs))
+                    hidden[j] = out if i < last else None
+            finally:
+                for h in hooks:
+                    h.remove()
+            call_args[i] = None
         if mine:
             if ratio <= 0:
                 scores = [torch.zeros(groupsets[j].n_groups, dtype=torch.float64) for j in mine]
             elif drawn is not None:
                 scores = [drawn[j] for j in mine]
+            elif replay:
+                scores = [width_scores(groupsets[j], stats.heads(i), stats.mlp(i)) for j in mine]
             else:
                 scores = group_importance([groupsets[j] for j in mine], model, importance, aggregation=aggregation)
             for j, sc in zip(mine, scores):

@@ -171,6 +171,60 @@ def angular_distances(model, calib_ids: torch.Tensor, n: int, *, batch_size: int
     return total / count
 
 
+class ActivationStatistics:
+    """Accumulates the Minitron head and MLP-channel statistics (module docstring) of the decoder blocks it is
+    attached to, batch by batch: per layer the sum over calibration samples of ``(mean_t f_{x,t})^2``.
+
+    Args:
+        contribution: score what each head / MLP channel adds to the residual stream (through its ``o_proj`` /
+            ``down_proj`` columns) instead of its activation (``contribution`` criterion).
+    """
+
+    def __init__(self, contribution: bool = False):
+        self.contribution = contribution
+        self.acc_heads: dict[int, torch.Tensor | None] = {}
+        self.acc_mlp: dict[int, torch.Tensor | None] = {}
+
+    @staticmethod
+    def _add(store, key, per_sample):  # per_sample [B, units]: sequence-mean values; accumulate sum of squares
+        sq = (per_sample.double() ** 2).sum(0).cpu()
+        store[key] = sq if store.get(key) is None else store[key] + sq
+
+    def attach(self, i: int, block) -> list:
+        """Hook decoder block ``block`` (layer ``i``): its ``o_proj`` and ``down_proj`` inputs feed the
+        statistics. Returns the hook handles (``.remove()`` them when done)."""
+        attn, down = block.self_attn, block.mlp.down_proj
+        d = int(attn.head_dim)
+        contribution = self.contribution
+        self.acc_heads.setdefault(i, None)
+        self.acc_mlp.setdefault(i, None)
+        # down_proj column norms [intermediate]: |m_i| * ||W_down[:, i]|| is channel i's output norm
+        w_col = down.weight.detach().double().norm(dim=0) if contribution else None  # on the weight's device
+
+        def head_hook(mod, args):
+            x = args[0]  # [B, T, n_q * d], the attention output before o_proj
+            b, t, _ = x.shape
+            a = x.double().reshape(b, t, -1, d)  # [B, T, n_q, d]
+            if contribution:  # each head's o_proj output [B, T, n_q, hidden]; o_proj [hidden, n_q * d]
+                w_o = mod.weight.detach().double().reshape(mod.weight.shape[0], -1, d)
+                a = torch.einsum("bthd,ohd->btho", a, w_o)
+            self._add(self.acc_heads, i, a.norm(dim=-1).mean(1))
+
+        def mlp_hook(_mod, args):
+            v = args[0].double().abs().mean(1)  # [B, intermediate]
+            self._add(self.acc_mlp, i, v * w_col if w_col is not None else v)
+
+        return [attn.o_proj.register_forward_pre_hook(head_hook), down.register_forward_pre_hook(mlp_hook)]
+
+    def heads(self, i: int) -> torch.Tensor:
+        """Head scores ``[n_q]`` of layer ``i`` (float64)."""
+        return self.acc_heads[i].sqrt()
+
+    def mlp(self, i: int) -> torch.Tensor:
+        """MLP channel scores ``[intermediate]`` of layer ``i`` (float64)."""
+        return self.acc_mlp[i].sqrt()
+
+
 @torch.no_grad()
 def activation_statistics(model, calib_ids: torch.Tensor, *, layers: list[int] | None = None,
                           hidden: bool = False, batch_size: int = 1, contribution: bool = False) -> dict:
@@ -179,8 +233,7 @@ def activation_statistics(model, calib_ids: torch.Tensor, *, layers: list[int] |
     ``[hidden]``; each ``sqrt(sum_x (mean_t f_{x,t})^2)`` over calibration samples ``x``, float64.
 
     Args:
-        contribution: score what each head / MLP channel adds to the residual stream (through its
-            ``o_proj`` / ``down_proj`` columns) instead of its activation (``contribution`` criterion).
+        contribution: see :class:`ActivationStatistics`.
 
     Returns:
         ``{"heads": {layer: Tensor}, "mlp": {layer: Tensor}, "hidden": Tensor | None}``.
@@ -194,32 +247,9 @@ def activation_statistics(model, calib_ids: torch.Tensor, *, layers: list[int] |
         raise StructuredPruningError("contribution scores heads and MLP channels, not hidden channels")
     blocks = decoder_layers(model)
     layers = list(range(len(blocks))) if layers is None else list(layers)
-    acc_heads = {i: None for i in layers}
-    acc_mlp = {i: None for i in layers}
-    acc_hidden = [None]
+    stats = ActivationStatistics(contribution)
+    acc_hidden = {0: None}
     hooks = []
-
-    def add(store, key, per_sample):  # per_sample [B, units]: sequence-mean values; accumulate sum of squares
-        sq = (per_sample.double() ** 2).sum(0).cpu()
-        store[key] = sq if store[key] is None else store[key] + sq
-
-    def head_hook(i, d, contribution):
-        def f(mod, args):
-            x = args[0]  # [B, T, n_q * d], the attention output before o_proj
-            b, t, _ = x.shape
-            a = x.double().reshape(b, t, -1, d)  # [B, T, n_q, d]
-            if contribution:  # each head's o_proj output [B, T, n_q, hidden]; o_proj [hidden, n_q * d]
-                w_o = mod.weight.detach().double().reshape(mod.weight.shape[0], -1, d)
-                a = torch.einsum("bthd,ohd->btho", a, w_o)
-            add(acc_heads, i, a.norm(dim=-1).mean(1))
-        return f
-
-    def mlp_hook(i, w_col):
-        def f(_mod, args):
-            v = args[0].double().abs().mean(1)  # [B, intermediate]
-            add(acc_mlp, i, v * w_col if w_col is not None else v)
-        return f
-
     cur = {}
 
     def norm_hook(_mod, _args, out):
@@ -228,13 +258,7 @@ def activation_statistics(model, calib_ids: torch.Tensor, *, layers: list[int] |
 
     try:
         for i in layers:
-            attn = blocks[i].self_attn
-            d = int(attn.head_dim)
-            down = blocks[i].mlp.down_proj
-            # down_proj column norms [intermediate]: |m_i| * ||W_down[:, i]|| is channel i's output norm
-            w_col = down.weight.detach().double().norm(dim=0) if contribution else None  # on the weight's device
-            hooks.append(attn.o_proj.register_forward_pre_hook(head_hook(i, d, contribution)))
-            hooks.append(down.register_forward_pre_hook(mlp_hook(i, w_col)))
+            hooks += stats.attach(i, blocks[i])
         if hidden:
             for _, m in hidden_norms(model):
                 hooks.append(m.register_forward_hook(norm_hook))
@@ -243,13 +267,38 @@ def activation_statistics(model, calib_ids: torch.Tensor, *, layers: list[int] |
             cur.clear()
             model(input_ids=ids.to(dev), use_cache=False)
             if hidden:
-                add(acc_hidden, 0, cur["h"].mean(1))
+                stats._add(acc_hidden, 0, cur["h"].mean(1))
     finally:
         for h in hooks:
             h.remove()
-    return {"heads": {i: v.sqrt() for i, v in acc_heads.items()},
-            "mlp": {i: v.sqrt() for i, v in acc_mlp.items()},
+    return {"heads": {i: stats.heads(i) for i in layers},
+            "mlp": {i: stats.mlp(i) for i in layers},
             "hidden": acc_hidden[0].sqrt() if hidden else None}
+
+
+def width_scores(gs: GroupSet, heads: torch.Tensor | None, mlp: torch.Tensor | None,
+                 hidden: torch.Tensor | None = None) -> torch.Tensor:
+    """Importance ``[n_groups]`` of one group set from the statistics of its layer (``heads`` ``[n_q]``,
+    ``mlp`` ``[intermediate]``) or of the model (``hidden``): ``query_head``/``attention_head``: the head's
+    score; ``kv_group``: the sum over its query heads; ``mlp_channel``: the channel's; ``hidden_channel``: the
+    embedding channel's.
+
+    Raises:
+        StructuredPruningError: a group kind without a score, or a count that does not match.
+    """
+    if gs.kind in ("query_head", "attention_head"):
+        s = heads
+    elif gs.kind == "kv_group":
+        s = heads.reshape(gs.n_groups, -1).sum(1)
+    elif gs.kind == "mlp_channel":
+        s = mlp
+    elif gs.kind == "hidden_channel":
+        s = hidden
+    else:
+        raise StructuredPruningError(f"no activation importance for group kind {gs.kind!r}")
+    if s.numel() != gs.n_groups:
+        raise StructuredPruningError(f"{gs.kind} of layer {gs.layer}: {s.numel()} scores for {gs.n_groups} groups")
+    return s
 
 
 def activation_group_importance(groupsets: list[GroupSet], model, calib_ids: torch.Tensor, *,
@@ -275,19 +324,5 @@ def activation_group_importance(groupsets: list[GroupSet], model, calib_ids: tor
                                      "for hidden channels use 'activation'")
     stats = activation_statistics(model, calib_ids, layers=layers, hidden=hidden, batch_size=batch_size,
                                   contribution=importance == "contribution")
-    out = []
-    for gs in groupsets:
-        if gs.kind in ("query_head", "attention_head"):
-            s = stats["heads"][gs.layer]
-        elif gs.kind == "kv_group":
-            s = stats["heads"][gs.layer].reshape(gs.n_groups, -1).sum(1)
-        elif gs.kind == "mlp_channel":
-            s = stats["mlp"][gs.layer]
-        elif gs.kind == "hidden_channel":
-            s = stats["hidden"]
-        else:
-            raise StructuredPruningError(f"no activation importance for group kind {gs.kind!r}")
-        if s.numel() != gs.n_groups:
-            raise StructuredPruningError(f"{gs.kind} of layer {gs.layer}: {s.numel()} scores for {gs.n_groups} groups")
-        out.append(s)
-    return out
+    return [width_scores(gs, stats["heads"].get(gs.layer), stats["mlp"].get(gs.layer), stats["hidden"])
+            for gs in groupsets]
