@@ -270,14 +270,15 @@ def test_the_embedded_models_gguf_header_gives_its_whole_shape():
     assert ModelShape.from_config(cfg, "float32").params == 134_515_008
 
 
-def test_structured_block_pruning_scored_from_weights_streams_and_the_rest_does_not():
+def test_structured_pruning_without_whole_model_gradients_streams_and_the_rest_does_not():
     from llm_compression.options.pruning import streamable
 
     assert streamable({"method": "llmpruner-l2", "level": "block"})
     assert streamable({"method": "llm-pruner", "importance": "random", "level": "block"})
     assert not streamable({"method": "llm-pruner", "level": "block"})  # default importance: Taylor (gradients)
     assert streamable({"method": "llmpruner-contribution", "level": "block"})
-    for method, level in (("llmpruner-l2", "channel"), ("llmpruner-l1", "layer"), ("llmpruner-activation", "channel"),
+    assert streamable({"method": "llmpruner-l1", "level": "layer"})
+    for method, level in (("llmpruner-l2", "channel"), ("llmpruner-element1", "layer"), ("llmpruner-activation", "channel"),
                           ("llmpruner-element1", "block"), ("llmpruner-nonsense", "block")):
         assert not streamable({"method": method, "level": level}), (method, level)
     shape = ModelShape.from_config(SMOLLM2)
@@ -296,3 +297,10 @@ def test_structured_block_pruning_scored_from_weights_streams_and_the_rest_does_
     assert c.parts["activations"] == 17 * 512 * 576 * 4
     assert c.parts["embedding_or_block"] == max(2 * 4 * shape.embedding_params, 3 * block + max(
         2 * 8 * 576 * 1536, 512 * (2 * 1536 + 2 * 576) * 4) + 2 * 512 * 9 * 576 * 8)
+    # depth: block influence keeps each block's inputs and outputs for all 16 x 512 windows; angular distance
+    # over the ceil(0.25 x 30) = 8 removed blocks keeps the stream at 8 more boundaries
+    for importance, states in (("block-influence", 2), ("angular", 10)):
+        depth = {"method": f"llmpruner-{importance}", "level": "layer", "ratio": 0.25,
+                 "calibration": {"samples": 16, "seqlen": 512, "batch_size": 1}}
+        assert streamable(depth)
+        assert estimate_prune(shape, depth, streamed=True).parts["activations"] == states * 16 * 512 * 576 * 4

@@ -174,9 +174,11 @@ def test_streamed_pruning_refuses_what_cannot_stream(tmp_path):
     src = _saved(tmp_path, tiny_llama(0), "src")
     with pytest.raises(ValueError, match="scope 'global' .* cannot be streamed"):
         prune_streamed(src, tmp_path / "o1", method="magnitude", ratio=0.5, scope="global")
-    for level, importance in (("block", "element1"), ("channel", "activation"), ("channel", "l2"), ("layer", "l1")):
+    for level, importance in (("block", "element1"), ("channel", "activation"), ("channel", "l2"),
+                              ("layer", "element1")):
         with pytest.raises(StreamingError, match=f"at level '{level}'.* the block level with l1, l2, random, "
-                                                 "activation, contribution streams. Prune this one in memory"):
+                                                 "activation, contribution and the layer level with l1, l2, random, "
+                                                 "block-influence, angular stream. Prune this one in memory"):
             prune_streamed(src, tmp_path / "o2", method="llm-pruner", level=level, ratio=0.5, importance=importance,
                            calib_ids=torch.zeros(2, 8, dtype=torch.long))
     assert not (tmp_path / "o2").exists()  # refused before anything was written
@@ -262,3 +264,48 @@ def test_streamed_quantization_refuses_int8(tmp_path):
 
     with pytest.raises(StreamingError, match="int8"):
         quantize_streamed(_saved(tmp_path, tiny_llama(0)), tmp_path / "q", scheme="int8")
+
+
+@pytest.mark.parametrize("importance,extra", [("l1", {}), ("l2", {"aggregation": "mean"}), ("random", {"seed": 4}),
+                                              ("block-influence", {"batch_size": 2}),
+                                              ("angular", {"layer_range": [0, 5]})])
+@pytest.mark.parametrize("source", ["uniform", "per-layer widths"])
+def test_streamed_depth_pruning_equals_in_memory_bit_for_bit(tmp_path, importance, extra, source):
+    """Layer-level pruning scored one block at a time (weight norms; block influence and angular distance on the
+    calibration set replayed block by block), the kept blocks written renumbered: the same removed layers, scores,
+    tensors, config and sparsity report as in memory; the output reloads and runs."""
+    import json
+
+    from llm_compression.checkpoint import load_checkpoint as load
+    from llm_compression.prune import prune_model
+    from llm_compression.streaming import prune_streamed
+
+    if source == "uniform":
+        src = _saved(tmp_path, tiny_llama(0, num_hidden_layers=5), "src")
+    else:
+        from llm_compression.prune.structured import prune_structured
+
+        m = tiny_llama(0, num_hidden_layers=5)
+        assert not prune_structured(m, level="block", ratio=0.5, importance="l2")["uniform"]
+        src = _saved(tmp_path, m, "src")
+    model, _ = load(src, tokenizer=False)
+    if importance in ("block-influence", "angular"):
+        extra = {**extra, "calib_ids": torch.randint(0, 256, (3, 16), generator=torch.Generator().manual_seed(6))}
+    ref = prune_model(model, method="llm-pruner", level="layer", ratio=0.4, importance=importance, **extra)
+    a, b = tmp_path / "in-memory", tmp_path / "streamed"
+    save_checkpoint(model, tiny_tokenizer(), a, {"stage": "test"})
+    res = prune_streamed(src, b, method="llm-pruner", level="layer", ratio=0.4, importance=importance, **extra)
+    removed = res.structured["layers_removed"]
+    assert len(removed) == (2 if "layer_range" in extra else 1)
+    assert res.structured == ref.structured | {"seconds": res.structured["seconds"],
+                                               "gradient_seconds": res.structured["gradient_seconds"]}
+    assert res.per_layer_sparsity == ref.per_layer_sparsity and res.sparsity_before == ref.sparsity_before
+    ta, tb = _tensors(a), _tensors(b)
+    assert set(ta) == set(tb)
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+    ca, cb = (json.loads((d / "config.json").read_text()) for d in (a, b))
+    assert cb == ca and cb["num_hidden_layers"] == 5 - len(removed)
+    got, _ = load(b, tokenizer=False)
+    x = torch.randint(0, 256, (1, 12))
+    assert torch.equal(got(x).logits, model(x).logits)

@@ -259,7 +259,9 @@ def estimate_prune(shape: ModelShape, prune: dict, *, streamed: bool = False, cu
     gradients and the activations a backward pass keeps (:func:`_backward_activations`). Structured block-level
     pruning scored from the weights (L1, L2, random), streamed: one block read, its cut copy and one Linear's
     float64 scores; scored from activations (Minitron), also the calibration hidden states and one batch's
-    block forward (with ``contribution``, each head's float64 ``o_proj`` output).
+    block forward (with ``contribution``, each head's float64 ``o_proj`` output); depth criteria on the
+    calibration set (block influence, angular distance), each block's inputs and outputs for all windows (angular:
+    the stream at as many more block boundaries as blocks are removed).
 
     Budgets are checked by :func:`choose`; this only estimates.
     """
@@ -296,7 +298,13 @@ def estimate_prune(shape: ModelShape, prune: dict, *, streamed: bool = False, cu
         largest = shape.hidden * max(shape.intermediate[i], shape.attention[i][0])
         # the block read, its cut copy, and one member's float64 scores (the weights as float64 and |w| or w^2)
         work = 2 * 8 * largest
-        if samples:  # Minitron's statistics: the calibration set replayed block by block (float32 hidden states)
+        if samples and prune.get("level") == "layer":  # block influence, angular distance: each block's inputs
+            # and outputs for the whole calibration set; angular keeps the stream at the last n + 1 boundaries
+            states = 2 + (math.ceil(float(prune.get("ratio") or 0) * shape.layers)
+                          if "angular" in str(method) or prune.get("importance") == "angular" else 0)
+            parts["activations"] = states * samples * seqlen * shape.hidden * 4
+            work = max(work, _block_forward_bytes(shape, i, batch * seqlen, 4) + 2 * batch * seqlen * shape.hidden * 8)
+        elif samples:  # Minitron's statistics: the calibration set replayed block by block (float32 hidden states)
             parts["activations"] = (samples + batch) * seqlen * shape.hidden * 4
             work = max(work, _block_forward_bytes(shape, i, batch * seqlen, 4))
             if "contribution" in str(method) or prune.get("importance") == "contribution":

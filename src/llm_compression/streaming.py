@@ -279,6 +279,30 @@ class _BlockWriter:
                    f"model-layer-{i:05d}.safetensors")
         self.sc.free_block(i)
 
+    def read(self, i: int) -> torch.nn.Module:
+        """Block ``i`` on the device for scoring only (depth criteria): nothing is written."""
+        return self.sc.load_block(i)
+
+    def release(self, i: int) -> None:
+        self.sc.free_block(i)
+
+    def renumber(self, kept: list[int]) -> None:
+        """Depth pruning: write the blocks ``kept`` (original indices, ascending) as blocks 0, 1, ... of the
+        output, one at a time; every block is counted for the sparsity before, the kept ones (under their new
+        names) for after."""
+        from .modules import zero_counts
+
+        for i in range(len(self.sc.layers)):
+            block = self.sc.load_block(i)
+            self.before.update(self._zeros(i))
+            if i in kept:
+                j = kept.index(i)
+                old, new = f"{self.sc.prefix}.{i}.", f"{self.sc.prefix}.{j}."
+                self.after.update(zero_counts(block, prefix=new))
+                self.write({new + n[len(old):]: self.sc.model.get_parameter(n) for n in self.sc.block_names(i)},
+                           f"model-layer-{j:05d}.safetensors")
+            self.sc.free_block(i)
+
     def write_outer(self) -> None:
         """Copy the weights outside the decoder blocks, unchanged, one tensor per shard
         (``model-outer-<k>.safetensors``): one of them in memory at a time."""
@@ -343,12 +367,12 @@ def prune_streamed(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
         sc.model, method=method, level=level, ratio=ratio, calib_ids=calib_ids, compute_dtype=compute_dtype,
         **method_options)
     if spec.structured and not streamable({"method": method, "level": level, **method_options}):
-        from .options.pruning import STREAMED_STRUCTURED_IMPORTANCES
+        from .options.pruning import STREAMED_DEPTH_IMPORTANCES, STREAMED_STRUCTURED_IMPORTANCES
 
         raise StreamingError(
-            f"{method} at level {level!r}: this structured criterion reads gradients or activations of the whole "
-            f"model, or the level couples every block (channel, layer); the block level with "
-            f"{', '.join(STREAMED_STRUCTURED_IMPORTANCES)} streams. Prune this one in memory")
+            f"{method} at level {level!r}: this structured criterion reads gradients of the whole model, or the "
+            f"level couples every block (channel); the block level with {', '.join(STREAMED_STRUCTURED_IMPORTANCES)} "
+            f"and the layer level with {', '.join(STREAMED_DEPTH_IMPORTANCES)} stream. Prune this one in memory")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for f in sc.dir.iterdir():  # config, generation config, tokenizer: unchanged by unstructured pruning

@@ -44,7 +44,7 @@ from .importance import (
 )
 from ...checkpoint import load_pruned, needs_structured_loader  # noqa: F401  (loading lives in checkpoint)
 
-from ...options.pruning import STREAMED_STRUCTURED_IMPORTANCES
+from ...options.pruning import STREAMED_DEPTH_IMPORTANCES, STREAMED_STRUCTURED_IMPORTANCES, streamable
 from ...options.pruning import STRUCTURED_LEVELS as LEVELS
 from ...options.pruning import STRUCTURED_PREFIX as METHOD_PREFIX
 
@@ -184,14 +184,15 @@ def prune_structured(
     check_importance_level(importance, level)
     if needs_calibration(importance) and calib_ids is None:
         raise StructuredPruningError(f"importance {importance!r} needs calibration data (calib_ids)")
+    if block_io is not None and not streamable({"method": METHOD_PREFIX + importance, "level": level}):
+        raise StructuredPruningError(
+            f"level {level!r} with importance {importance!r} cannot be pruned block by block (streamed): the block "
+            f"level with {', '.join(STREAMED_STRUCTURED_IMPORTANCES)} and the layer level with "
+            f"{', '.join(STREAMED_DEPTH_IMPORTANCES)} can; prune this one in memory")
     if level == "layer":
         return _prune_layers(model, ratio=ratio, importance=importance, aggregation=aggregation,
                              layer_range=layer_range, snap=snap, calib_ids=calib_ids, batch_size=batch_size,
-                             seed=seed, log=log, t0=t0)
-    if block_io is not None and (level != "block" or importance not in STREAMED_STRUCTURED_IMPORTANCES):
-        raise StructuredPruningError(
-            f"level {level!r} with importance {importance!r} cannot be pruned block by block (streamed): the block "
-            f"level with {', '.join(STREAMED_STRUCTURED_IMPORTANCES)} can; prune this one in memory")
+                             seed=seed, log=log, t0=t0, block_io=block_io)
     groupsets = build_groups(model, level, layer_range=layer_range, attention=attention)
     apply_width_multiple(groupsets, width_multiple)
     before = count_parameters(model)
@@ -377,8 +378,10 @@ def _shape_report(model, before: int, shapes_before: list[dict]) -> dict:
 
 
 def _prune_layers(model, *, ratio, importance, aggregation, layer_range, snap, calib_ids, batch_size, seed,
-                  log, t0) -> dict:
-    """The ``layer`` level of :func:`prune_structured` (see :mod:`.layers`)."""
+                  log, t0, block_io=None) -> dict:
+    """The ``layer`` level of :func:`prune_structured` (see :mod:`.layers`). With ``block_io`` (streamed) the
+    scores come from :mod:`.streamed_layers` (one block resident at a time) and the kept blocks are written,
+    renumbered, by ``block_io.renumber`` before the skeleton drops the others."""
     from .apply import snap_count, sync_metadata
     from .activations import angular_distances, block_influence
     from .layers import drop_layers, layer_importance, layer_parameter_names
@@ -395,6 +398,8 @@ def _prune_layers(model, *, ratio, importance, aggregation, layer_range, snap, c
     removed: list[int] = []
     scores = None
     candidates_scored = candidates
+    if block_io is not None:
+        from . import streamed_layers as scorer
     if k > 0:
         grads = None
         if needs_gradients(importance):
@@ -404,7 +409,8 @@ def _prune_layers(model, *, ratio, importance, aggregation, layer_range, snap, c
             t_grad = time.perf_counter() - tg
         if importance == "angular":  # the run of k consecutive blocks whose input and output are closest
             tg = time.perf_counter()
-            dist = angular_distances(model, calib_ids, k, batch_size=batch_size)
+            dist = (scorer.angular_distances(model, block_io, calib_ids, k, batch_size=batch_size)
+                    if block_io is not None else angular_distances(model, calib_ids, k, batch_size=batch_size))
             t_grad = time.perf_counter() - tg
             starts = list(range(start, end - k + 1))
             scores = dist[starts]
@@ -414,15 +420,23 @@ def _prune_layers(model, *, ratio, importance, aggregation, layer_range, snap, c
         else:
             if importance == "block-influence":
                 tg = time.perf_counter()
-                scores = block_influence(model, calib_ids, batch_size=batch_size)[candidates]
+                scores = (scorer.block_influence(model, block_io, calib_ids, batch_size=batch_size)
+                          if block_io is not None else block_influence(model, calib_ids, batch_size=batch_size))
+                scores = scores[candidates]
                 t_grad = time.perf_counter() - tg
             else:
-                scores = layer_importance(model, candidates, importance, aggregation=aggregation, grads=grads,
-                                          seed=seed)
+                scores = (scorer.layer_importance(model, block_io, candidates, importance, aggregation=aggregation,
+                                                  seed=seed)
+                          if block_io is not None else
+                          layer_importance(model, candidates, importance, aggregation=aggregation, grads=grads,
+                                           seed=seed))
             order = sorted(range(len(candidates)), key=lambda j: (float(scores[j]), candidates[j]))
             removed = sorted(candidates[j] for j in order[:k])
             candidates_scored = candidates
         del grads
+    if block_io is not None:  # the kept blocks written as blocks 0, 1, ... before the skeleton drops the rest
+        block_io.renumber([i for i in range(n_layers) if i not in set(removed)])
+    if k > 0:
         drop_layers(model, removed)
         sync_metadata(model)
     result = {
