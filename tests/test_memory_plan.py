@@ -278,7 +278,8 @@ def test_structured_pruning_without_whole_model_gradients_streams_and_the_rest_d
     assert not streamable({"method": "llm-pruner", "level": "block"})  # default importance: Taylor (gradients)
     assert streamable({"method": "llmpruner-contribution", "level": "block"})
     assert streamable({"method": "llmpruner-l1", "level": "layer"})
-    for method, level in (("llmpruner-l2", "channel"), ("llmpruner-element1", "layer"), ("llmpruner-activation", "channel"),
+    assert streamable({"method": "llmpruner-activation", "level": "channel"})
+    for method, level in (("llmpruner-vector", "channel"), ("llmpruner-element1", "layer"), ("llmpruner-element2", "channel"),
                           ("llmpruner-element1", "block"), ("llmpruner-nonsense", "block")):
         assert not streamable({"method": method, "level": level}), (method, level)
     shape = ModelShape.from_config(SMOLLM2)
@@ -304,3 +305,7 @@ def test_structured_pruning_without_whole_model_gradients_streams_and_the_rest_d
                  "calibration": {"samples": 16, "seqlen": 512, "batch_size": 1}}
         assert streamable(depth)
         assert estimate_prune(shape, depth, streamed=True).parts["activations"] == states * 16 * 512 * 576 * 4
+    # channel level, L2: the embedding read (mapped pages beside the copy) and scored as float64 (w and w^2)
+    channel = estimate_prune(shape, {"method": "llmpruner-l2", "level": "channel", "ratio": 0.25}, streamed=True)
+    assert channel.parts["embedding_or_block"] == max((2 * 4 + 2 * 8) * shape.embedding_params,
+                                                      3 * block + 2 * 8 * 576 * 1536)

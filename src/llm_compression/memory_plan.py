@@ -293,26 +293,32 @@ def estimate_prune(shape: ModelShape, prune: dict, *, streamed: bool = False, cu
         return _finish(parts, cuda, streamed)
     from .options.pruning import needs_gradients, streamable
 
-    if streamed and streamable(prune):  # structured, block level, scored from each block's weights or outputs
+    if streamed and streamable(prune):  # structured, scored from each block's weights or outputs
+        level = prune.get("level")
+        importance = prune.get("importance") or str(method).split("-", 1)[-1]
         block = shape.block_params(i) * shape.weight_bytes
         largest = shape.hidden * max(shape.intermediate[i], shape.attention[i][0])
         # the block read, its cut copy, and one member's float64 scores (the weights as float64 and |w| or w^2)
         work = 2 * 8 * largest
-        if samples and prune.get("level") == "layer":  # block influence, angular distance: each block's inputs
-            # and outputs for the whole calibration set; angular keeps the stream at the last n + 1 boundaries
-            states = 2 + (math.ceil(float(prune.get("ratio") or 0) * shape.layers)
-                          if "angular" in str(method) or prune.get("importance") == "angular" else 0)
+        # the weights outside the blocks, one tensor at a time: read (mapped pages beside the copy) and, at the
+        # channel level, cut; scored there by L1/L2, also as float64 and its |w| or w^2
+        emb = shape.embedding_params
+        outer = 2 * emb * shape.weight_bytes + (2 * 8 * emb if level == "channel" and importance in ("l1", "l2") else 0)
+        if samples and level == "layer":  # block influence, angular distance: each block's inputs and outputs
+            # for the whole calibration set; angular keeps the stream at the last n + 1 boundaries
+            states = 2 + (math.ceil(float(prune.get("ratio") or 0) * shape.layers) if importance == "angular" else 0)
             parts["activations"] = states * samples * seqlen * shape.hidden * 4
             work = max(work, _block_forward_bytes(shape, i, batch * seqlen, 4) + 2 * batch * seqlen * shape.hidden * 8)
         elif samples:  # Minitron's statistics: the calibration set replayed block by block (float32 hidden states)
             parts["activations"] = (samples + batch) * seqlen * shape.hidden * 4
+            if level == "channel":  # each window's |LN(h)| summed over the norms, float64
+                parts["activations"] += samples * seqlen * shape.hidden * 8
             work = max(work, _block_forward_bytes(shape, i, batch * seqlen, 4))
-            if "contribution" in str(method) or prune.get("importance") == "contribution":
+            if importance == "contribution":
                 # each head's o_proj output, float64: batch x seqlen x heads x d (twice: product and norm input)
                 work += 2 * batch * seqlen * (shape.attention[i][0] // shape.head_dim) * shape.hidden * 8
         parts.pop("weights")
-        parts["embedding_or_block"] = max(2 * shape.embedding_params * shape.weight_bytes,
-                                          block + parts.pop("load") + block + work)
+        parts["embedding_or_block"] = max(outer, block + parts.pop("load") + block + work)
         return _finish(parts, cuda, True)
     # structured (LLM-Pruner style) and depth criteria: whole model resident
 

@@ -260,6 +260,7 @@ class _BlockWriter:
         self.total_bytes = 0
         self.before: dict[str, tuple[int, int]] = {}
         self.after: dict[str, tuple[int, int]] = {}
+        self.outer_cut: dict[str, tuple[int, torch.Tensor]] = {}
 
     def _zeros(self, i: int) -> dict[str, tuple[int, int]]:
         from .modules import zero_counts
@@ -303,11 +304,28 @@ class _BlockWriter:
                            f"model-layer-{j:05d}.safetensors")
             self.sc.free_block(i)
 
+    def read_tensor(self, name: str) -> torch.Tensor:
+        """A weight outside the blocks, as stored (for scoring; the model's copy is not touched)."""
+        return self.sc.read(name)
+
+    def load_norm(self) -> None:
+        """The final norm onto the device (not the head)."""
+        norm = next(n for n, m in self.sc.model.named_modules() if m is self.sc.model.model.norm)
+        self.sc._load([n for n in self.sc.output_names if n.startswith(norm + ".")])
+
+    def free_outer(self) -> None:
+        self.sc.free_outer()
+
     def write_outer(self) -> None:
-        """Copy the weights outside the decoder blocks, unchanged, one tensor per shard
-        (``model-outer-<k>.safetensors``): one of them in memory at a time."""
+        """Copy the weights outside the decoder blocks one tensor per shard (``model-outer-<k>.safetensors``):
+        one of them in memory at a time, unchanged or, for those in :attr:`outer_cut` (``name -> (dim, kept
+        indices)``: the hidden channels of the channel level), cut to the kept indices."""
         for k, n in enumerate(self.sc.input_names + self.sc.output_names):
-            self.write({n: self.sc.read(n)}, f"model-outer-{k:05d}.safetensors")
+            t = self.sc.read(n)
+            if n in self.outer_cut:
+                dim, keep = self.outer_cut[n]
+                t = t.index_select(dim, keep).contiguous()
+            self.write({n: t}, f"model-outer-{k:05d}.safetensors")
 
     def write(self, tensors: dict, name: str) -> None:
         from safetensors.torch import save_file
@@ -319,7 +337,10 @@ class _BlockWriter:
             self.total_bytes += t.numel() * t.element_size()
 
     def finish(self) -> None:
+        """Write the weights outside the blocks (:meth:`write_outer`) and the index."""
         import json
+
+        self.write_outer()
 
         index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(self.weight_map.items()))}
         (self.out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
@@ -367,20 +388,21 @@ def prune_streamed(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
         sc.model, method=method, level=level, ratio=ratio, calib_ids=calib_ids, compute_dtype=compute_dtype,
         **method_options)
     if spec.structured and not streamable({"method": method, "level": level, **method_options}):
-        from .options.pruning import STREAMED_DEPTH_IMPORTANCES, STREAMED_STRUCTURED_IMPORTANCES
+        from .options.pruning import (STREAMED_CHANNEL_IMPORTANCES, STREAMED_DEPTH_IMPORTANCES,
+                                      STREAMED_STRUCTURED_IMPORTANCES)
 
         raise StreamingError(
-            f"{method} at level {level!r}: this structured criterion reads gradients of the whole model, or the "
-            f"level couples every block (channel); the block level with {', '.join(STREAMED_STRUCTURED_IMPORTANCES)} "
-            f"and the layer level with {', '.join(STREAMED_DEPTH_IMPORTANCES)} stream. Prune this one in memory")
+            f"{method} at level {level!r}: this structured criterion reads gradients of the whole model; the "
+            f"block level with {', '.join(STREAMED_STRUCTURED_IMPORTANCES)}, the channel level with "
+            f"{', '.join(STREAMED_CHANNEL_IMPORTANCES)} and the layer level with "
+            f"{', '.join(STREAMED_DEPTH_IMPORTANCES)} stream. Prune this one in memory")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for f in sc.dir.iterdir():  # config, generation config, tokenizer: unchanged by unstructured pruning
         if f.is_file() and not f.name.endswith(".safetensors") and f.name not in (
                 "model.safetensors.index.json", "compression.json", ".snakemake_timestamp"):
             shutil.copy2(f, out / f.name)
-    io = _BlockWriter(sc, out)
-    io.write_outer()
+    io = _BlockWriter(sc, out)  # the weights outside the blocks are written last (finish), one at a time
     if calib_ids is not None:  # the block-0 inputs come from the embeddings; norm and head are not needed
         sc.load_outer("input")
     run = spec.load_runner()

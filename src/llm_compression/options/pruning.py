@@ -348,14 +348,17 @@ STREAMED_STRUCTURED_IMPORTANCES = ("l1", "l2", "random", "activation", "contribu
 #: depth criteria (``layer`` level) scored one block at a time: weight norms, random, and the block-boundary
 #: statistics of ShortGPT's block influence and Gromov et al.'s angular distance on the replayed calibration set
 STREAMED_DEPTH_IMPORTANCES = ("l1", "l2", "random", "block-influence", "angular")
+#: hidden-channel criteria (``channel`` level) scored in a pass over the blocks, then cut in a second
+STREAMED_CHANNEL_IMPORTANCES = ("l1", "l2", "random", "activation")
 
 
 def streamable(pruning: dict) -> bool:
     """Whether a prune job's settings (``method``, ``level``, ``scope``, ``importance``) can run block by block
     (:func:`llm_compression.streaming.prune_streamed`): SparseGPT, Wanda, magnitude per layer or row, and
-    structured pruning at the ``block`` level with a criterion of :data:`STREAMED_STRUCTURED_IMPORTANCES` and at
-    the ``layer`` level with one of :data:`STREAMED_DEPTH_IMPORTANCES`; not global magnitude, not the channel
-    level (every block shares the hidden dimension), not the criteria that read whole-model gradients."""
+    structured pruning at the ``block`` level with a criterion of :data:`STREAMED_STRUCTURED_IMPORTANCES`, at the
+    ``channel`` level with one of :data:`STREAMED_CHANNEL_IMPORTANCES` and at the ``layer`` level with one of
+    :data:`STREAMED_DEPTH_IMPORTANCES`; not global magnitude, not the criteria that read whole-model gradients
+    (Taylor)."""
     method = pruning.get("method")
     if isinstance(method, str) and (method == STRUCTURED_METHOD or method.startswith(STRUCTURED_PREFIX)):
         importance = (pruning.get("importance") or DEFAULT_IMPORTANCE if method == STRUCTURED_METHOD
@@ -366,6 +369,7 @@ def streamable(pruning: dict) -> bool:
             return False
         level = pruning.get("level")
         return ((level == "block" and importance in STREAMED_STRUCTURED_IMPORTANCES)
+                or (level == "channel" and importance in STREAMED_CHANNEL_IMPORTANCES)
                 or (level == "layer" and importance in STREAMED_DEPTH_IMPORTANCES))
     return method in layerwise_calibrated() or (method == "magnitude" and pruning.get("scope", "layer") != "global")
 

@@ -44,7 +44,8 @@ from .importance import (
 )
 from ...checkpoint import load_pruned, needs_structured_loader  # noqa: F401  (loading lives in checkpoint)
 
-from ...options.pruning import STREAMED_DEPTH_IMPORTANCES, STREAMED_STRUCTURED_IMPORTANCES, streamable
+from ...options.pruning import (STREAMED_CHANNEL_IMPORTANCES, STREAMED_DEPTH_IMPORTANCES,
+                                STREAMED_STRUCTURED_IMPORTANCES, streamable)
 from ...options.pruning import STRUCTURED_LEVELS as LEVELS
 from ...options.pruning import STRUCTURED_PREFIX as METHOD_PREFIX
 
@@ -187,7 +188,8 @@ def prune_structured(
     if block_io is not None and not streamable({"method": METHOD_PREFIX + importance, "level": level}):
         raise StructuredPruningError(
             f"level {level!r} with importance {importance!r} cannot be pruned block by block (streamed): the block "
-            f"level with {', '.join(STREAMED_STRUCTURED_IMPORTANCES)} and the layer level with "
+            f"level with {', '.join(STREAMED_STRUCTURED_IMPORTANCES)}, the channel level with "
+            f"{', '.join(STREAMED_CHANNEL_IMPORTANCES)} and the layer level with "
             f"{', '.join(STREAMED_DEPTH_IMPORTANCES)} can; prune this one in memory")
     if level == "layer":
         return _prune_layers(model, ratio=ratio, importance=importance, aggregation=aggregation,
@@ -204,10 +206,17 @@ def prune_structured(
             seen_msgs.add(msg)
             log(msg)
 
-    if block_io is not None:
+    if block_io is not None and level == "channel":
+        from .streamed_channels import prune_channels_streamed
+
+        keeps = [prune_channels_streamed(model, gs, block_io, ratio=ratio, importance=importance,
+                                         aggregation=aggregation, snap=snap, seed=seed, log=once,
+                                         calib_ids=calib_ids, batch_size=batch_size) for gs in groupsets]
+    elif block_io is not None:
         keeps = _prune_blocks_streamed(model, groupsets, block_io, ratio=ratio, importance=importance,
                                        aggregation=aggregation, snap=snap, seed=seed, log=once, calib_ids=calib_ids,
                                        batch_size=batch_size)
+    if block_io is not None:
         return _structured_report(model, groupsets, keeps, level=level, ratio=ratio, importance=importance,
                                   aggregation=aggregation, attention=attention, layer_range=layer_range,
                                   before=before, shapes_before=shapes_before, calib_ids=calib_ids,
