@@ -528,7 +528,8 @@ def choose(job: str, in_memory: Estimate, streamed: Estimate | None, policy: str
         fixes.append(f"streaming (resources.streaming: auto or always) plans {_where(streamed)}"
                      + ("" if budget.fits(streamed) else ", which does not fit either"))
     elif streamed is None:
-        fixes.append("this job cannot stream (layer-wise pruning, 4-bit quantization and perplexity do)")
+        fixes.append("this job cannot stream (layer-wise pruning, structured pruning without whole-model gradients, "
+                     "4-bit quantization and perplexity do)")
     if hint:
         fixes.append(hint)
     fixes.append("a machine with more memory (resources.memory.host_mb / device_mb say what the node has)")
