@@ -4,6 +4,7 @@ check that refuses a job before any work, automatic streaming, and the record of
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -309,3 +310,54 @@ def test_structured_pruning_without_whole_model_gradients_streams_and_the_rest_d
     channel = estimate_prune(shape, {"method": "llmpruner-l2", "level": "channel", "ratio": 0.25}, streamed=True)
     assert channel.parts["embedding_or_block"] == max((2 * 4 + 2 * 8) * shape.embedding_params,
                                                       3 * block + 2 * 8 * 576 * 1536)
+
+
+def test_a_model_too_large_for_one_gpu_is_spread_over_the_fewest_that_hold_it():
+    """Llama-2-13B's shape in bf16 (26 GB of weights) on 24 GB GPUs: perplexity in memory needs two GPUs, and with
+    resources.stages.evaluate.gpus 1 the refusal names the count that would fit; the device map accelerate would
+    use puts whole decoder blocks on GPUs 0 and 1 and nothing on the CPU."""
+    from llm_compression.memory_plan import Budget, choose, spread
+
+    llama13b = {"hidden_size": 5120, "intermediate_size": 13824, "num_attention_heads": 40, "num_hidden_layers": 40,
+                "vocab_size": 32000, "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
+    shape = ModelShape.from_config(llama13b)
+    one = estimate_evaluation(shape, {"kind": "perplexity", "seqlen": 2048, "batch_size": 1}, cuda=True)
+    budget = Budget(host_bytes=None, device_bytes=24_000 * 10**6)
+    assert one.device_bytes > budget.device_bytes
+    two = choose("evaluate ppl", one, None, "never", budget, max_gpus=4)
+    assert two.gpus == 2 and two.device_bytes == one.device_bytes - one.parts["weights"] + math.ceil(
+        one.parts["weights"] / 2) and two.device_bytes <= budget.device_bytes
+    assert spread(one, 1) is one and two.record()["gpus"] == 2
+    with pytest.raises(MemoryPlanError, match=r"spreading its layers over 2 GPUs \(resources.stages.<stage>.gpus: 2"):
+        choose("evaluate ppl", one, None, "never", budget, max_gpus=1)
+
+
+def test_the_device_map_spreads_whole_blocks_over_the_gpus_or_says_it_cannot():
+    from conftest import tiny_llama
+    from llm_compression.checkpoint import spread_device_map
+
+    model = tiny_llama(0, num_hidden_layers=4, tie_word_embeddings=False)
+    size = sum(p.numel() * 4 for p in model.parameters())
+    device_map = spread_device_map(model, 2, device_mb=0.75 * size / 1e6)  # neither GPU holds the whole model
+    assert set(device_map.values()) == {0, 1}  # both GPUs, whole decoder blocks
+    assert {k for k in device_map if k.startswith("model.layers")} <= {f"model.layers.{i}" for i in range(4)}
+    with pytest.raises(ValueError, match="does not fit 2 GPUs of 0.2 MB: .* would go to"):
+        spread_device_map(model, 2, device_mb=0.2)
+    with pytest.raises(ValueError, match="at least 2 GPUs"):
+        spread_device_map(model, 1)
+
+
+def test_each_perplexity_job_asks_the_cluster_for_the_gpus_its_plan_spreads_it_over(tmp_path):
+    """On CUDA with resources.stages.evaluate.gpus 4 and a per-GPU budget below the model's one-GPU plan, the
+    perplexity job of the dense model asks for 2 GPUs (Snakemake ``gpu``, sbatch --gpus), spread rather than
+    streamed."""
+    plan = _plan(tmp_path, {"stages": {"evaluate": {"device": "cuda", "gpus": 4}}}, perplexity_only=True)
+    ev = SimpleNamespace(pruning="dense", healing="none", quant="none", evaluation="ppl-ptb-sparsegpt")
+    one = plan.job_memory("evaluate", ev)
+    assert one.gpus == 1 and one.device_bytes > 0
+    budget_mb = (one.device_bytes - one.parts["weights"] // 3) // 10**6  # a third of the weights too many
+    tight = _plan(tmp_path, {"stages": {"evaluate": {"device": "cuda", "gpus": 4}},
+                             "memory": {"device_mb": budget_mb}}, perplexity_only=True)
+    assert tight.job_gpus("evaluate", ev) == 2
+    assert tight.job_resources("evaluate")["gpu"](ev) == 2
+    assert tight.job_streaming("evaluate", ev) == "never"  # spread before streamed

@@ -112,8 +112,51 @@ def needs_structured_loader(ckpt_dir: str | os.PathLike) -> bool:
     return cfg.exists() and bool(json.loads(cfg.read_text()).get(LAYER_SHAPES_KEY))
 
 
+def spread_device_map(model, gpus: int, device_mb: int | None = None) -> dict:
+    """accelerate's device map that spreads ``model`` over GPUs ``0 .. gpus-1``, whole decoder blocks per GPU
+    (``infer_auto_device_map`` with ``max_memory`` = ``device_mb`` per GPU, else each GPU's free memory).
+
+    Raises:
+        ValueError: ``gpus`` < 2, or the model does not fit the GPUs (a part would go to the CPU or disk; the
+            message names the parts and the memory given).
+    """
+    from accelerate import infer_auto_device_map
+
+    if int(gpus) < 2:
+        raise ValueError(f"gpus {gpus!r}: spreading needs at least 2 GPUs")
+    if device_mb:
+        max_memory = {i: int(float(device_mb) * 10**6) for i in range(int(gpus))}
+    else:
+        import torch
+
+        max_memory = {i: torch.cuda.mem_get_info(i)[0] for i in range(int(gpus))}
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split)
+    off = sorted(k for k, v in device_map.items() if not isinstance(v, int))
+    if off:
+        raise ValueError(f"the model does not fit {gpus} GPUs of {max(max_memory.values()) / 1e6:,.1f} MB: "
+                         f"{', '.join(k or 'the whole model' for k in off[:5])} would go to {device_map[off[0]]}; "
+                         f"ask for more GPUs (resources.stages.<stage>.gpus) or stream")
+    return dict(device_map)
+
+
+def spread_model(model, gpus: int, device_mb: int | None = None) -> dict:
+    """Place a loaded model's layers on GPUs ``0 .. gpus-1`` (:func:`spread_device_map`, accelerate's
+    ``dispatch_model``: each block runs on its GPU and hooks move the hidden states between them, so inputs go to
+    the first GPU as for a one-GPU model). Returns the device map.
+
+    Raises:
+        ValueError: see :func:`spread_device_map`.
+    """
+    from accelerate import dispatch_model
+
+    device_map = spread_device_map(model, gpus, device_mb)
+    dispatch_model(model, device_map=device_map)
+    return device_map
+
+
 def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, device: str = "cpu",
-                    tokenizer: bool = True):
+                    tokenizer: bool = True, gpus: int = 1, device_mb: int | None = None):
     """Load ``(model, tokenizer)`` from a checkpoint directory written by this project.
 
     4-bit/8-bit checkpoints (bitsandbytes) reload through their saved ``quantization_config``; 4-bit
@@ -126,6 +169,8 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, de
 
     ``tokenizer=False`` returns ``(model, None)`` without loading the tokenizer (measurements that feed
     token ids or count parameters: the tokenizer costs more start-up than the model of a small checkpoint).
+    ``gpus`` > 1 (on CUDA) spreads the model's layers over that many GPUs (:func:`spread_model`; ``device_mb``
+    per GPU), for a model that does not fit one.
 
     Raises:
         FileNotFoundError: ``ckpt_dir`` has no ``config.json``.
@@ -136,6 +181,12 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, de
     ckpt_dir = Path(ckpt_dir)
     if not (ckpt_dir / "config.json").exists():
         raise FileNotFoundError(f"{ckpt_dir} is not a checkpoint directory (no config.json)")
+    if int(gpus) > 1:  # loaded on the host, then its layers spread over the GPUs
+        if not str(device).startswith("cuda"):
+            raise ValueError(f"gpus={gpus} spreads a model over GPUs; device {device!r} is not cuda")
+        model, tok = load_checkpoint(ckpt_dir, dtype=dtype, device="cpu", tokenizer=tokenizer)
+        spread_model(model, gpus, device_mb)
+        return model, tok
     if needs_structured_loader(ckpt_dir):
         return load_pruned(ckpt_dir, dtype=dtype, device=device, tokenizer=tokenizer)
     tok = AutoTokenizer.from_pretrained(ckpt_dir) if tokenizer else None

@@ -198,6 +198,8 @@ class Estimate:
     device_bytes: int = 0
     streamed: bool = False
     parts: dict = field(default_factory=dict)
+    #: GPUs the model's layers are spread over (accelerate ``device_map``); ``device_bytes`` is then per GPU
+    gpus: int = 1
 
     @property
     def host_mb(self) -> int:
@@ -205,7 +207,25 @@ class Estimate:
 
     def record(self) -> dict:
         return {"estimate_host_bytes": int(self.host_bytes), "estimate_device_bytes": int(self.device_bytes),
-                "streamed": self.streamed, "estimate_parts_bytes": {k: int(v) for k, v in self.parts.items()}}
+                "streamed": self.streamed, "gpus": self.gpus,
+                "estimate_parts_bytes": {k: int(v) for k, v in self.parts.items()}}
+
+
+def spread(est: Estimate, gpus: int) -> Estimate:
+    """``est`` with the model's layers spread over ``gpus`` GPUs (accelerate's ``device_map="auto"``): each GPU
+    holds its CUDA context, a ``1/gpus`` share of the weights and, conservatively, the whole working set (one
+    block's activations pass through every GPU; the logits land on the last). ``device_bytes`` is per GPU.
+
+    Raises:
+        ValueError: ``gpus`` < 1.
+    """
+    if gpus < 1:
+        raise ValueError(f"gpus {gpus!r}: at least 1")
+    if gpus == 1 or not est.device_bytes:
+        return est
+    weights = est.parts.get("weights", 0)
+    per_gpu = est.device_bytes - weights + math.ceil(weights / gpus)
+    return Estimate(est.host_bytes, per_gpu, est.streamed, est.parts, gpus)
 
 
 def _finish(parts: dict, cuda: bool, streamed: bool) -> Estimate:
@@ -497,9 +517,11 @@ def _where(est: Estimate) -> str:
 
 
 def choose(job: str, in_memory: Estimate, streamed: Estimate | None, policy: str, budget: Budget,
-           hint: str = "") -> Estimate:
+           hint: str = "", max_gpus: int = 1) -> Estimate:
     """The estimate a job runs under: streamed or not by ``policy`` (``auto``: stream exactly when the in-memory
-    estimate does not fit and the job can stream), checked against ``budget``.
+    estimate does not fit and the job can stream), checked against ``budget``. With ``max_gpus`` > 1 (heal and
+    evaluate jobs on CUDA, ``resources.<stage>.gpus``) an in-memory job that does not fit one GPU's
+    ``device_mb`` is spread over the fewest GPUs it fits (:func:`spread`), before streaming is considered.
 
     Args:
         job: the job's name, for the message.
@@ -514,12 +536,18 @@ def choose(job: str, in_memory: Estimate, streamed: Estimate | None, policy: str
     """
     if policy not in STREAMING_POLICIES:
         raise ValueError(f"resources.streaming: {policy!r}; valid: {', '.join(STREAMING_POLICIES)}")
+    wide = in_memory
+    if budget.device_bytes and in_memory.device_bytes > budget.device_bytes:
+        for n in range(2, int(max_gpus) + 1):  # the fewest GPUs whose share fits
+            wide = spread(in_memory, n)
+            if budget.fits(wide):
+                break
     if policy == "always" and streamed is not None:
         chosen = streamed
-    elif policy == "auto" and streamed is not None and not budget.fits(in_memory):
+    elif policy == "auto" and streamed is not None and not budget.fits(wide):
         chosen = streamed
     else:
-        chosen = in_memory
+        chosen = wide
     if budget.fits(chosen):
         return chosen
     parts = ", ".join(f"{k} {_gb(v)}" for k, v in sorted(chosen.parts.items(), key=lambda kv: -kv[1]))
@@ -530,11 +558,17 @@ def choose(job: str, in_memory: Estimate, streamed: Estimate | None, policy: str
     elif streamed is None:
         fixes.append("this job cannot stream (layer-wise pruning, structured pruning without whole-model gradients, "
                      "4-bit quantization and perplexity do)")
+    if budget.device_bytes and in_memory.device_bytes > budget.device_bytes and not chosen.streamed:
+        n = next((k for k in range(int(max_gpus) + 1, 65) if budget.fits(spread(in_memory, k))), None)
+        if n is not None:
+            fixes.append(f"spreading its layers over {n} GPUs (resources.stages.<stage>.gpus: {n}; heal and "
+                         f"evaluate) plans {_gb(spread(in_memory, n).device_bytes)} per GPU")
     if hint:
         fixes.append(hint)
     fixes.append("a machine with more memory (resources.memory.host_mb / device_mb say what the node has)")
     raise MemoryPlanError(
-        f"{job}: planned peak {_where(chosen)} ({'streamed' if chosen.streamed else 'in memory'}: {parts}) "
+        f"{job}: planned peak {_where(chosen)}{f' per GPU over {chosen.gpus} GPUs' if chosen.gpus > 1 else ''} "
+        f"({'streamed' if chosen.streamed else 'in memory'}: {parts}) "
         f"exceeds the memory budget ({budget.describe()}); what would fit: {'; '.join(fixes)}"
     )
 

@@ -507,7 +507,17 @@ class Plan:
         name, in_memory, streamed, hint = self._job_estimates(stage, w)
         if not hasattr(self, "_budget"):
             self._budget = Budget.from_config(self.resources.memory)
-        return choose(name, in_memory, streamed, self.resources.streaming, self._budget, hint)
+        # a full-precision model can be spread over several GPUs (4-bit ones are placed by bitsandbytes' loader)
+        spreads = ((stage == "heal" or (stage == "evaluate" and str(getattr(w, "evaluation", "")).startswith(
+            ("ppl-", ZEROSHOT_EVALUATION)))) and in_memory.device_bytes and getattr(w, "quant", NO_QUANT) == NO_QUANT)
+        return choose(name, in_memory, streamed, self.resources.streaming, self._budget, hint,
+                      max_gpus=max(1, self.resources.gpus(stage)) if spreads else 1)
+
+    def job_gpus(self, stage: str, w) -> int:
+        """GPUs a job asks for (Snakemake ``gpu``, ``sbatch --gpus``): its plan's count for heal and evaluate
+        jobs spread over several GPUs, else 1 (the stage requests GPUs only on CUDA)."""
+        est = self.job_memory(stage, w)
+        return est.gpus if est is not None else 1
 
     def job_streaming(self, stage: str, w) -> str:
         """``always`` or ``never``: the job's ``streaming`` resource, resolved from ``resources.streaming``."""
@@ -531,12 +541,16 @@ class Plan:
 
     def job_resources(self, stage: str) -> dict:
         """Keyword arguments for a rule's ``resources:``: the stage's (:meth:`ResourcePlan.snakemake_resources`)
-        with ``mem_mb`` planned per job and, for prune, quantize and evaluate, the job's resolved ``streaming``."""
+        with ``mem_mb`` planned per job, for prune, quantize and evaluate the job's resolved ``streaming`` and, for
+        heal and evaluate on CUDA, the job's planned GPU count (``gpu``: 1 unless the model must be spread over
+        several, at most the stage's ``gpus``)."""
         base = "evaluate" if stage == "generate" else stage
         out = self.resources.snakemake_resources(base)
         out["mem_mb"] = lambda wildcards, attempt: self.job_mem_mb(stage, wildcards, attempt)
         if stage in ("prune", "quantize", "evaluate"):
             out["streaming"] = lambda wildcards: self.job_streaming(stage, wildcards)
+        if base in ("heal", "evaluate") and out.get("gpu"):  # up to resources.stages.<stage>.gpus, as planned
+            out["gpu"] = lambda wildcards: self.job_gpus(stage, wildcards)
         return out
 
     def memory_jobs(self) -> list[tuple[str, SimpleNamespace]]:

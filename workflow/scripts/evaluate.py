@@ -17,8 +17,10 @@ check_evaluation_job(dict(sm.params.evaluation), sm.input[0])  # before loading 
 t0 = time.perf_counter()
 device = sm.params.device if fresh else pick_device(sm.params.device)
 streamed = getattr(sm.resources, "streaming", "never") == "always"
+gpus = int(getattr(sm.resources, "gpu", 1) or 1)  # > 1: the plan spreads the model over that many GPUs
+device_mb = ((sm.config.get("resources") or {}).get("memory") or {}).get("device_mb")
 rec = evaluate_artifact(sm.input[0], kind, device=device, job_threads=sm.threads, progress=True, streamed=streamed,
-                        **ev)
+                        gpus=gpus, device_mb=device_mb, **ev)
 log.info(summary_line(kind, rec))
 write_json_atomic(sm.output[0], {
     "schema": METRICS_SCHEMA,

@@ -12,10 +12,13 @@ recipe = dict(sm.params.recipe)
 log = setup_job(sm.log[0], sm.threads, seed=recipe["seed"])
 device = pick_device(sm.params.device)
 t0 = time.perf_counter()
-model, tok = load_checkpoint(sm.input.pruned, device=device)
+# > 1: the plan spreads the model (and a teacher) over that many GPUs, device_mb each
+spread = dict(gpus=int(getattr(sm.resources, "gpu", 1) or 1),
+              device_mb=((sm.config.get("resources") or {}).get("memory") or {}).get("device_mb"))
+model, tok = load_checkpoint(sm.input.pruned, device=device, **spread)
 teacher = None
 if recipe["method"] == "kd":
-    teacher, _ = load_checkpoint(sm.input.teacher, device=device)
+    teacher, _ = load_checkpoint(sm.input.teacher, device=device, **spread)
     log.info("teacher: %s", sm.input.teacher)
 result = heal_model(model, tok, recipe, teacher=teacher, device=device, log=log.info)
 save_healed(result, tok, sm.output[0], provenance(

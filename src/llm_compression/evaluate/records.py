@@ -32,13 +32,16 @@ from ..protocols import (PRESETS, ProtocolError, check_eval_dtype, expected_wind
 from .run import METRICS_SCHEMA  # noqa: E402,F401
 
 
-def evaluate_perplexity(ckpt_dir, *, device: str = "cpu", streamed: bool = False, **kwargs) -> dict:
+def evaluate_perplexity(ckpt_dir, *, device: str = "cpu", streamed: bool = False, gpus: int = 1,
+                        device_mb: int | None = None, **kwargs) -> dict:
     """Load the checkpoint at ``ckpt_dir`` and measure :func:`perplexity_of_model` on it.
 
     Keyword arguments are those of :func:`perplexity_of_model` (dataset, preset, split, join, path,
     seqlen, max_tokens, batch_size, last_window, bos, dtype, progress). The protocol and the dtype
     are checked before the model is loaded. ``streamed``: the model is a
-    :class:`~llm_compression.streaming.StreamedCheckpoint` (one decoder block resident at a time).
+    :class:`~llm_compression.streaming.StreamedCheckpoint` (one decoder block resident at a time). ``gpus`` > 1:
+    the model's layers are spread over that many GPUs (``device_mb`` each; see
+    :func:`~llm_compression.checkpoint.spread_model`).
 
     Raises:
         ProtocolError, CorpusError, FileNotFoundError (no checkpoint at ``ckpt_dir``).
@@ -54,14 +57,15 @@ def evaluate_perplexity(ckpt_dir, *, device: str = "cpu", streamed: bool = False
 
         model, tok = StreamedCheckpoint(ckpt_dir, device=device, load_outer=False), AutoTokenizer.from_pretrained(ckpt_dir)
     else:
-        model, tok = load_checkpoint(ckpt_dir, device=device)
+        model, tok = load_checkpoint(ckpt_dir, device=device, gpus=gpus, device_mb=device_mb)
     return perplexity_of_model(model, tok, device=device, **kwargs)
 
 
 def evaluate_zeroshot(ckpt_dir, *, device: str = "cpu", tasks=None, limit=None, batch_size: int = 8,
-                      source: str = "auto") -> dict:
+                      source: str = "auto", gpus: int = 1, device_mb: int | None = None) -> dict:
     """Zero-shot accuracy (lm-eval, :mod:`.zeroshot`) of the checkpoint at ``ckpt_dir`` as loaded by
-    :func:`~llm_compression.models.load_checkpoint` (so pruned and 4-bit checkpoints work).
+    :func:`~llm_compression.models.load_checkpoint` (so pruned and 4-bit checkpoints work; ``gpus`` > 1 spreads
+    it over that many GPUs).
 
     Raises:
         ZeroShotError: unknown task/source or missing data, checked before the model is loaded.
@@ -71,7 +75,7 @@ def evaluate_zeroshot(ckpt_dir, *, device: str = "cpu", tasks=None, limit=None, 
     tasks = list(tasks) if tasks else list(TASKS)
     check_tasks(tasks)
     resolve_source(source)
-    model, tok = load_checkpoint(ckpt_dir, device=device)
+    model, tok = load_checkpoint(ckpt_dir, device=device, gpus=gpus, device_mb=device_mb)
     return zeroshot_of_model(model, tok, tasks=tasks, limit=limit, batch_size=batch_size, source=source,
                              device=device)
 

@@ -43,7 +43,8 @@ def evaluator(kind: str, gguf: bool = False):
 
 
 def evaluate_artifact(ckpt_dir, kind: str, *, device: str = "cpu", job_threads: int | None = None,
-                      progress: bool = False, streamed: bool = False, **options) -> dict:
+                      progress: bool = False, streamed: bool = False, gpus: int = 1, device_mb: int | None = None,
+                      **options) -> dict:
     """One evaluation of one artifact, as a metrics record (``metrics``, ``protocol``, ``runtime``, ...).
 
     Dispatches to the ``evaluate_*`` function of ``kind`` (:data:`EVALUATORS`) with ``options``, then adds
@@ -62,6 +63,8 @@ def evaluate_artifact(ckpt_dir, kind: str, *, device: str = "cpu", job_threads: 
             while the job may hold more cores than it times with, so that nothing else runs beside the timed
             forwards (the record's ``runtime.job_cores``).
         progress: a progress bar for perplexity.
+        gpus, device_mb: perplexity and zero-shot of a model spread over ``gpus`` GPUs (the plan's count for a
+            model that does not fit one; ``device_mb`` per GPU).
         streamed: evaluate a perplexity with one decoder block on the device at a time
             (:class:`~llm_compression.streaming.StreamedCheckpoint`; the same value bit for bit); ignored for
             other kinds and for bitsandbytes and GGUF artifacts, which are evaluated as loaded.
@@ -78,6 +81,8 @@ def evaluate_artifact(ckpt_dir, kind: str, *, device: str = "cpu", job_threads: 
             from ..quantize import is_quantized_checkpoint
 
             options["streamed"] = not is_quantized_checkpoint(ckpt_dir)
+    if int(gpus) > 1 and kind in ("perplexity", "zeroshot") and not gguf:  # the plan spread this job's model
+        options.update(gpus=int(gpus), device_mb=device_mb)
     if kind == "memory":
         options["threads"] = job_threads
     elif kind == "latency":  # timed with its own thread count; the job may claim more cores, left idle
