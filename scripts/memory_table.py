@@ -4,7 +4,8 @@ For published Llama shapes (their config.json values, written out below: nothing
 SparseGPT 50% with the reference calibration (128 x 2048 tokens, one window per forward), WikiText-2 perplexity
 (windows of 2,048, batch 1), LoRA healing (rank 8, 4 x 128 tokens per step) and NF4-DQ quantization, each on a
 GPU (device memory, CUDA context included) and on a CPU-only host, in memory and streamed one decoder block at a
-time where the job can stream. A cell says ``yes`` (fits in memory), ``streamed`` (fits only streamed) or ``no``.
+time where the job can stream. A cell says ``yes`` (fits in memory), ``N GPUs`` (perplexity and healing: spread over
+the fewest GPUs of the column's size that hold it, at most 8), ``streamed`` (fits only streamed) or ``no``.
 
     .venv/bin/python scripts/memory_table.py              # the README's table
     .venv/bin/python scripts/memory_table.py --detail     # every estimate in GB
@@ -27,6 +28,7 @@ from llm_compression.memory_plan import (  # noqa: E402
     estimate_heal,
     estimate_prune,
     estimate_quantize,
+    spread,
 )
 
 #: published config.json values of the models in the table
@@ -64,13 +66,24 @@ def estimates(shape: ModelShape, cuda: bool) -> dict:
     }
 
 
-def verdict(pair, gpu_gb, host_gb) -> str:
+#: jobs whose model may be spread over several GPUs of the node (heal, perplexity; see docs/cluster.md)
+SPREADABLE = ("perplexity", "LoRA healing")
+MAX_GPUS = 8
+
+
+def verdict(pair, gpu_gb, host_gb, spreadable: bool = False) -> str:
+    """``yes``, ``N GPUs`` (spread over the fewest GPUs of that size that hold it, before streaming, as the plan
+    chooses), ``streamed`` or ``no``."""
     def fits(e):
         return e.device_bytes <= gpu_gb * 1e9 if gpu_gb else e.host_bytes <= host_gb * 1e9
 
     mem, streamed = pair
     if fits(mem):
         return "yes"
+    if gpu_gb and spreadable:
+        n = next((k for k in range(2, MAX_GPUS + 1) if fits(spread(mem, k))), None)
+        if n:
+            return f"{n} GPUs"
     if streamed is not None and fits(streamed):
         return "streamed"
     return "no"
@@ -89,13 +102,16 @@ def main() -> None:
             gpu, cpu = estimates(shape, True), estimates(shape, False)
             cells = []
             for _, g, h in MACHINES:
-                v = {job: verdict(gpu[job] if g else cpu[job], g, h) for job in gpu}
+                v = {job: verdict(gpu[job] if g else cpu[job], g, h, job in SPREADABLE) for job in gpu}
                 if all(x == "yes" for x in v.values()):
                     cells.append("all four jobs")
                     continue
+                spread_words = sorted({x for x in v.values() if x.endswith("GPUs")})
                 parts = [f"{', '.join(j for j, x in v.items() if x == k)} {word}"
-                         for k, word in (("streamed", "streamed"), ("no", "do not fit" if list(v.values()).count("no") > 1
-                                                                     else "does not fit"))
+                         for k, word in ([(w, f"on {w}") for w in spread_words]
+                                         + [("streamed", "streamed"),
+                                            ("no", "do not fit" if list(v.values()).count("no") > 1
+                                             else "does not fit")])
                          if k in v.values()]
                 cells.append("; ".join(parts))
             print(f"| {name} ({shape.params / 1e9:.1f} B) | " + " | ".join(cells) + " |")
@@ -118,7 +134,7 @@ def main() -> None:
         shape = ModelShape.from_config(cfg, "bfloat16")
         gpu, cpu = estimates(shape, True), estimates(shape, False)
         for job in gpu:
-            cells = [verdict(gpu[job] if g else cpu[job], g, h) for _, g, h in MACHINES]
+            cells = [verdict(gpu[job] if g else cpu[job], g, h, job in SPREADABLE) for _, g, h in MACHINES]
             print(f"| {name} | {job} | " + " | ".join(cells) + " |")
 
 
