@@ -63,8 +63,9 @@ def evaluate_artifact(ckpt_dir, kind: str, *, device: str = "cpu", job_threads: 
             while the job may hold more cores than it times with, so that nothing else runs beside the timed
             forwards (the record's ``runtime.job_cores``).
         progress: a progress bar for perplexity.
-        gpus, device_mb: perplexity and zero-shot of a model spread over ``gpus`` GPUs (the plan's count for a
-            model that does not fit one; ``device_mb`` per GPU).
+        gpus: perplexity and zero-shot of a model spread over this many GPUs (the plan's count for a model that
+            does not fit one).
+        device_mb: memory per GPU for that spreading (``resources.memory.device_mb``; None: each GPU's free memory).
         streamed: evaluate a perplexity with one decoder block on the device at a time
             (:class:`~llm_compression.streaming.StreamedCheckpoint`; the same value bit for bit); ignored for
             other kinds and for bitsandbytes and GGUF artifacts, which are evaluated as loaded.
