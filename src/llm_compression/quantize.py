@@ -238,7 +238,7 @@ def quantize_streamed(
 
     from safetensors.torch import save_file
 
-    from .streaming import StreamedCheckpoint, StreamingError
+    from .streaming import StreamedCheckpoint, StreamingError, trim_heap
 
     src_dir = Path(src_dir)
     if scheme not in FOUR_BIT:
@@ -274,6 +274,7 @@ def quantize_streamed(
                                            blocksize=int(blocksize), device=device))
             write({f"{sc.prefix}.{i}.{k}": v for k, v in block.state_dict().items()}, f"model-layer-{i:05d}.safetensors")
             del block
+            trim_heap()  # the block's working and 4-bit copies back to the system
         (tmp / "model.safetensors.index.json").write_text(json.dumps(
             {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
         config = copy.deepcopy(model.config)

@@ -26,6 +26,30 @@ import torch
 from .options.pruning import LAYER_SHAPES_KEY, streamable  # noqa: F401 (streamable: public here too)
 
 
+def trim_heap() -> None:
+    """Hand the memory freed by a dropped block back to the operating system: collect garbage, then glibc's
+    ``malloc_trim(0)`` (a no-op elsewhere). Without it glibc keeps freed tensor memory below its raised mmap
+    threshold in the heap, and a streamed job's resident set grew by about one block's worth every few blocks
+    (measured: NF4-DQ streaming of a 1.5 B model, 26 blocks, 771 MB -> 2,103 MB; with it flat at 631 MB)."""
+    import gc
+
+    gc.collect()
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018 - glibc only
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
+
+
 class StreamingError(ValueError):
     """A checkpoint this module cannot stream (the message says why and what works instead)."""
 
@@ -162,6 +186,7 @@ class StreamedCheckpoint:
         """Drop block ``i``'s weights (back to ``meta``: no memory)."""
         for n in self.block_names(i):
             _set(self.model, n, "meta")
+        trim_heap()
 
     def _outer(self, part: str) -> list[str]:
         if part not in ("all", "input", "output"):
@@ -199,6 +224,7 @@ class StreamedCheckpoint:
             _set(self.model, n, "meta")
         if self.tied and part != "output":
             self.model.tie_weights()
+        trim_heap()
 
     def resident_bytes(self) -> int:
         """Bytes of the weights on the device now."""

@@ -105,7 +105,9 @@ def upper_cholesky_of_inverse(hessian: torch.Tensor, percdamp: float = DEFAULT_P
             "use a larger percdamp or more calibration samples"
         )
     hinv = torch.cholesky_inverse(L)
+    del L  # at most three [cols, cols] matrices at a time: the Hessian, the inverse and one factor
     U, info = torch.linalg.cholesky_ex(hinv, upper=True)
+    del hinv
     if int(info) != 0:
         raise ValueError(
             f"SparseGPT: inverse Hessian [{cols}x{cols}] is not positive definite (percdamp={percdamp}); "
@@ -161,11 +163,15 @@ def sparsegpt_prune_weight(
 
 
 @torch.no_grad()
-def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float = DEFAULT_PERCDAMP) -> tuple[torch.Tensor, torch.Tensor]:
+def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float = DEFAULT_PERCDAMP, *,
+                           overwrite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Steps 1-2 of the module docstring on a copy of ``hessian``: dead inputs, damping, ``chol(H^-1)``.
 
     Args:
-        hessian: ``[cols, cols]``, ``2/n X^T X`` (not modified); computed in float32 unless float64.
+        hessian: ``[cols, cols]``, ``2/n X^T X`` (not modified unless ``overwrite``); computed in float32 unless
+            float64.
+        overwrite: work in ``hessian`` itself when it is float32/float64 (its owner no longer needs it): the same
+            numbers without a copy of the ``[cols, cols]`` matrix.
 
     Returns:
         ``(U, dead)``: ``U`` upper triangular ``[cols, cols]`` (see :func:`upper_cholesky_of_inverse`)
@@ -176,7 +182,7 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float = DEFAULT_PERC
         ValueError: NaN/inf entries, or not positive definite after damping.
     """
     dtype = hessian.dtype if hessian.dtype in (torch.float32, torch.float64) else torch.float32
-    H = hessian.to(dtype, copy=True)
+    H = hessian if overwrite and hessian.dtype == dtype else hessian.to(dtype, copy=True)
     check_finite_hessian(H)
     dead = torch.diag(H) == 0
     if dead.any():
@@ -428,8 +434,10 @@ class SparseGPTPruner:
             raise RuntimeError("SparseGPT needs calibration inputs; add_batch was never called")
         w = self.linear.weight
         shared = self._shared
-        if shared is None:
-            factor = inverse_hessian_factor(self.H, self.percdamp)
+        if shared is None:  # this Linear's own Hessian: factorized in place, it is not needed afterwards
+            hessian, self.H = self.H, None
+            factor = inverse_hessian_factor(hessian, self.percdamp, overwrite=True)
+            del hessian
         else:  # q/k/v, gate/up: one factorization of their common Hessian
             if shared.factor is None:
                 shared.factor = inverse_hessian_factor(shared.H, self.percdamp)
