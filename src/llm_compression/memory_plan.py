@@ -252,13 +252,14 @@ def _load_parts(shape: ModelShape, streamed: bool, quantization: str | None = No
 
 def _hessian_bytes(shape: ModelShape, i: int, hessian_bytes: int = 4) -> int:
     """SparseGPT's Hessians ``H = 2 X X^T`` of layer ``i``'s Linears, ``cols x cols`` each, accumulated for the
-    whole block at once: q/k/v share the input's, gate/up share theirs (o: query width, down: MLP channels);
-    plus one working inverse of the largest while the Linears are solved one by one (Frantar & Alistarh 2023,
-    Alg. 1)."""
+    whole block at once (q/k/v share the input's, gate/up share theirs; o: query width, down: MLP channels), or,
+    while the Linears are solved one by one (Frantar & Alistarh 2023, Alg. 1) and each Hessian is freed after its
+    Linear, the largest one's factorization: the Hessian (dampened in place), its inverse and one Cholesky
+    factor."""
     q, _ = shape.attention[i]
     d, m = shape.hidden, shape.intermediate[i]
     cols = [d, d, q, m]
-    return hessian_bytes * (sum(c * c for c in cols) + max(cols) ** 2)
+    return hessian_bytes * max(sum(c * c for c in cols), 3 * max(cols) ** 2)
 
 
 def _block_forward_bytes(shape: ModelShape, i: int, tokens: int, compute: int) -> int:
