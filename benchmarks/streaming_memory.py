@@ -57,7 +57,7 @@ if job == "perplexity":
     from llm_compression.evaluate.perplexity import perplexity
     if streamed:
         from llm_compression.streaming import StreamedCheckpoint
-        model = StreamedCheckpoint(ckpt)
+        model = StreamedCheckpoint(ckpt, load_outer=False)  # as the evaluate job builds it
     else:
         from llm_compression.models import load_checkpoint
         model, _ = load_checkpoint(ckpt, tokenizer=False)
