@@ -153,12 +153,14 @@ def prune_structured(
         calib_ids: LongTensor ``[samples, seqlen]``; required by the gradient and activation criteria.
         batch_size: samples per backward pass (``element2`` always uses 1).
         seed: seed of ``random`` importance.
-        block_io: streamed pruning (:func:`llm_compression.streaming.prune_streamed`; ``block`` level with a
-            criterion of :data:`~llm_compression.options.pruning.STREAMED_STRUCTURED_IMPORTANCES`): the decoder
-            blocks of ``model`` are on ``meta`` and ``block_io.load(i)`` brings block ``i`` in, which is scored,
-            cut and handed to ``block_io.done(i)`` before the next one. The kept groups, the tensors and the report
-            equal the in-memory ones (each block's scores read only its own weights; ``random`` draws the same
-            numbers in the same order).
+        block_io: streamed pruning (:func:`llm_compression.streaming.prune_streamed`; the criteria of
+            :func:`~llm_compression.options.pruning.streamable`): the decoder blocks of ``model`` are on ``meta``
+            and ``block_io.load(i)`` brings block ``i`` in, which is scored, cut and handed to ``block_io.done(i)``
+            before the next one (``block`` level); the ``channel`` level scores in a first pass and cuts in a second
+            (:mod:`.streamed_channels`), the ``layer`` level scores block by block and writes the kept blocks
+            renumbered (:mod:`.streamed_layers`). The kept groups, the tensors and the report equal the in-memory
+            ones (each score reads the same weights or hidden states; ``random`` draws the same numbers in the same
+            order).
 
     Returns:
         dict with ``parameters_before``/``parameters_after`` (distinct tensors' elements),
