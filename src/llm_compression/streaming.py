@@ -142,25 +142,18 @@ class StreamedCheckpoint:
         return self.model.config
 
     def _load(self, names: Iterable[str]) -> None:
-        from safetensors import safe_open
-
-        by_file: dict[Path, list[str]] = {}
         for n in names:
-            by_file.setdefault(self._where[n], []).append(n)
-        for f, ns in by_file.items():
-            for n in ns:
-                # get_tensor maps the file, and the mapping (with every page read through it) stays resident while
-                # the file is open or any tensor of it lives: open it per tensor and keep a copy, so at most one
-                # tensor's pages are mapped at a time and none outlive their tensor
-                with safe_open(str(f), framework="pt", device="cpu") as fh:
-                    t = fh.get_tensor(n).clone()
-                _set(self.model, n, self.device, t.to(self.dtype) if self.dtype and t.is_floating_point() else t)
+            t = self.read(n)
+            _set(self.model, n, self.device, t.to(self.dtype) if self.dtype and t.is_floating_point() else t)
 
     def read(self, name: str) -> torch.Tensor:
-        """One stored tensor as saved (CPU, stored dtype), read from its file without placing it in the model:
-        for copying weights a job leaves unchanged."""
+        """One stored tensor as saved (CPU, stored dtype), read from its file without placing it in the model
+        (also for copying weights a job leaves unchanged)."""
         from safetensors import safe_open
 
+        # get_tensor maps the file, and the mapping (with every page read through it) stays resident while the
+        # file is open or any tensor of it lives: open it per tensor and keep a copy, so at most one tensor's
+        # pages are mapped at a time and none outlive their tensor
         with safe_open(str(self._where[name]), framework="pt", device="cpu") as fh:
             return fh.get_tensor(name).clone()
 
