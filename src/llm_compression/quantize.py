@@ -214,7 +214,7 @@ def quantize_streamed(
     safetensors: the weights stay in the source's files (:class:`~llm_compression.streaming.StreamedCheckpoint`),
     each block is read, its Linears quantized with bitsandbytes (``Params4bit``, as transformers quantizes
     them while loading), written as its own shard and dropped; the embeddings, final norm and head stay in full
-    precision as transformers keeps them (copied first, one tensor at a time). Memory: one block, its working copy and
+    precision as transformers keeps them (copied last, one tensor at a time). Memory: one block, its working copy and
     its 4-bit copy.
 
     The output has the same tensors as :func:`quantize_checkpoint`'s, bit for bit (tested on fp32 checkpoints),
@@ -236,9 +236,7 @@ def quantize_streamed(
     import copy
     import shutil
 
-    from safetensors.torch import save_file
-
-    from .streaming import StreamedCheckpoint, StreamingError, trim_heap
+    from .streaming import StreamedCheckpoint, StreamingError, _BlockWriter, trim_heap
 
     src_dir = Path(src_dir)
     if scheme not in FOUR_BIT:
@@ -250,33 +248,21 @@ def quantize_streamed(
     spec = SCHEMES[scheme]
     sc = StreamedCheckpoint(src_dir, device="cpu", load_outer=False)
     model = sc.model
-    weight_map: dict[str, str] = {}
-    total = 0
     n4 = 0
     with atomic_dir(out_dir) as tmp:
         tmp = Path(tmp)
-
-        def write(tensors: dict, name: str) -> None:
-            nonlocal total
-            tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-            save_file(tensors, str(tmp / name), metadata={"format": "pt"})
-            weight_map.update(dict.fromkeys(tensors, name))
-            total += sum(v.numel() * v.element_size() for v in tensors.values())
-
-        # the full-precision outer weights, unchanged, one tensor at a time: the blocks do not need them
-        for k, n in enumerate(sc.input_names + sc.output_names):
-            write({n: sc.read(n)}, f"model-outer-{k:05d}.safetensors")
+        shards = _BlockWriter(sc, tmp)  # one shard per block; the full-precision outer weights and the index last
         for i in range(len(sc.layers)):
             block = copy.deepcopy(sc.load_block(i))
             sc.free_block(i)
             n4 += len(replace_linears_4bit(block, quant_type=spec["bnb_4bit_quant_type"],
                                            double_quant=spec["bnb_4bit_use_double_quant"], compute_dtype=compute_dtype,
                                            blocksize=int(blocksize), device=device))
-            write({f"{sc.prefix}.{i}.{k}": v for k, v in block.state_dict().items()}, f"model-layer-{i:05d}.safetensors")
+            shards.write({f"{sc.prefix}.{i}.{k}": v for k, v in block.state_dict().items()},
+                         f"model-layer-{i:05d}.safetensors")
             del block
             trim_heap()  # the block's working and 4-bit copies back to the system
-        (tmp / "model.safetensors.index.json").write_text(json.dumps(
-            {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+        shards.finish()
         config = copy.deepcopy(model.config)
         config.quantization_config = qcfg
         config.save_pretrained(tmp)
