@@ -118,3 +118,11 @@ def setup_job(log_path: str | None, threads: int | None = None, seed: int | None
         random.seed(seed)
         torch.manual_seed(seed)
     return log
+
+
+def job_gpu_spread(resources, config: dict) -> dict:
+    """``gpus`` and ``device_mb`` for :func:`llm_compression.checkpoint.load_checkpoint` in a heal or evaluate job:
+    the job's Snakemake ``gpu`` resource (the memory plan's GPU count; > 1 spreads the model over that many GPUs,
+    1 when absent) and the config's ``resources.memory.device_mb`` (MB per GPU; None when unset)."""
+    return {"gpus": int(getattr(resources, "gpu", 1) or 1),
+            "device_mb": ((config.get("resources") or {}).get("memory") or {}).get("device_mb")}

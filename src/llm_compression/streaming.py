@@ -373,8 +373,9 @@ def prune_streamed(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
     write the pruned checkpoint to ``out_dir`` (sharded safetensors with an index, one shard per block, the
     source's config and tokenizer files): the layer-wise methods (SparseGPT, Wanda, magnitude per layer or
     row) whose reference implementations already walk the model block by block (``llama_sequential`` in
-    IST-DASLab/sparsegpt and locuslab/wanda), and structured pruning at the block level with the criteria that
-    score a block from its own weights (L1, L2, random; the config then carries the new widths). Masks and weights equal :func:`llm_compression.prune.prune_model`'s
+    IST-DASLab/sparsegpt and locuslab/wanda), and structured pruning whose criteria need no whole-model gradient
+    (:func:`~llm_compression.options.pruning.streamable`: block, channel and layer levels; the config then carries
+    the new widths). Masks and weights equal :func:`llm_compression.prune.prune_model`'s
     on the in-memory model bit for bit (tested); memory is one block and the calibration activations
     (``samples x seqlen x hidden``, twice), with the input embeddings only until the block-0 inputs exist (the
     weights outside the blocks are copied to the output one tensor at a time).
@@ -383,7 +384,8 @@ def prune_streamed(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
         ckpt_dir: the source checkpoint.
         out_dir: an empty (or new) output folder; ``compression.json`` is the caller's to write.
         device: where each block runs.
-        method: a layer-wise method (``sparsegpt``, ``wanda``, ``magnitude``); ``level``, ``ratio``,
+        method: a layer-wise method (``sparsegpt``, ``wanda``, ``magnitude``) or a streamable structured one
+            (``llm-pruner`` with ``importance``, or ``llmpruner-<importance>``); ``level``, ``ratio``,
             ``calib_ids`` (``[samples, seqlen]`` token ids), ``batch_size``, ``share_inputs``, ``compute_dtype``,
             ``progress``, ``log`` and ``method_options`` as :func:`llm_compression.prune.prune_model` takes them.
 

@@ -6,7 +6,7 @@ from llm_compression.evaluate import METRICS_SCHEMA, evaluate_artifact, summary_
 from llm_compression.io import write_json_atomic
 from llm_compression.models import pick_device
 from llm_compression.plan_checks import check_evaluation_job
-from llm_compression.runtime import finish_job, setup_job
+from llm_compression.runtime import finish_job, job_gpu_spread, setup_job
 
 sm = snakemake  # noqa: F821
 ev = dict(sm.params.evaluation)
@@ -17,10 +17,8 @@ check_evaluation_job(dict(sm.params.evaluation), sm.input[0])  # before loading 
 t0 = time.perf_counter()
 device = sm.params.device if fresh else pick_device(sm.params.device)
 streamed = getattr(sm.resources, "streaming", "never") == "always"
-gpus = int(getattr(sm.resources, "gpu", 1) or 1)  # > 1: the plan spreads the model over that many GPUs
-device_mb = ((sm.config.get("resources") or {}).get("memory") or {}).get("device_mb")
 rec = evaluate_artifact(sm.input[0], kind, device=device, job_threads=sm.threads, progress=True, streamed=streamed,
-                        gpus=gpus, device_mb=device_mb, **ev)
+                        **job_gpu_spread(sm.resources, sm.config), **ev)
 log.info(summary_line(kind, rec))
 write_json_atomic(sm.output[0], {
     "schema": METRICS_SCHEMA,

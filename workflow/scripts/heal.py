@@ -5,16 +5,14 @@ from llm_compression.heal import heal_model, save_healed
 from llm_compression.checkpoint import load_checkpoint, provenance
 from llm_compression.memory_plan import estimate_job, record_job_memory
 from llm_compression.models import pick_device
-from llm_compression.runtime import finish_job, setup_job
+from llm_compression.runtime import finish_job, job_gpu_spread, setup_job
 
 sm = snakemake  # noqa: F821
 recipe = dict(sm.params.recipe)
 log = setup_job(sm.log[0], sm.threads, seed=recipe["seed"])
 device = pick_device(sm.params.device)
 t0 = time.perf_counter()
-# > 1: the plan spreads the model (and a teacher) over that many GPUs, device_mb each
-spread = dict(gpus=int(getattr(sm.resources, "gpu", 1) or 1),
-              device_mb=((sm.config.get("resources") or {}).get("memory") or {}).get("device_mb"))
+spread = job_gpu_spread(sm.resources, sm.config)  # gpus > 1: the model (and a teacher) spread over them
 model, tok = load_checkpoint(sm.input.pruned, device=device, **spread)
 teacher = None
 if recipe["method"] == "kd":
