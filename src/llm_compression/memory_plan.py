@@ -205,6 +205,10 @@ class Estimate:
     def host_mb(self) -> int:
         return int(math.ceil(self.host_bytes / 1e6))
 
+    def where(self) -> str:
+        """The planned peak in words: ``"1.2 GB host, 3.4 GB device"``."""
+        return _where(self)
+
     def record(self) -> dict:
         return {"estimate_host_bytes": int(self.host_bytes), "estimate_device_bytes": int(self.device_bytes),
                 "streamed": self.streamed, "gpus": self.gpus,
@@ -277,7 +281,8 @@ def estimate_prune(shape: ModelShape, prune: dict, *, streamed: bool = False, cu
     one batch's block output, then ``block_work``: the larger of one batch's intermediates through the block
     and SparseGPT's Hessians with one working inverse (they take turns).
     Structured criteria with gradients (LLM-Pruner's Taylor importance, Ma et al. 2023, Eq. 3-5): the weights'
-    gradients and the activations a backward pass keeps (:func:`_backward_activations`). Structured block-level
+    gradients and the activations a backward pass keeps (:func:`_backward_activations`; with the entry's
+    ``gradient_checkpointing``, one block's plus each block's input). Structured block-level
     pruning scored from the weights (L1, L2, random), streamed: one block read, its cut copy and one Linear's
     float64 scores; scored from activations (Minitron), also the calibration hidden states and one batch's
     block forward (with ``contribution``, each head's float64 ``o_proj`` output); depth criteria on the
@@ -312,7 +317,7 @@ def estimate_prune(shape: ModelShape, prune: dict, *, streamed: bool = False, cu
             # pages beside its copy, the embedding being the largest
             parts["embedding_or_block"] = max(2 * shape.embedding_params * shape.weight_bytes, block_turn)
         return _finish(parts, cuda, streamed)
-    from .options.pruning import needs_gradients, streamable
+    from .options.pruning import streamable
 
     if streamed and streamable(prune):  # structured, scored from each block's weights or outputs
         level = prune.get("level")
@@ -343,21 +348,30 @@ def estimate_prune(shape: ModelShape, prune: dict, *, streamed: bool = False, cu
         return _finish(parts, cuda, True)
     # structured (LLM-Pruner style) and depth criteria: whole model resident
 
-    importance = prune.get("importance") or (method.split("-", 1)[1] if method and "-" in method else "")
-    try:
-        needs_grad = needs_gradients(importance)
-    except ValueError:  # a method without a named importance (depth criteria, a registered toy method)
-        needs_grad = False
+    needs_grad = whole_model_gradients(prune)
     tokens = samples * seqlen if samples else 10 * 128
     step = min(tokens, (batch or 1) * (seqlen or 128))
     if needs_grad:
         parts["gradients"] = shape.params * 4
-        parts["activations"] = _backward_activations(shape, step)
+        parts["activations"] = _backward_activations(shape, step, bool(prune.get("gradient_checkpointing")))
         parts["logits"] = 3 * step * shape.vocab * 4
     else:
         parts["activations"] = _block_forward_bytes(shape, shape.largest_block, step, compute)
         parts["logits"] = step * shape.vocab * 4
     return _finish(parts, cuda, False)
+
+
+def whole_model_gradients(prune: dict) -> bool:
+    """Whether a prune job (its ``params.prune``) takes gradients of the whole model (the Taylor criteria of
+    structured pruning), read from its ``importance`` or its path name ``llmpruner-<importance>``."""
+    from .options.pruning import needs_gradients
+
+    method = prune.get("method")
+    importance = prune.get("importance") or (method.split("-", 1)[1] if method and "-" in method else "")
+    try:
+        return needs_gradients(importance)
+    except ValueError:  # a method without a named importance (depth criteria, a registered toy method)
+        return False
 
 
 def _backward_activations(shape: ModelShape, tokens: int, checkpointing: bool = False) -> int:
@@ -658,5 +672,5 @@ __all__ = [
     "TOKENIZE_BYTES", "EVAL_TOKENIZE_BYTES",
     "STREAMING_POLICIES", "choose", "dtype_bytes", "estimate_evaluation", "estimate_heal", "estimate_job",
     "estimate_prune", "record_job_memory",
-    "estimate_quantize", "host_memory_bytes", "job_memory_record", "measured_peak_bytes", "request_mb",
+    "estimate_quantize", "host_memory_bytes", "whole_model_gradients", "job_memory_record", "measured_peak_bytes", "request_mb",
 ]

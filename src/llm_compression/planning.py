@@ -457,18 +457,24 @@ class Plan:
 
     def _job_estimates(self, stage: str, w) -> tuple:
         """``(job name, in-memory estimate, streamed estimate or None, hint)`` of one job (wildcards ``w``)."""
-        from .memory_plan import (estimate_evaluation, estimate_heal, estimate_prune, estimate_quantize)
+        from .memory_plan import (estimate_evaluation, estimate_heal, estimate_prune, estimate_quantize,
+                                  whole_model_gradients)
         from .options.pruning import streamable
 
         shape = self.model_shape()
         cuda = self.resources.device(stage if stage != "generate" else "evaluate") == "cuda"
         if stage == "prune":
             p = self.prune_params(w.pruning)
-            hint = ""
+            hints = []
             if p.get("calibration"):
                 cal = p["calibration"]
-                hint = (f"fewer calibration windows than {cal['samples']} x {cal['seqlen']} "
-                        f"(calibration.samples / seqlen)")
+                hints.append(f"fewer calibration windows than {cal['samples']} x {cal['seqlen']} "
+                             f"(calibration.samples / seqlen)")
+            if whole_model_gradients(p) and not p.get("gradient_checkpointing"):
+                checkpointed = estimate_prune(shape, {**p, "gradient_checkpointing": True}, cuda=cuda)
+                hints.append(f"gradient_checkpointing: true on this grid.pruning entry (same scores) plans "
+                             f"{checkpointed.where()}")
+            hint = "; ".join(hints)
             return (f"prune {w.pruning}", estimate_prune(shape, p, cuda=cuda),
                     estimate_prune(shape, p, streamed=True, cuda=cuda) if streamable(p) else None, hint)
         if stage == "heal":

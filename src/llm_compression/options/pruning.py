@@ -262,6 +262,10 @@ class LLMPrunerOptions(MethodOptions):
     width_multiple: int = option(1, "round kept MLP channels and the kept hidden size to a multiple of this (e.g. 32 "
                                  "for llama.cpp's Q8_0/Q4_0 blocks, 256 for its k-quants); 1 = no rounding",
                                  in_params=False)
+    gradient_checkpointing: bool = option(False, "Taylor criteria: recompute each decoder block in the backward "
+                                          "pass (torch.utils.checkpoint) so the kept activations are one block's "
+                                          "plus each block's input; same scores, one more forward pass",
+                                          in_params=False)
     seed: int = option(0, "seed of the random criterion (the workflow passes the calibration seed)",
                        config=False)
 
@@ -274,6 +278,8 @@ class LLMPrunerOptions(MethodOptions):
         if not isinstance(self.width_multiple, int) or isinstance(self.width_multiple, bool) or self.width_multiple < 1:
             raise StructuredPruningError(f"width_multiple {self.width_multiple!r} must be an integer >= 1 "
                                          "(e.g. 32 or 256 for llama.cpp's quantizers)")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise StructuredPruningError(f"gradient_checkpointing {self.gradient_checkpointing!r} must be true or false")
 
 
 @dataclass(frozen=True)

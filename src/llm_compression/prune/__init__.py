@@ -124,7 +124,8 @@ def prune_model(
             (:mod:`llm_compression.options.pruning`): ``scope`` (magnitude: ``layer``/``row``/``global``),
             ``blocksize``, ``percdamp``, ``hessian_dtype`` (sparsegpt), ``zeros`` (sparsegpt, wanda: ``keep``
             or ``rank``, see :data:`~llm_compression.options.pruning.ZERO_RULES`), ``aggregation``,
-            ``attention``, ``layer_range``, ``snap``, ``seed`` (llm-pruner).
+            ``attention``, ``layer_range``, ``snap``, ``width_multiple``, ``gradient_checkpointing``, ``seed``
+            (llm-pruner).
 
     Returns:
         :class:`~llm_compression.results.PruneResult` (readable as a dict) with ``sparsity_before``,

@@ -121,6 +121,7 @@ def prune_structured(
     batch_size: int = 1,
     seed: int = 0,
     width_multiple: int = 1,
+    gradient_checkpointing: bool = False,
     log: Callable[[str], None] | None = None,
     block_io=None,
 ) -> dict:
@@ -153,6 +154,8 @@ def prune_structured(
         calib_ids: LongTensor ``[samples, seqlen]``; required by the gradient and activation criteria.
         batch_size: samples per backward pass (``element2`` always uses 1).
         seed: seed of ``random`` importance.
+        gradient_checkpointing: the Taylor criteria recompute each decoder block in their backward passes
+            (:func:`.importance.checkpointed_blocks`): less activation memory, the same gradients and scores.
         block_io: streamed pruning (:func:`llm_compression.streaming.prune_streamed`; the criteria of
             :func:`~llm_compression.options.pruning.streamable`): the decoder blocks of ``model`` are on ``meta``
             and ``block_io.load(i)`` brings block ``i`` in, which is scored, cut and handed to ``block_io.done(i)``
@@ -196,7 +199,8 @@ def prune_structured(
     if level == "layer":
         return _prune_layers(model, ratio=ratio, importance=importance, aggregation=aggregation,
                              layer_range=layer_range, snap=snap, calib_ids=calib_ids, batch_size=batch_size,
-                             seed=seed, log=log, t0=t0, block_io=block_io)
+                             seed=seed, log=log, t0=t0, block_io=block_io,
+                             gradient_checkpointing=gradient_checkpointing)
     groupsets = build_groups(model, level, layer_range=layer_range, attention=attention)
     apply_width_multiple(groupsets, width_multiple)
     before = count_parameters(model)
@@ -230,7 +234,7 @@ def prune_structured(
         tg = time.perf_counter()
         names = {m.name for gs in groupsets for m in gs.members}
         grads = collect_gradients(model, calib_ids, names, second_order=importance == "element2",
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, gradient_checkpointing=gradient_checkpointing)
         t_grad = time.perf_counter() - tg
     if ratio > 0 and importance in WIDTH_ACTIVATION_IMPORTANCES:
         tg = time.perf_counter()
@@ -389,6 +393,7 @@ def _shape_report(model, before: int, shapes_before: list[dict]) -> dict:
 
 
 def _prune_layers(model, *, ratio, importance, aggregation, layer_range, snap, calib_ids, batch_size, seed,
+                  gradient_checkpointing=False,
                   log, t0, block_io=None) -> dict:
     """The ``layer`` level of :func:`prune_structured` (see :mod:`.layers`). With ``block_io`` (streamed) the
     scores come from :mod:`.streamed_layers` (one block resident at a time) and the kept blocks are written,
@@ -416,7 +421,8 @@ def _prune_layers(model, *, ratio, importance, aggregation, layer_range, snap, c
         if needs_gradients(importance):
             tg = time.perf_counter()
             grads = collect_gradients(model, calib_ids, layer_parameter_names(model, candidates),
-                                      second_order=importance == "element2", batch_size=batch_size)
+                                      second_order=importance == "element2", batch_size=batch_size,
+                                      gradient_checkpointing=gradient_checkpointing)
             t_grad = time.perf_counter() - tg
         if importance == "angular":  # the run of k consecutive blocks whose input and output are closest
             tg = time.perf_counter()

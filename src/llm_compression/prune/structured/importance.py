@@ -25,7 +25,10 @@ by ``sum`` (LLM-Pruner's default ``grouping_strategy``), ``mean`` or ``max``.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+import torch.utils.checkpoint
 
 from ...options.pruning import (  # noqa: F401  (one definition each, torch-free)
     ACTIVATION_IMPORTANCES,
@@ -41,8 +44,40 @@ from ...options.pruning import (  # noqa: F401  (one definition each, torch-free
 from ...options.pruning import importance_needs_calibration as needs_calibration  # noqa: F401
 from .groups import GroupSet, StructuredPruningError
 
+@contextlib.contextmanager
+def checkpointed_blocks(model):
+    """Within the block, every decoder block of ``model`` runs under activation checkpointing
+    (``torch.utils.checkpoint``, non-reentrant; Chen et al. 2016, "Training Deep Nets with Sublinear Memory
+    Cost"): autograd keeps each block's inputs only and recomputes the block's intermediates in the backward
+    pass. The gradients are those of the plain pass (the recomputation runs the same operations on the same
+    inputs, with the RNG state restored); the cost is one more forward pass per backward.
+
+    transformers' own ``gradient_checkpointing_enable`` acts only in training mode; the Taylor criteria run the
+    model in eval mode (no dropout), hence this wrapper. The blocks' ``forward`` is restored on exit.
+    """
+    from ...modules import decoder_layers
+
+    layers = list(decoder_layers(model))
+
+    def wrapped(forward):
+        def run(*args, **kwargs):
+            if not torch.is_grad_enabled():
+                return forward(*args, **kwargs)
+            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return run
+
+    for layer in layers:
+        layer.forward = wrapped(layer.forward)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            del layer.forward  # the instance attribute; the class's forward shows again
+
+
 def collect_gradients(model, calib_ids: torch.Tensor, names: set[str], *, second_order: bool,
-                      batch_size: int = 1, device: str | None = None) -> dict[str, dict[str, torch.Tensor]]:
+                      batch_size: int = 1, device: str | None = None,
+                      gradient_checkpointing: bool = False) -> dict[str, dict[str, torch.Tensor]]:
     """Mean gradient of the calibration loss (and, for the Fisher term, mean squared per-sample gradient).
 
     Args:
@@ -50,6 +85,9 @@ def collect_gradients(model, calib_ids: torch.Tensor, names: set[str], *, second
         names: parameter names (``model.named_parameters()``) whose gradients are kept.
         second_order: also accumulate ``(1/N) sum_j g_j^2`` (one backward per sample).
         batch_size: samples per backward pass when ``second_order`` is False.
+        gradient_checkpointing: recompute each decoder block in the backward pass (:func:`checkpointed_blocks`):
+            the activations kept for the backward pass shrink from every block's intermediates to one block's
+            plus each block's input; the gradients are unchanged.
 
     Returns:
         name -> ``{"grad": (1/N) sum_j g_j, "fisher": (1/N) sum_j g_j^2 (only when second_order)}``,
@@ -78,28 +116,36 @@ def collect_gradients(model, calib_ids: torch.Tensor, names: set[str], *, second
     if second_order:
         for k in names:
             acc[k]["fisher"] = torch.zeros_like(params[k], dtype=torch.float32)
+    ctx = checkpointed_blocks(model) if gradient_checkpointing else contextlib.nullcontext()
     try:
-        for s in range(0, n, bs):
-            ids = calib_ids[s:s + bs].to(dev)
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-            (loss * ids.shape[0] / n).backward()  # grad accumulates (1/N) sum_j g_j
-            for k in names:
-                g = params[k].grad
-                if g is None:
-                    continue
-                if second_order:
-                    # this sample's gradient is the increment since the last step
-                    gj = (g.float() - acc[k]["grad"]) * n
-                    acc[k]["fisher"] += gj * gj / n
-                    acc[k]["grad"].copy_(g.float())
-                else:
-                    acc[k]["grad"].copy_(g.float())
+        with ctx:
+            _accumulate(model, calib_ids, params, names, acc, dev=dev, bs=bs, second_order=second_order)
     finally:
         for k, p in params.items():
             p.grad = None
             p.requires_grad_(flags[k])
         model.train(was_training)
     return acc
+
+
+def _accumulate(model, calib_ids, params, names, acc, *, dev, bs, second_order) -> None:
+    """The backward passes of :func:`collect_gradients`, accumulating into ``acc``."""
+    n = calib_ids.shape[0]
+    for s in range(0, n, bs):
+        ids = calib_ids[s:s + bs].to(dev)
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        (loss * ids.shape[0] / n).backward()  # grad accumulates (1/N) sum_j g_j
+        for k in names:
+            g = params[k].grad
+            if g is None:
+                continue
+            if second_order:
+                # this sample's gradient is the increment since the last step
+                gj = (g.float() - acc[k]["grad"]) * n
+                acc[k]["fisher"] += gj * gj / n
+                acc[k]["grad"].copy_(g.float())
+            else:
+                acc[k]["grad"].copy_(g.float())
 
 
 def _block_reduce(t: torch.Tensor, dim: int, n_groups: int) -> torch.Tensor:
