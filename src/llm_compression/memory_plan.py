@@ -442,9 +442,9 @@ def estimate_evaluation(shape: ModelShape, evaluation: dict, *, streamed: bool =
     block ``i``, then ``i + 1``: the SparseGPT reference's evaluation): every window's hidden state ``windows x
     seqlen x d`` twice (input and output of a block), and in turn the embeddings (read for the block-0 inputs),
     one block being read and run (beside the embeddings when the head is tied to them), the norm and head with
-    one batch's logits. Zero-shot: logits of one batch of (context + continuation) sequences and their
-    log-softmax. Cost, memory, latency: the model and one sequence. Tokenizing a test split leaves
-    :data:`EVAL_TOKENIZE_BYTES`.
+    one batch's logits. Zero-shot: logits of one batch of (context + continuation) sequences, their log-softmax
+    and the previous batch's, a batch being at most ``batch x 256`` padded tokens (the zero-shot runner's bound).
+    Cost, memory, latency: the model and one sequence. Tokenizing a test split leaves :data:`EVAL_TOKENIZE_BYTES`.
     """
     kind = evaluation.get("kind", "perplexity")
     seqlen = int(evaluation.get("seqlen") or 512)
@@ -470,9 +470,13 @@ def estimate_evaluation(shape: ModelShape, evaluation: dict, *, streamed: bool =
                 emb + shape.hidden * shape.weight_bytes + max(0 if shape.tied else emb, logits))
         else:
             parts.update(logits=logits, activations=activations)
-    elif kind == "zeroshot":
-        step = batch * 256
-        parts["logits"] = 2 * step * shape.vocab * 4
+    elif kind == "zeroshot":  # a batch holds at most batch x BATCH_TOKENS_PER_REQUEST padded tokens
+        from .evaluate.zeroshot import BATCH_TOKENS_PER_REQUEST
+
+        step = batch * BATCH_TOKENS_PER_REQUEST
+        # the batch's logits and their log-softmax, beside the previous batch's log-softmax (lm-eval's loop holds
+        # it until the next call returns): measured on SmolLM2-135M, BoolQ, 200 documents, 2,020-token batches
+        parts["logits"] = 3 * step * shape.vocab * 4
         parts["activations"] = _block_forward_bytes(shape, i, step, 4)
     else:
         parts["activations"] = _block_forward_bytes(shape, i, seqlen, 4)

@@ -92,6 +92,28 @@ def test_zeroshot_ten_documents_offline(tiny_model, byte_tokenizer):
     assert r["metrics"]["acc_norm_tasks"] == 1
 
 
+@needs_offline
+def test_zeroshot_batches_hold_a_bounded_number_of_tokens_and_score_the_same(tiny_model, byte_tokenizer,
+                                                                             monkeypatch):
+    """Long BoolQ passages: a batch holds at most batch_size x BATCH_TOKENS_PER_REQUEST padded tokens (fewer
+    requests when they are long), so memory does not follow the longest document; the scores equal those of
+    unbounded batches of batch_size requests."""
+    import llm_compression.evaluate.zeroshot as zs
+
+    def run(per_request):
+        monkeypatch.setattr(zs, "BATCH_TOKENS_PER_REQUEST", per_request)
+        return zs.zeroshot_of_model(tiny_model, byte_tokenizer, tasks=["boolq"], limit=6, batch_size=8,
+                                    source="offline", device="cpu")
+
+    bounded, unbounded = run(64), run(10**6)
+    assert bounded["protocol"]["batch_tokens"] == 8 * 64
+    # byte-level BoolQ requests are truncated to the model's 256 positions: two per 512-token batch
+    assert bounded["runtime"]["largest_batch_tokens"] <= 8 * 64
+    assert unbounded["runtime"]["largest_batch_tokens"] > 8 * 64
+    assert bounded["tasks"]["boolq"]["acc"] == unbounded["tasks"]["boolq"]["acc"]
+    assert bounded["protocol"]["model_input_rows"] == unbounded["protocol"]["model_input_rows"]
+
+
 @pytest.mark.slow
 @needs_offline
 def test_zeroshot_all_seven_tasks_ten_documents(tiny_model, byte_tokenizer):

@@ -152,19 +152,53 @@ def task_index_paths(tasks, source: str, workdir: str | os.PathLike) -> list[str
     return sorted({str((lm_tasks / _SPECS[t].yaml).parent) for t in tasks})
 
 
+#: Padded tokens per zero-shot batch, per request of ``batch_size``: a batch holds at most ``batch_size`` requests
+#: and ``batch_size x BATCH_TOKENS_PER_REQUEST`` tokens, so its logits (``tokens x vocabulary`` float32, and their
+#: log-softmax) do not grow with the longest document of a task (the memory plan counts this bound).
+BATCH_TOKENS_PER_REQUEST = 256
+
+
 def _bos_hflm(hflm_cls):
     """A subclass of lm-eval's ``HFLM`` that (1) puts exactly one BOS in front of every request it
     encodes with special tokens when ``bos_token_id`` is given: lm-eval's ``add_bos_token`` only asks the
     tokenizer for its special tokens, and a tokenizer whose template adds no BOS (Gemma-3-style ones
-    can be set up so) then feeds none; and (2) counts, at the model call, the rows fed and those
-    starting with exactly one / several BOS (``fed``), so the record can be checked against them."""
+    can be set up so) then feeds none; (2) counts, at the model call, the rows fed and those
+    starting with exactly one / several BOS (``fed``), so the record can be checked against them; and (3) with
+    ``batch_tokens``, sizes each log-likelihood batch so it holds at most ``batch_tokens`` padded tokens and at
+    most ``max_batch_size`` requests (lm-eval sorts requests longest first, so a batch's first request sets its
+    padded length): memory is bounded whatever the documents' lengths (a fixed ``batch_size`` of long BoolQ
+    passages peaked at 2.1-2.5 x the plan with 200 documents per task), and the scores are those of any other
+    batching up to float rounding. ``largest_batch_tokens`` is the most padded tokens one model call was fed.
+    Used with ``batch_size="auto"`` (lm-eval then asks :meth:`_batch_scheduler` for every batch's size);
+    :meth:`_detect_batch_size`, lm-eval's out-of-memory probe with dummy batches, is replaced by the bound."""
     from .perplexity import bos_rows, with_bos
 
     class BosCheckedHFLM(hflm_cls):
-        def __init__(self, *args, bos_token_id: int | None = None, **kwargs):
+        def __init__(self, *args, bos_token_id: int | None = None, batch_tokens: int | None = None, **kwargs):
             super().__init__(*args, **kwargs)
             self._bos_id = bos_token_id
             self._fed = [0, 0, 0]
+            self._batch_tokens = batch_tokens
+            self._batch_end, self._batch_n = 0, 1
+            self.largest_batch_tokens = 0
+
+        def _batch_scheduler(self, pos, n_reordered_requests):
+            if self._batch_tokens is None:
+                return super()._batch_scheduler(pos, n_reordered_requests)
+            if pos == 0 or pos >= self._batch_end:  # a new batch starts here, with its longest request
+                req = n_reordered_requests[pos]
+                if isinstance(req, tuple) and len(req) == 3 and isinstance(req[1], list):
+                    tokens = len((req[1] + req[2])[-(self.max_length + 1):][:-1])  # as lm-eval feeds it
+                    self._batch_n = max(1, min(int(self.max_batch_size), self._batch_tokens // max(1, tokens)))
+                else:  # generation requests (no token lists): the request cap alone
+                    self._batch_n = int(self.max_batch_size)
+                self._batch_end = pos + self._batch_n
+            return self._batch_n
+
+        def _detect_batch_size(self, requests=None, pos: int = 0):
+            if self._batch_tokens is None:
+                return super()._detect_batch_size(requests, pos)
+            return int(self.max_batch_size)
 
         @property
         def fed(self) -> tuple[int, int, int]:
@@ -180,6 +214,7 @@ def _bos_hflm(hflm_cls):
             # causal requests are right-padded, so column 0 is every row's first token
             counts = bos_rows(inps, self.tokenizer.bos_token_id)
             self._fed = [a + b for a, b in zip(self._fed, counts)]
+            self.largest_batch_tokens = max(self.largest_batch_tokens, int(inps.shape[0] * inps.shape[1]))
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
 
     return BosCheckedHFLM
@@ -228,7 +263,9 @@ def zeroshot_of_model(model, tokenizer, *, tasks=TASKS, limit: int | float | Non
         tokenizer: its tokenizer.
         tasks: names from :data:`TASKS`.
         limit: documents per task (int) or fraction (float < 1); None = the whole split. Recorded.
-        batch_size: lm-eval batch size (does not change the scores beyond float rounding).
+        batch_size: most requests per lm-eval batch; a batch also holds at most ``batch_size x``
+            :data:`BATCH_TOKENS_PER_REQUEST` padded tokens (fewer requests when they are long), so the job's memory
+            does not depend on the documents' lengths. Neither changes the scores beyond float rounding.
         source: ``auto``, ``hub`` or ``offline`` (module docstring).
         seed: lm-eval's random/numpy/torch seeds (zero-shot scoring itself draws nothing).
         bos: ``"auto"`` (exactly one BOS in front of every request for models that need it, e.g. Gemma,
@@ -263,8 +300,10 @@ def zeroshot_of_model(model, tokenizer, *, tasks=TASKS, limit: int | float | Non
 
     dev = device or str(next(model.parameters()).device)
     bos_id = resolve_bos(model, tokenizer, bos)
-    lm = _bos_hflm(HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=dev,
-                         add_bos_token=True if bos_id is not None else None, bos_token_id=bos_id)
+    batch_tokens = int(batch_size) * BATCH_TOKENS_PER_REQUEST
+    lm = _bos_hflm(HFLM)(pretrained=model, tokenizer=tokenizer, batch_size="auto", max_batch_size=int(batch_size),
+                         device=dev, add_bos_token=True if bos_id is not None else None, bos_token_id=bos_id,
+                         batch_tokens=batch_tokens)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="llmc-zeroshot-") as work:
         specs, task_proto = task_specs(tasks, src, work)
@@ -310,6 +349,7 @@ def zeroshot_of_model(model, tokenizer, *, tasks=TASKS, limit: int | float | Non
             "task_versions": {t: (out.get("versions") or {}).get(t) for t in tasks},
             "average": "unweighted mean over tasks that define the metric (acc_norm: not boolq, winogrande)",
             "batch_size": batch_size,
+            "batch_tokens": batch_tokens,
             "seed": seed,
             "add_bos_token": rows > 0 and one_bos == rows,
             "bos_requested": bos_id is not None,
@@ -317,5 +357,6 @@ def zeroshot_of_model(model, tokenizer, *, tasks=TASKS, limit: int | float | Non
             "rows_starting_with_one_bos": one_bos,
         },
         "runtime": {"device": dev, "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
-                    "torch_threads": torch.get_num_threads(), "seconds": seconds},
+                    "torch_threads": torch.get_num_threads(), "seconds": seconds,
+                    "largest_batch_tokens": lm.largest_batch_tokens},
     }
