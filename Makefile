@@ -30,11 +30,13 @@ run: setup  ## the main job on the embedded default (config.yaml) -> results/sum
 
 # The study's whole grid on the embedded model, in its own folder results/study-embedded/. Resumable: an
 # interrupted run (Ctrl-C, or killed: its stale lock is released first) redoes only unfinished jobs
-# (--rerun-incomplete in the profile); a second call has nothing to do.
+# (--rerun-incomplete in the profile); a second call has nothing to do. --keep-going: one failed job of its
+# ~590 (hours on 2 cores) does not stop the others; the run then ends with that failure, and the next call
+# redoes only it and what depends on it.
 STUDY_CONFIG ?= config/study-embedded.yaml
 study: setup  ## the study's grid on the embedded model (config/study-embedded.yaml) -> results/study-embedded/
 	$(BIN)/python scripts/release_stale_lock.py -- --profile profiles/default --cores $(CORES) --configfile $(STUDY_CONFIG)
-	$(BIN)/snakemake --profile profiles/default --cores $(CORES) --configfile $(STUDY_CONFIG)
+	$(BIN)/snakemake --profile profiles/default --cores $(CORES) --configfile $(STUDY_CONFIG) --keep-going
 
 dry-run: setup
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES) -n
