@@ -676,5 +676,6 @@ __all__ = [
     "TOKENIZE_BYTES", "EVAL_TOKENIZE_BYTES",
     "STREAMING_POLICIES", "choose", "dtype_bytes", "estimate_evaluation", "estimate_heal", "estimate_job",
     "estimate_prune", "record_job_memory",
-    "estimate_quantize", "host_memory_bytes", "whole_model_gradients", "job_memory_record", "measured_peak_bytes", "request_mb",
+    "estimate_quantize", "host_memory_bytes", "job_memory_record", "measured_peak_bytes", "request_mb",
+    "whole_model_gradients",
 ]
