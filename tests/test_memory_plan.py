@@ -248,6 +248,19 @@ def test_structured_pruning_cannot_stream_and_says_so(tmp_path):
     assert ckpt.host_bytes < est.host_bytes
 
 
+def test_whole_model_gradients_reads_the_criterion_of_a_path_name_or_a_config_entry():
+    from llm_compression.memory_plan import whole_model_gradients
+
+    assert whole_model_gradients({"method": "llmpruner-element1"})
+    assert whole_model_gradients({"method": "llmpruner-vector"})
+    assert whole_model_gradients({"method": "llm-pruner", "importance": "taylor"})
+    assert whole_model_gradients({"method": "llm-pruner"})  # the default criterion is element1 (Taylor)
+    assert not whole_model_gradients({"method": "llm-pruner", "importance": "l2"})
+    assert not whole_model_gradients({"method": "llmpruner-block-influence"})
+    assert not whole_model_gradients({"method": "sparsegpt"})
+    assert not whole_model_gradients({"method": "llmpruner-unknown"})
+
+
 def test_nf4_quantization_streams_when_its_in_memory_plan_does_not_fit(tmp_path):
     from llm_compression.memory_plan import estimate_quantize
 

@@ -362,16 +362,11 @@ def estimate_prune(shape: ModelShape, prune: dict, *, streamed: bool = False, cu
 
 
 def whole_model_gradients(prune: dict) -> bool:
-    """Whether a prune job (its ``params.prune``) takes gradients of the whole model (the Taylor criteria of
-    structured pruning), read from its ``importance`` or its path name ``llmpruner-<importance>``."""
-    from .options.pruning import needs_gradients
+    """Whether a prune job (its ``params.prune``, or a config entry) takes gradients of the whole model: the
+    Taylor criteria of structured pruning (:func:`~llm_compression.options.pruning.structured_importance`)."""
+    from .options.pruning import GRADIENT_IMPORTANCES, structured_importance
 
-    method = prune.get("method")
-    importance = prune.get("importance") or (method.split("-", 1)[1] if method and "-" in method else "")
-    try:
-        return needs_gradients(importance)
-    except ValueError:  # a method without a named importance (depth criteria, a registered toy method)
-        return False
+    return structured_importance(prune) in GRADIENT_IMPORTANCES
 
 
 def _backward_activations(shape: ModelShape, tokens: int, checkpointing: bool = False) -> int:
@@ -443,7 +438,8 @@ def estimate_evaluation(shape: ModelShape, evaluation: dict, *, streamed: bool =
     seqlen x d`` twice (input and output of a block), and in turn the embeddings (read for the block-0 inputs),
     one block being read and run (beside the embeddings when the head is tied to them), the norm and head with
     one batch's logits. Zero-shot: logits of one batch of (context + continuation) sequences, their log-softmax
-    and the previous batch's, a batch being at most ``batch x 256`` padded tokens (the zero-shot runner's bound).
+    and the previous batch's, a batch being at most ``batch x BATCH_TOKENS_PER_REQUEST`` (256) padded tokens
+    (:mod:`llm_compression.evaluate.zeroshot`'s bound).
     Cost, memory, latency: the model and one sequence. Tokenizing a test split leaves :data:`EVAL_TOKENIZE_BYTES`.
     """
     kind = evaluation.get("kind", "perplexity")

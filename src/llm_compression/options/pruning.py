@@ -366,18 +366,32 @@ def streamable(pruning: dict) -> bool:
     :data:`STREAMED_DEPTH_IMPORTANCES`; not global magnitude, not the criteria that read whole-model gradients
     (Taylor)."""
     method = pruning.get("method")
-    if isinstance(method, str) and (method == STRUCTURED_METHOD or method.startswith(STRUCTURED_PREFIX)):
-        importance = (pruning.get("importance") or DEFAULT_IMPORTANCE if method == STRUCTURED_METHOD
-                      else method[len(STRUCTURED_PREFIX):])
-        try:
-            importance = canonical_importance(importance)
-        except StructuredPruningError:
-            return False
+    if _is_structured(method):
+        importance = structured_importance(pruning)  # None for an unknown criterion: not streamable
         level = pruning.get("level")
         return ((level == "block" and importance in STREAMED_STRUCTURED_IMPORTANCES)
                 or (level == "channel" and importance in STREAMED_CHANNEL_IMPORTANCES)
                 or (level == "layer" and importance in STREAMED_DEPTH_IMPORTANCES))
     return method in layerwise_calibrated() or (method == "magnitude" and pruning.get("scope", "layer") != "global")
+
+
+def _is_structured(method) -> bool:
+    return isinstance(method, str) and (method == STRUCTURED_METHOD or method.startswith(STRUCTURED_PREFIX))
+
+
+def structured_importance(pruning: dict) -> str | None:
+    """The canonical structured criterion of a prune job's settings: its ``importance`` (default
+    :data:`DEFAULT_IMPORTANCE`) under the config name ``llm-pruner``, or the ``<importance>`` of a path name
+    ``llmpruner-<importance>``; None for an unstructured method or an unknown criterion."""
+    method = pruning.get("method")
+    if not _is_structured(method):
+        return None
+    importance = (pruning.get("importance") or DEFAULT_IMPORTANCE if method == STRUCTURED_METHOD
+                  else method[len(STRUCTURED_PREFIX):])
+    try:
+        return canonical_importance(importance)
+    except StructuredPruningError:
+        return None
 
 
 def unregister(name: str) -> None:

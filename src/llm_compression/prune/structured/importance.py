@@ -46,7 +46,7 @@ from .groups import GroupSet, StructuredPruningError
 
 @contextlib.contextmanager
 def checkpointed_blocks(model):
-    """Within the block, every decoder block of ``model`` runs under activation checkpointing
+    """Inside the ``with`` statement, every decoder block of ``model`` runs under activation checkpointing
     (``torch.utils.checkpoint``, non-reentrant; Chen et al. 2016, "Training Deep Nets with Sublinear Memory
     Cost"): autograd keeps each block's inputs only and recomputes the block's intermediates in the backward
     pass. The gradients are those of the plain pass (the recomputation runs the same operations on the same
@@ -54,6 +54,9 @@ def checkpointed_blocks(model):
 
     transformers' own ``gradient_checkpointing_enable`` acts only in training mode; the Taylor criteria run the
     model in eval mode (no dropout), hence this wrapper. The blocks' ``forward`` is restored on exit.
+
+    Raises:
+        TypeError: ``model`` has no decoder layer list (:func:`llm_compression.modules.decoder_layers`).
     """
     from ...modules import decoder_layers
 
